@@ -1,0 +1,34 @@
+# Two commands do all the set-up: `make demo` and `make test`. Each creates or reuses .venv.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+# The project's own environment takes torch/torchvision from the package registry (CPU and GPU alike);
+# a preinstalled CPU-only torch wheel in a find-links folder would shadow torch and break torchvision.
+export PIP_FIND_LINKS :=
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "Python >= 3.10 is needed, found " + sys.version.split()[0] + "; run make PYTHON=python3.11")'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@$(BIN)/python -c 'import torch, torchvision, lightning; print("torch", torch.__version__, "torchvision", torchvision.__version__, "lightning", lightning.__version__)'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+demo: $(STAMP)
+	$(BIN)/ablate demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/ablate bench coatnet_0 --downsample dw --timm coatnet_0_224
+
+clean:
+	rm -rf $(VENV) .pytest_cache

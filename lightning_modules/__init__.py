@@ -1,0 +1,1 @@
+"""Models and the LightningModule that trains them."""

@@ -1,0 +1,165 @@
+"""One registry of named models: the CoAtNet family, the budget-matched stacking-order variants, ConvMixers.
+
+Every entry is plain configuration data; ``create_model`` builds an entry by name, or any layout string, with
+keyword overrides of the config fields.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, fields
+from typing import Any
+
+from torch import nn
+
+from .blocks import BLOCK_DESCRIPTIONS
+from .budget import Budget
+from .config import ConvMixerConfig, StagedNetConfig
+from .convmixer import ConvMixer
+from .layout import VIT_REL, parse_layout
+from .staged import StagedNet
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    config: StagedNetConfig | ConvMixerConfig
+    description: str
+    paper_params: float | None = None  # reference figures for the README table and the tests
+    paper_macs: float | None = None
+
+    def build(self, **overrides: Any) -> nn.Module:
+        cfg = _apply_overrides(self.config, overrides)
+        return StagedNet(cfg) if isinstance(cfg, StagedNetConfig) else ConvMixer(cfg)
+
+
+MODELS: dict[str, ModelEntry] = {}
+
+
+def register_model(name: str, entry: ModelEntry) -> None:
+    if name in MODELS:
+        raise ValueError(f"model {name!r} is registered twice")
+    MODELS[name] = entry
+
+
+# --- CoAtNet (Table 3, Table 11, Table 12) ------------------------------------------------------------------
+def _coatnet(stem: int, depths: tuple[int, ...], dims: tuple[int, ...], head_dim: int = 32,
+             layout: str = "C-C-T-T") -> StagedNetConfig:
+    return StagedNetConfig(layout=layout, stem_dim=stem, depths=depths, dims=dims, head_dim=head_dim)
+
+
+for _name, _cfg, _params, _macs in (
+    ("coatnet_0", _coatnet(64, (2, 3, 5, 2), (96, 192, 384, 768)), 25e6, 4.2e9),
+    ("coatnet_1", _coatnet(64, (2, 6, 14, 2), (96, 192, 384, 768)), 42e6, 8.4e9),
+    ("coatnet_2", _coatnet(128, (2, 6, 14, 2), (128, 256, 512, 1024)), 75e6, 15.7e9),
+    ("coatnet_3", _coatnet(192, (2, 6, 14, 2), (192, 384, 768, 1536)), 168e6, 34.7e9),
+    ("coatnet_4", _coatnet(192, (2, 12, 28, 2), (192, 384, 768, 1536)), 275e6, None),
+    ("coatnet_5", _coatnet(192, (2, 12, 28, 2), (256, 512, 1280, 2048), head_dim=64), 688e6, None),
+    # CoAtNet-6/7: S3 holds MBConv blocks then Transformer blocks at double width, one stage in the grammar.
+    ("coatnet_6", _coatnet(192, (2, 4, 8, 42, 2), (192, 384, 768, 1536, 2048), 128, "C-C-CT-T"), 1.47e9, None),
+    ("coatnet_7", _coatnet(192, (2, 4, 8, 42, 2), (256, 512, 1024, 2048, 3072), 128, "C-C-CT-T"), 2.44e9, None),
+):
+    register_model(_name, ModelEntry(_cfg, f"CoAtNet-{_name[-1]} (Dai et al. 2021)", _params, _macs))
+
+
+# --- Stacking-order variants at matched budgets (Section 2.2) --------------------------------------------------
+# A stride-16 ViT spends ~200 MACs per parameter at 224 (each weight sees all 196 tokens), against CoAtNet-0's
+# 170, so no ViT_REL of more than 3 blocks has CoAtNet-0's parameters and MACs at once. The paper budget keeps
+# CoAtNet-0's 25M parameters at 5.0 GMACs, the cost of a 6 x 576 ViT_REL; the others sit at the same ratio.
+BUDGETS: dict[str, Budget] = {
+    "paper": Budget("paper", 25.0e6, 5.0e9, StagedNetConfig(), vit_patch=16),
+    "cifar": Budget("cifar", 10.7e6, 0.70e9, StagedNetConfig(
+        stem_dim=64, stem_stride=1, strides=(1, 2, 2, 2), dims=(64, 128, 256, 512), depths=(2, 3, 5, 2),
+        image_size=(32, 32), num_classes=100), vit_patch=4),
+    "tiny": Budget("tiny", 1.27e6, 20.5e6, StagedNetConfig(
+        stem_dim=32, stem_stride=2, strides=(1, 2, 2, 2), dims=(32, 64, 128, 256), depths=(1, 2, 2, 1),
+        image_size=(32, 32), num_classes=10), vit_patch=8),
+}
+STUDY_LAYOUTS = ("VIT_REL", "C-C-C-C", "C-C-C-T", "C-C-T-T", "C-T-T-T")
+
+# The matcher's choices (``ablate match`` prints them), frozen so that names stay stable: (depths, dims).
+MATCHED: dict[tuple[str, str], tuple[tuple[int, ...], tuple[int, ...]]] = {
+    ("paper", "VIT_REL"): ((6,), (576,)),
+    ("paper", "C-C-C-C"): ((5, 3, 5, 2), (112, 224, 432, 864)),
+    ("paper", "C-C-C-T"): ((2, 4, 5, 1), (128, 240, 480, 960)),
+    ("paper", "C-C-T-T"): ((4, 5, 5, 2), (96, 192, 384, 768)),
+    ("paper", "C-T-T-T"): ((1, 3, 5, 2), (96, 192, 384, 768)),
+    ("cifar", "VIT_REL"): ((6,), (384,)),
+    ("cifar", "C-C-C-C"): ((2, 8, 4, 2), (64, 144, 288, 576)),
+    ("cifar", "C-C-C-T"): ((3, 3, 5, 1), (80, 160, 320, 640)),
+    ("cifar", "C-C-T-T"): ((5, 4, 5, 2), (64, 128, 256, 512)),
+    ("cifar", "C-T-T-T"): ((3, 3, 5, 2), (64, 128, 256, 512)),
+    ("tiny", "VIT_REL"): ((4,), (160,)),
+    ("tiny", "C-C-C-C"): ((3, 2, 2, 2), (32, 64, 112, 224)),
+    ("tiny", "C-C-C-T"): ((3, 1, 3, 1), (32, 64, 128, 256)),
+    ("tiny", "C-C-T-T"): ((1, 3, 2, 1), (32, 64, 128, 256)),
+    ("tiny", "C-T-T-T"): ((4, 6, 6, 3), (16, 32, 64, 160)),
+}
+
+
+def variant_name(layout: str, budget: str) -> str:
+    return f"{layout.replace('-', '').lower()}_{budget}"
+
+
+def budget_config(budget: Budget, layout: str, depths: tuple[int, ...], dims: tuple[int, ...]) -> StagedNetConfig:
+    """The template of ``budget`` with a layout's depths and widths (ViT_REL: patch stem, one stage)."""
+    if layout == VIT_REL:
+        return budget.template.replace(layout=VIT_REL, depths=depths, dims=dims, stem_dim=None,
+                                       stem_stride=budget.vit_patch, strides=None)
+    return budget.template.replace(layout=layout, depths=depths, dims=dims)
+
+
+for (_budget, _layout), (_depths, _dims) in MATCHED.items():
+    register_model(variant_name(_layout, _budget), ModelEntry(
+        budget_config(BUDGETS[_budget], _layout, _depths, _dims),
+        f"{_layout} at the {_budget} budget ({BUDGETS[_budget].params / 1e6:.3g}M params, "
+        f"{BUDGETS[_budget].macs / 1e9:.3g} GMACs at {BUDGETS[_budget].template.image_size[0]}px)",
+    ))
+
+
+# --- ConvMixer (Trockman & Kolter) ------------------------------------------------------------------------------
+for _name, _cfg, _params in (
+    ("convmixer_1536_20", ConvMixerConfig(1536, 20, 9, 7, "gelu", 1000, image_size=(224, 224)), 51.6e6),
+    ("convmixer_768_32", ConvMixerConfig(768, 32, 7, 7, "relu", 1000, image_size=(224, 224)), 21.1e6),
+    ("convmixer_1024_20", ConvMixerConfig(1024, 20, 9, 14, "gelu", 1000, image_size=(224, 224)), 24.4e6),
+    ("convmixer_256_8", ConvMixerConfig(256, 8, 5, 2, "gelu", 10, image_size=(32, 32)), None),
+):
+    register_model(_name, ModelEntry(_cfg, f"ConvMixer-{_cfg.dim}/{_cfg.depth} (k{_cfg.kernel_size}, p{_cfg.patch_size})",
+                                     _params))
+
+
+# --- The one entry point ---------------------------------------------------------------------------------------
+def list_models() -> list[str]:
+    return list(MODELS)
+
+
+_LAYOUT_LIKE = re.compile(r"[A-Z]+(-[A-Z]+)*")
+
+
+def create_model(name: str, **overrides: Any) -> nn.Module:
+    """Build a registered model by name, or a layout such as ``"C-C-T-T"``, with config overrides.
+
+    ``create_model("coatnet_0", num_classes=10, image_size=(160, 224))``; ``create_model("C-T-T-T", depths=...,
+    dims=...)``. A layout without depths/dims borrows them from CoAtNet-0 (4 stages) or ``vit_rel_paper``.
+    """
+    key = name.strip()
+    if key.lower() in MODELS:
+        return MODELS[key.lower()].build(**overrides)
+    if key.upper().replace("-", "_") == VIT_REL or _LAYOUT_LIKE.fullmatch(key):
+        layout = parse_layout(key, BLOCK_DESCRIPTIONS)
+        base = MODELS["vit_rel_paper" if layout.patch_stem else "coatnet_0"].config
+        if len(layout.segments) != len(base.depths) and not {"depths", "dims"} <= overrides.keys():
+            raise ValueError(f"layout {key!r} has {len(layout.segments)} segments: pass depths=(...) and dims=(...), "
+                             "one entry per letter")
+        return StagedNet(_apply_overrides(base, {"layout": key, **overrides}))
+    raise ValueError(
+        f"unknown model {name!r}; valid names: {', '.join(MODELS)}; or a layout of stage letters "
+        f"{'/'.join(BLOCK_DESCRIPTIONS)} such as 'C-C-T-T', or 'VIT_REL'"
+    )
+
+
+def _apply_overrides(cfg: StagedNetConfig | ConvMixerConfig, overrides: dict[str, Any]):
+    valid = [f.name for f in fields(cfg)]
+    unknown = sorted(set(overrides) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(unknown)} for {type(cfg).__name__}; valid: {', '.join(valid)}")
+    return cfg.replace(**overrides)
