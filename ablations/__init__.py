@@ -1,0 +1,1 @@
+"""The stacking-order study: the `ablate` command line, sweeps, benchmarks and analysis."""

@@ -1,0 +1,202 @@
+"""Throughput and memory of a registry model, optionally beside timm's equivalent measured in the same run.
+
+Measurements of the two models are interleaved round by round (ours, timm, ours, timm, ...) so that both see
+the same machine state, and the medians are compared.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lightning_modules.backbones import count_macs, count_params, create_model
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    batch: int = 32
+    image_size: tuple[int, int] = (224, 224)
+    precision: str = "fp32"
+    device: str = "cpu"
+    channels_last: bool = False
+    compile: bool = False
+    num_classes: int = 1000
+    rounds: int = 5
+    warmup: int = 2
+
+
+@dataclass
+class BenchResult:
+    label: str
+    params: int
+    macs: int
+    train_times: list[float] = field(default_factory=list)
+    infer_times: list[float] = field(default_factory=list)
+    peak_memory: float | None = None  # bytes
+
+    def images_per_s(self, times: list[float], batch: int) -> float:
+        return batch / statistics.median(times) if times else float("nan")
+
+
+def build(source: str, name: str, settings: BenchSettings, overrides: dict[str, Any]) -> nn.Module:
+    if source == "ours":
+        return create_model(name, num_classes=settings.num_classes, image_size=settings.image_size, **overrides)
+    import timm  # development extra
+
+    try:  # attention models are built for a resolution; convnets take none
+        return timm.create_model(name, num_classes=settings.num_classes, img_size=settings.image_size)
+    except TypeError:
+        return timm.create_model(name, num_classes=settings.num_classes)
+
+
+class Runner:
+    """One model prepared for timed train steps (forward, backward, AdamW) and inference batches."""
+
+    def __init__(self, model: nn.Module, settings: BenchSettings):
+        self.settings = settings
+        device = torch.device(settings.device)
+        fmt = torch.channels_last if settings.channels_last else torch.contiguous_format
+        self.model = model.to(device, memory_format=fmt)
+        self.forward = torch.compile(self.model) if settings.compile else self.model
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, fused=device.type == "cuda")
+        self.x = torch.randn(settings.batch, 3, *settings.image_size, device=device).contiguous(memory_format=fmt)
+        self.y = torch.randint(0, settings.num_classes, (settings.batch,), device=device)
+        dtype = PRECISIONS[settings.precision]
+        self.autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
+
+    def train_step(self) -> None:
+        self.model.train()
+        with self.autocast():
+            loss = F.cross_entropy(self.forward(self.x), self.y)
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    @torch.inference_mode()
+    def infer_step(self) -> None:
+        self.model.eval()
+        with self.autocast():
+            self.forward(self.x)
+
+    def timed(self, step: Callable[[], None]) -> float:
+        sync()
+        start = time.perf_counter()
+        step()
+        sync()
+        return time.perf_counter() - start
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+class PeakMemory:
+    """Transient peak of one step above the memory in use before it (bytes), on CUDA or on Linux CPUs.
+
+    Both models stay resident while they are interleaved, so a whole-process peak would count the other
+    model too; a model's peak is its own persistent state plus this transient peak.
+    """
+
+    def __init__(self, device: str):
+        self.cuda = device.startswith("cuda")
+        self.supported = self.cuda or os.path.exists("/proc/self/clear_refs")
+
+    def __enter__(self) -> "PeakMemory":
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        elif self.supported:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # resets VmHWM, the peak resident set, to the current one
+            self.base = _proc_status("VmRSS")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.transient = torch.cuda.max_memory_allocated() - self.base
+        elif self.supported:
+            self.transient = _proc_status("VmHWM") - self.base
+
+
+def _proc_status(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not found in /proc/self/status")
+
+
+def _state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    tensors = list(model.parameters()) + list(model.buffers())
+    tensors += [t for state in optimizer.state.values() for t in state.values() if torch.is_tensor(t)]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def run_bench(model: str, settings: BenchSettings, overrides: dict[str, Any] | None = None,
+              timm_name: str | None = None, progress: bool | None = None) -> list[BenchResult]:
+    """Benchmark ``model`` (and ``timm_name`` if given), interleaving the two round by round."""
+    from tqdm.auto import tqdm
+
+    overrides = overrides or {}
+    entries = [("ours", model, f"{model}" + "".join(f" {k}={v}" for k, v in overrides.items()))]
+    if timm_name:
+        entries.append(("timm", timm_name, f"timm {timm_name}"))
+    runners, results = [], []
+    for source, name, label in entries:
+        net = build(source, name, settings, overrides if source == "ours" else {})
+        with torch.device("cpu"):
+            macs = count_macs(net, settings.image_size, 3)
+        results.append(BenchResult(label, count_params(net), macs))
+        runners.append(Runner(net, settings))
+
+    show = sys.stderr.isatty() if progress is None else progress
+    total = len(runners) * (settings.warmup + settings.rounds)
+    with tqdm(total=total, desc="bench", disable=not show, unit="round") as bar:
+        for _ in range(settings.warmup):
+            for runner in runners:
+                runner.train_step()
+                runner.infer_step()
+                bar.update()
+        for _ in range(settings.rounds):
+            for runner, result in zip(runners, results):
+                result.train_times.append(runner.timed(runner.train_step))
+                result.infer_times.append(runner.timed(runner.infer_step))
+                bar.update()
+    for runner, result in zip(runners, results):  # measured untimed, so the probes cost no throughput
+        with PeakMemory(settings.device) as peak:
+            runner.train_step()
+        if peak.supported:
+            result.peak_memory = _state_bytes(runner.model, runner.optimizer) + peak.transient
+    return results
+
+
+def format_results(results: list[BenchResult], settings: BenchSettings) -> str:
+    b = settings.batch
+    head = (f"batch {b}, {settings.image_size[0]}x{settings.image_size[1]}, {settings.precision}, {settings.device}, "
+            f"threads {torch.get_num_threads()}, channels_last={settings.channels_last}, compile={settings.compile}, "
+            f"median of {settings.rounds} interleaved rounds")
+    rows = [f"{'model':<34} {'params':>9} {'GMACs':>7} {'train img/s':>12} {'infer img/s':>12} {'peak mem':>10}"]
+    for r in results:
+        mem = "n/a" if r.peak_memory is None or r.peak_memory != r.peak_memory else f"{r.peak_memory / 2**20:.0f} MiB"
+        rows.append(f"{r.label:<34} {r.params / 1e6:>8.2f}M {r.macs / 1e9:>7.2f} "
+                    f"{r.images_per_s(r.train_times, b):>12.2f} {r.images_per_s(r.infer_times, b):>12.2f} {mem:>10}")
+    if len(results) == 2:
+        ours, theirs = results
+        rows.append(f"{'ratio ours / timm':<34} {'':>9} {'':>7} "
+                    f"{ours.images_per_s(ours.train_times, b) / theirs.images_per_s(theirs.train_times, b):>11.2f}x "
+                    f"{ours.images_per_s(ours.infer_times, b) / theirs.images_per_s(theirs.infer_times, b):>11.2f}x")
+    return "\n".join([head, *rows])

@@ -1,0 +1,131 @@
+"""``ablate``: one command line for the study. ``ablate --help`` lists the subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Sequence
+
+import yaml
+
+
+def _parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["downsample=dw", "depths=[2,2,6,2]"]`` -> ``{"downsample": "dw", "depths": [2, 2, 6, 2]}`` (YAML values)."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects KEY=VALUE, got {pair!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _image_size(text: str) -> tuple[int, int]:
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        sizes = [int(p) for p in parts if p]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"image size must be N or HxW, got {text!r}") from None
+    if len(sizes) == 1:
+        return (sizes[0], sizes[0])
+    if len(sizes) == 2:
+        return (sizes[0], sizes[1])
+    raise argparse.ArgumentTypeError(f"image size must be N or HxW, got {text!r}")
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    from .model_table import model_table
+
+    print(model_table(args.models or None, progress=None))
+
+
+def cmd_match(args: argparse.Namespace) -> None:
+    from lightning_modules.backbones import BUDGETS, STUDY_LAYOUTS, match_budget
+    from lightning_modules.backbones.registry import MATCHED
+
+    budgets = [args.budget] if args.budget else list(BUDGETS)
+    for name in budgets:
+        if name not in BUDGETS:
+            raise ValueError(f"unknown budget {name!r}; valid budgets: {', '.join(BUDGETS)}")
+        budget = BUDGETS[name]
+        print(f"budget {name}: {budget.params / 1e6:.3g}M params, {budget.macs / 1e9:.3g} GMACs at "
+              f"{budget.template.image_size[0]}x{budget.template.image_size[1]}")
+        for layout in args.layouts or STUDY_LAYOUTS:
+            cfg, cost = match_budget(layout, budget)
+            frozen = MATCHED.get((name, layout))
+            note = "" if frozen is None else ("  (= registry)" if frozen == (cfg.depths, cfg.dims) else f"  (registry: {frozen})")
+            print(f"  {layout:<8} depths={cfg.depths} dims={cfg.dims}  {cost.params / 1e6:.2f}M "
+                  f"{cost.macs / 1e9:.3f}G  miss {cost.error(budget.params, budget.macs):.1%}{note}")
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    import torch
+
+    from .bench import PRECISIONS, BenchSettings, format_results, run_bench
+
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device} asked for, but torch sees no CUDA device; use --device cpu")
+    precision = args.precision or ("bf16" if device.startswith("cuda") else "fp32")
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision {precision!r} is not valid; choose one of {', '.join(PRECISIONS)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = BenchSettings(batch=args.batch, image_size=args.image_size, precision=precision, device=device,
+                             channels_last=args.channels_last, compile=args.compile, num_classes=args.num_classes,
+                             rounds=args.rounds, warmup=args.warmup)
+    results = run_bench(args.model, settings, _parse_overrides(args.set), args.timm)
+    print(format_results(results, settings))
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    """The main job. For now: every registry model with its parameters and MACs beside the paper's."""
+    cmd_models(argparse.Namespace(models=None))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ablate", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="run the default study (for now: the model table)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("models", help="parameters and MACs of registry models, beside the papers' figures")
+    p.add_argument("models", nargs="*", help="names (default: all)")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("match", help="run the budget matcher and compare with the registry's frozen choices")
+    p.add_argument("--budget", help="budget name (default: all)")
+    p.add_argument("--layout", dest="layouts", action="append", help="layout(s) to match (default: the five)")
+    p.set_defaults(func=cmd_match)
+
+    p = sub.add_parser("bench", help="train/inference images/s and peak memory, optionally beside timm")
+    p.add_argument("model", help="registry name or layout")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model config override")
+    p.add_argument("--timm", metavar="NAME", help="timm model to measure in the same run, e.g. coatnet_0_224")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--image-size", type=_image_size, default=(224, 224), help="N or HxW")
+    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--precision", help="fp32 | bf16 | fp16 (default: bf16 on GPU, fp32 on CPU)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile both models")
+    p.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")
+    p.add_argument("--rounds", type=int, default=5, help="timed rounds per model (median reported)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except ValueError as err:
+        print(f"ablate {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

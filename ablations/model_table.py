@@ -1,0 +1,36 @@
+"""The registry as a Markdown table: our parameters and MACs beside the papers' figures."""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+from tqdm.auto import tqdm
+
+from lightning_modules.backbones import MODELS, count_macs, count_params, create_model
+
+
+def _delta(ours: float, paper: float | None) -> str:
+    return "" if paper is None else f"{(ours / paper - 1) * 100:+.1f}%"
+
+
+def model_table(names: list[str] | None = None, progress: bool | None = None) -> str:
+    """Build each model on the meta device (no memory, any size) and count; an unknown name raises ValueError."""
+    names = names or list(MODELS)
+    rows = ["| model | input | params | GMACs | paper params | paper GMACs | Δ params | Δ MACs |",
+            "|---|---|---|---|---|---|---|---|"]
+    show = sys.stderr.isatty() if progress is None else progress
+    for name in tqdm(names, desc="counting", disable=not show):
+        with torch.device("meta"):
+            model = create_model(name)
+        entry = MODELS.get(name.lower())
+        params, macs = count_params(model), count_macs(model)
+        paper_p = entry.paper_params if entry else None
+        paper_m = entry.paper_macs if entry else None
+        h, w = model.image_size
+        rows.append(
+            f"| {name} | {h}x{w} | {params / 1e6:.2f}M | {macs / 1e9:.3f} | "
+            f"{'' if paper_p is None else f'{paper_p / 1e6:.1f}M'} | {'' if paper_m is None else f'{paper_m / 1e9:.1f}'} | "
+            f"{_delta(params, paper_p)} | {_delta(macs, paper_m)} |"
+        )
+    return "\n".join(rows)

@@ -1,0 +1,46 @@
+"""The `ablate` command line as a user runs it: tables, benchmarks, and one-line errors with exit code 2."""
+
+import subprocess
+import sys
+
+import pytest
+
+from ablations.bench import BenchSettings, format_results, run_bench
+from ablations.cli import main
+
+
+def test_models_table_shows_ours_beside_the_paper(capsys):
+    assert main(["models", "coatnet_0", "convmixer_1536_20"]) == 0
+    out = capsys.readouterr().out
+    assert "| coatnet_0 | 224x224 | 24.40M | 4.141 | 25.0M | 4.2 | -2.4% | -1.4% |" in out
+    assert "| convmixer_1536_20 | 224x224 | 51.63M" in out
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["models", "coatnet_9"], "unknown model 'coatnet_9'; valid names:"),
+    (["bench", "C-Q-T"], "unknown stage type 'Q'"),
+    (["bench", "cctt_tiny", "--image-size", "30"], "image_size 30x30 does not fit"),
+    (["bench", "cctt_tiny", "--set", "downsample"], "--set expects KEY=VALUE"),
+    (["bench", "cctt_tiny", "--device", "cuda:7"], "torch sees no CUDA device"),
+    (["match", "--budget", "huge"], "unknown budget 'huge'; valid budgets: paper, cifar, tiny"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, needle, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1
+
+
+def test_entry_point_exit_code():
+    proc = subprocess.run([sys.executable, "-m", "ablations.cli", "models", "nope"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "unknown model 'nope'" in proc.stderr
+
+
+def test_bench_interleaves_ours_and_timm_and_reports_the_ratio():
+    pytest.importorskip("timm")
+    settings = BenchSettings(batch=4, image_size=(32, 32), num_classes=10, rounds=2, warmup=1)
+    results = run_bench("cctt_tiny", settings, {"drop_path": 0.1}, timm_name="resnet10t", progress=False)
+    assert [r.label for r in results] == ["cctt_tiny drop_path=0.1", "timm resnet10t"]
+    for r in results:
+        assert len(r.train_times) == 2 and len(r.infer_times) == 2 and r.peak_memory > 0
+    table = format_results(results, settings)
+    assert "ratio ours / timm" in table and "train img/s" in table

@@ -1,0 +1,115 @@
+"""The registry against the papers' tables, and the budget-matched stacking-order variants."""
+
+import itertools
+
+import pytest
+import torch
+
+from lightning_modules.backbones import (
+    BUDGETS, MODELS, STUDY_LAYOUTS, count_macs, count_params, create_model, estimate_cost, list_models, match_budget,
+    variant_name,
+)
+from lightning_modules.backbones.registry import MATCHED
+
+
+def measured(name, **overrides):
+    with torch.device("meta"):
+        model = create_model(name, **overrides)
+    return count_params(model), count_macs(model)
+
+
+# Table 3 (params, MACs at 224) and Table 11; the paper's "FLOPs" are multiply-accumulates.
+@pytest.mark.parametrize("name,params,macs", [
+    ("coatnet_0", 25e6, 4.2e9), ("coatnet_1", 42e6, 8.4e9), ("coatnet_2", 75e6, 15.7e9), ("coatnet_3", 168e6, 34.7e9),
+    ("coatnet_4", 275e6, None), ("coatnet_5", 688e6, None),
+])
+def test_coatnet_family_matches_the_paper(name, params, macs):
+    ours_params, ours_macs = measured(name)
+    assert ours_params == pytest.approx(params, rel=0.03)
+    if macs is not None:
+        assert ours_macs == pytest.approx(macs, rel=0.05)
+
+
+def test_table_9_depthwise_downsampling_costs_more():
+    """Table 9: CoAtNet-0 4.2G -> 4.6G with stride-2 depthwise downsampling, same parameters."""
+    conv_params, conv_macs = measured("coatnet_0")
+    dw_params, dw_macs = measured("coatnet_0", downsample="dw")
+    assert dw_params == conv_params
+    assert dw_macs == pytest.approx(4.6e9, rel=0.05) and dw_macs > conv_macs * 1.05
+
+
+def test_coatnet_7_in_the_layout_grammar():
+    params, _ = measured("coatnet_7")
+    assert params == pytest.approx(2.44e9, rel=0.03)
+    assert MODELS["coatnet_7"].config.layout == "C-C-CT-T"
+
+
+@pytest.mark.parametrize("name,params", [
+    ("convmixer_1536_20", 51.6e6), ("convmixer_768_32", 21.1e6), ("convmixer_1024_20", 24.4e6),
+])
+def test_convmixer_parameter_counts(name, params):
+    assert measured(name)[0] == pytest.approx(params, rel=0.02)
+
+
+def test_convmixer_768_32_uses_relu_and_cifar_model_shape():
+    model = create_model("convmixer_768_32")
+    assert any(isinstance(m, torch.nn.ReLU) for m in model.modules())
+    cifar = create_model("convmixer_256_8")
+    assert cifar.stem[0].kernel_size == (2, 2) and cifar.blocks[0][0][0].kernel_size == (5, 5)
+    assert cifar(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_every_required_name_is_registered():
+    names = set(list_models())
+    for budget in ("paper", "cifar", "tiny"):
+        for short in ("vit_rel", "cccc", "ccct", "cctt", "cttt"):
+            assert f"{short}_{budget}" in names
+    assert {f"coatnet_{i}" for i in range(8)} <= names
+    assert {"convmixer_1536_20", "convmixer_768_32", "convmixer_1024_20", "convmixer_256_8"} <= names
+
+
+@pytest.mark.parametrize("budget", list(BUDGETS))
+def test_the_five_variants_of_a_budget_match_each_other(budget):
+    costs = {layout: measured(variant_name(layout, budget)) for layout in STUDY_LAYOUTS}
+    for (a, (pa, ma)), (b, (pb, mb)) in itertools.combinations(costs.items(), 2):
+        assert max(pa, pb) / min(pa, pb) <= 1.05, (a, b, pa, pb)
+        assert max(ma, mb) / min(ma, mb) <= 1.05, (a, b, ma, mb)
+    target = BUDGETS[budget]
+    for params, macs in costs.values():
+        assert params == pytest.approx(target.params, rel=0.05) and macs == pytest.approx(target.macs, rel=0.05)
+
+
+def test_variants_have_the_layout_their_name_says():
+    for (budget, layout) in MATCHED:
+        model = create_model(variant_name(layout, budget))
+        assert str(model.layout) == layout
+        assert model.image_size == BUDGETS[budget].template.image_size
+
+
+def test_paper_budget_is_coatnet_0_sized():
+    budget = BUDGETS["paper"]
+    assert budget.params == pytest.approx(25e6, rel=0.01)  # CoAtNet-0's parameters
+    vit = create_model("vit_rel_paper", num_classes=0)
+    assert vit.stem.stride == (16, 16) and vit.feature_size == (14, 14)
+
+
+@pytest.mark.parametrize("budget", ["tiny", "cifar"])
+def test_matcher_reproduces_the_frozen_registry(budget):
+    for layout in STUDY_LAYOUTS:
+        cfg, cost = match_budget(layout, BUDGETS[budget])
+        assert (cfg.depths, cfg.dims) == MATCHED[(budget, layout)], layout
+        assert cost.error(BUDGETS[budget].params, BUDGETS[budget].macs) <= 0.02
+
+
+def test_cost_estimate_equals_the_built_model():
+    for name in ("cttt_tiny", "vit_rel_cifar", "coatnet_1"):
+        cfg = MODELS[name].config
+        assert (estimate_cost(cfg).params, estimate_cost(cfg).macs) == measured(name)
+
+
+def test_create_by_layout_with_overrides():
+    model = create_model("C-C-T-T", depths=(1, 1, 1, 1), dims=(16, 32, 64, 128), stem_dim=16, image_size=(32, 64),
+                         num_classes=4, rel_pos="none")
+    assert model.cfg.layout == "C-C-T-T" and model.image_size == (32, 64)
+    assert model.stages[2][0].attn.rel_bias is None
+    assert model(torch.randn(1, 3, 32, 64)).shape == (1, 4)
