@@ -4,9 +4,11 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-# The project's own environment takes torch/torchvision from the package registry (CPU and GPU alike);
-# a preinstalled CPU-only torch wheel in a find-links folder would shadow torch and break torchvision.
-export PIP_FIND_LINKS :=
+# The project's own environment takes torch/torchvision from the package registry (CPU and GPU alike).
+# Some machines point pip's find-links at a CPU-only torch wheel that PyPI's torchvision cannot import against;
+# an empty find-links folder of our own overrides that setting (an empty value would not).
+NO_WHEELS := $(CURDIR)/$(VENV)/no-find-links
+export PIP_FIND_LINKS := $(NO_WHEELS)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: setup demo test bench clean
@@ -16,6 +18,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "Python >= 3.10 is needed, found " + sys.version.split()[0] + "; run make PYTHON=python3.11")'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@mkdir -p $(NO_WHEELS)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@$(BIN)/python -c 'import torch, torchvision, lightning; print("torch", torch.__version__, "torchvision", torchvision.__version__, "lightning", lightning.__version__)'

@@ -148,7 +148,7 @@ def _state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
 
 def run_bench(model: str, settings: BenchSettings, overrides: dict[str, Any] | None = None,
               timm_name: str | None = None, progress: bool | None = None) -> list[BenchResult]:
-    """Benchmark ``model`` (and ``timm_name`` if given), interleaving the two round by round."""
+    """Benchmark ``model`` (and ``timm_name`` if given), interleaving the two round by round, alternating order."""
     from tqdm.auto import tqdm
 
     overrides = overrides or {}
@@ -171,8 +171,9 @@ def run_bench(model: str, settings: BenchSettings, overrides: dict[str, Any] | N
                 runner.train_step()
                 runner.infer_step()
                 bar.update()
-        for _ in range(settings.rounds):
-            for runner, result in zip(runners, results):
+        for round_idx in range(settings.rounds):
+            pairs = list(zip(runners, results))
+            for runner, result in pairs[::-1] if round_idx % 2 else pairs:  # alternate who goes first
                 result.train_times.append(runner.timed(runner.train_step))
                 result.infer_times.append(runner.timed(runner.infer_step))
                 bar.update()

@@ -7,18 +7,25 @@ import sys
 import torch
 from tqdm.auto import tqdm
 
-from lightning_modules.backbones import MODELS, count_macs, count_params, create_model
+from lightning_modules.backbones import MODELS, ConvMixerConfig, count_macs, count_params, create_model
 
 
 def _delta(ours: float, paper: float | None) -> str:
     return "" if paper is None else f"{(ours / paper - 1) * 100:+.1f}%"
 
 
+def describe(cfg) -> str:
+    if isinstance(cfg, ConvMixerConfig):
+        return f"dim {cfg.dim}, depth {cfg.depth}, k{cfg.kernel_size}, p{cfg.patch_size}, {cfg.activation}"
+    stem = f"patch {cfg.stem_stride}" if cfg.layout == "VIT_REL" else f"stem {cfg.stem_dim}"
+    return f"{cfg.layout} {stem}, L={cfg.depths}, D={cfg.dims}" + ("" if cfg.head_dim == 32 else f", head {cfg.head_dim}")
+
+
 def model_table(names: list[str] | None = None, progress: bool | None = None) -> str:
     """Build each model on the meta device (no memory, any size) and count; an unknown name raises ValueError."""
     names = names or list(MODELS)
-    rows = ["| model | input | params | GMACs | paper params | paper GMACs | Δ params | Δ MACs |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = ["| model | configuration | input | params | GMACs | paper params | paper GMACs | Δ params | Δ MACs |",
+            "|---|---|---|---|---|---|---|---|---|"]
     show = sys.stderr.isatty() if progress is None else progress
     for name in tqdm(names, desc="counting", disable=not show):
         with torch.device("meta"):
@@ -29,7 +36,7 @@ def model_table(names: list[str] | None = None, progress: bool | None = None) ->
         paper_m = entry.paper_macs if entry else None
         h, w = model.image_size
         rows.append(
-            f"| {name} | {h}x{w} | {params / 1e6:.2f}M | {macs / 1e9:.3f} | "
+            f"| {name} | {describe(model.cfg)} | {h}x{w} | {params / 1e6:.2f}M | {macs / 1e9:.3f} | "
             f"{'' if paper_p is None else f'{paper_p / 1e6:.1f}M'} | {'' if paper_m is None else f'{paper_m / 1e9:.1f}'} | "
             f"{_delta(params, paper_p)} | {_delta(macs, paper_m)} |"
         )

@@ -126,3 +126,12 @@ def test_sdpa_mask_path_equals_explicit_softmax():
     mask = torch.randn(1, 2, 5, 5)
     expected = torch.softmax(q @ k.transpose(-1, -2) / 2 + mask, -1) @ v
     torch.testing.assert_close(F.scaled_dot_product_attention(q, k, v, attn_mask=mask), expected)
+
+
+def test_interface_coatnet_0_from_224_to_384():
+    """The exact call the issue promises: every S3/S4 table grows from (27, 27)/(13, 13) to (47, 47)/(23, 23)."""
+    big = create_model("coatnet_0", image_size=384)
+    result = big.load_state_dict(create_model("coatnet_0").state_dict())
+    assert not result.missing_keys and not result.unexpected_keys
+    assert big.stages[2][0].attn.rel_bias.table.shape == (12, 47, 47)
+    assert big.stages[3][0].attn.rel_bias.table.shape == (24, 23, 23)

@@ -12,8 +12,8 @@ from ablations.cli import main
 def test_models_table_shows_ours_beside_the_paper(capsys):
     assert main(["models", "coatnet_0", "convmixer_1536_20"]) == 0
     out = capsys.readouterr().out
-    assert "| coatnet_0 | 224x224 | 24.40M | 4.141 | 25.0M | 4.2 | -2.4% | -1.4% |" in out
-    assert "| convmixer_1536_20 | 224x224 | 51.63M" in out
+    assert "| coatnet_0 | C-C-T-T stem 64, L=(2, 3, 5, 2), D=(96, 192, 384, 768) | 224x224 | 24.40M | 4.141 | 25.0M | 4.2 | -2.4% | -1.4% |" in out
+    assert "| convmixer_1536_20 | dim 1536, depth 20, k9, p7, gelu | 224x224 | 51.63M" in out
 
 
 @pytest.mark.parametrize("argv,needle", [
