@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ablate", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    sub.add_parser("train", help="train one model (LightningCLI: `ablate train --help`)", add_help=False)
+
     p = sub.add_parser("demo", help="run the default study (for now: the model table)")
     p.set_defaults(func=cmd_demo)
 
@@ -118,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:  # LightningCLI owns the whole option space of `ablate train`
+        from .train import main as train_main
+
+        return train_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

@@ -1,0 +1,174 @@
+"""What every data set of the study shares: the data-size axis, the validation split, the clean training subset.
+
+Order of operations, all deterministic given ``seed``:
+1. the official training set is cut to ``train_fraction`` (or ``train_samples``), class-balanced;
+2. the validation split (``val_fraction``, class-balanced) is carved out of that subset;
+3. ``train_eval`` is a fixed subset of what remains (``train_eval_samples``), evaluated without augmentation,
+   so that the clean training loss can be compared with the test loss at every epoch.
+The official test split is never cut. With ``track_test`` (default) it is evaluated every epoch too.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+AUGMENTATIONS = ("none", "crop_flip", "randaugment")
+
+
+def balanced_subset(targets: Sequence[int], size: int, seed: int) -> np.ndarray:
+    """``size`` indices spread over the classes in proportion to their frequency (largest remainder), seeded."""
+    targets = np.asarray(targets)
+    classes, counts = np.unique(targets, return_counts=True)
+    if size >= len(targets):
+        return np.arange(len(targets))
+    quota = counts * size / len(targets)
+    take = np.floor(quota).astype(int)
+    remainder_order = np.argsort(-(quota - take), kind="stable")
+    take[remainder_order[: size - take.sum()]] += 1
+    rng = np.random.default_rng(seed)
+    chosen = [rng.permutation(np.flatnonzero(targets == c))[:k] for c, k in zip(classes, take)]
+    return np.sort(np.concatenate(chosen))
+
+
+class TransformedSubset(Dataset):
+    """``base[indices[i]]`` with ``transform`` applied to the image."""
+
+    def __init__(self, base: Dataset, indices: Sequence[int], transform):
+        self.base, self.indices, self.transform = base, np.asarray(indices), transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        image, target = self.base[int(self.indices[i])]
+        return self.transform(image), target
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Base of all data modules. Subclasses set ``num_classes``, ``native_size``, ``mean``/``std`` and load sets."""
+
+    num_classes: int
+    native_size: tuple[int, int]
+    in_chans: int = 3
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    std: tuple[float, ...] = (0.5, 0.5, 0.5)
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        train_fraction: float = 1.0,
+        train_samples: int | None = None,
+        val_fraction: float = 0.1,
+        train_eval_samples: int = 10_000,
+        image_size: int | None = None,
+        augmentation: str = "crop_flip",
+        seed: int = 0,
+        track_test: bool = True,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+    ):
+        super().__init__()
+        if not 0 < train_fraction <= 1:
+            raise ValueError(f"train_fraction={train_fraction} is outside (0, 1]; use e.g. 0.1 for 10% of the training set")
+        if train_samples is not None and train_samples < 1:
+            raise ValueError(f"train_samples={train_samples} must be a positive number of images")
+        if not 0 <= val_fraction < 1:
+            raise ValueError(f"val_fraction={val_fraction} is outside [0, 1)")
+        if augmentation not in AUGMENTATIONS:
+            raise ValueError(f"augmentation={augmentation!r} is not valid; choose one of {', '.join(AUGMENTATIONS)}")
+        self.data_dir = data_dir
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.train_fraction = train_fraction
+        self.train_samples = train_samples
+        self.val_fraction = val_fraction
+        self.train_eval_samples = train_eval_samples
+        self.augmentation = augmentation
+        self.seed = seed
+        self.track_test = track_test
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self._image_size = image_size
+
+    # --- what subclasses provide -----------------------------------------------------------------------------
+    def load_train(self) -> Dataset:
+        """The official training set, untransformed, with a ``targets`` sequence."""
+        raise NotImplementedError
+
+    def load_test(self) -> Dataset:
+        """The official test (or held-out validation) set, untransformed."""
+        raise NotImplementedError
+
+    # --- shared ----------------------------------------------------------------------------------------------
+    @property
+    def image_size(self) -> tuple[int, int]:
+        size = self._image_size or self.native_size
+        return (size, size) if isinstance(size, int) else tuple(size)
+
+    def split_indices(self, targets: Sequence[int]) -> dict[str, np.ndarray]:
+        n = len(targets)
+        size = self.train_samples if self.train_samples is not None else max(1, round(self.train_fraction * n))
+        if size > n:
+            raise ValueError(f"train_samples={size} is more than the {n} training images")
+        subset = balanced_subset(targets, size, self.seed)
+        sub_targets = np.asarray(targets)[subset]
+        n_val = round(self.val_fraction * len(subset))
+        val_pos = balanced_subset(sub_targets, n_val, self.seed + 1) if n_val else np.array([], dtype=int)
+        train = np.setdiff1d(subset, subset[val_pos])
+        eval_pos = balanced_subset(np.asarray(targets)[train], min(self.train_eval_samples, len(train)), self.seed + 2)
+        return {"train": train, "val": subset[val_pos], "train_eval": train[eval_pos]}
+
+    def transforms(self, train: bool) -> v2.Compose:
+        height, width = self.image_size
+        steps: list[Any] = [v2.ToImage(), v2.ToDtype(torch.uint8, scale=True)]
+        if self.native_size != self.image_size:
+            steps.append(v2.Resize((height, width), antialias=True))
+        if train and self.augmentation != "none":
+            steps += [v2.RandomCrop((height, width), padding=max(height, width) // 8, padding_mode="reflect"),
+                      v2.RandomHorizontalFlip()]
+            if self.augmentation == "randaugment":
+                steps.append(v2.RandAugment(num_ops=2, magnitude=15))
+        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)]
+        return v2.Compose(steps)
+
+    def setup(self, stage: str | None = None) -> None:
+        if getattr(self, "_sets", None) is not None:
+            return
+        train_base = self.load_train()
+        parts = self.split_indices(train_base.targets)
+        clean = self.transforms(train=False)
+        self._sets = {
+            "train": TransformedSubset(train_base, parts["train"], self.transforms(train=True)),
+            "val": TransformedSubset(train_base, parts["val"], clean),
+            "train_eval": TransformedSubset(train_base, parts["train_eval"], clean),
+        }
+        test_base = self.load_test()
+        self._sets["test"] = TransformedSubset(test_base, np.arange(len(test_base)), clean)
+        self.split_sizes = {name: len(ds) for name, ds in self._sets.items()}
+
+    def _loader(self, name: str, train: bool = False) -> DataLoader:
+        return DataLoader(
+            self._sets[name], batch_size=self.batch_size if train else self.eval_batch_size, shuffle=train,
+            drop_last=train and len(self._sets[name]) > self.batch_size, num_workers=self.num_workers,
+            pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
+            generator=torch.Generator().manual_seed(self.seed) if train else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        """Validation, the clean training subset, and (``track_test``) the test split: the paper's curves need
+        test accuracy at every epoch, not only at the end. The order is ``ImageClassifier.EVAL_SPLITS``."""
+        return [self._loader(name) for name in ("val", "train_eval", "test")[: 3 if self.track_test else 2]]
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")

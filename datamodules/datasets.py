@@ -1,0 +1,166 @@
+"""The data sets of the study, each a thin subclass of ``ImageDataModule`` that loads the official splits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torchvision import datasets
+
+from .base import ImageDataModule
+
+
+class ArrayDataset(Dataset):
+    """Images held in memory as uint8 (N, H, W, C) with integer targets."""
+
+    def __init__(self, images: np.ndarray, targets: np.ndarray):
+        self.images, self.targets = images, [int(t) for t in targets]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        return self.images[i], self.targets[i]
+
+
+class CIFAR10DataModule(ImageDataModule):
+    """CIFAR-10 through torchvision (python pickles under ``data_dir/cifar-10-batches-py``)."""
+
+    num_classes = 10
+    native_size = (32, 32)
+    mean = (0.4914, 0.4822, 0.4465)
+    std = (0.2470, 0.2435, 0.2616)
+    dataset_cls = datasets.CIFAR10
+    folder = "cifar-10-batches-py"
+
+    def __init__(self, *args, download: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.download = download
+
+    def prepare_data(self) -> None:
+        if self.download:
+            try:
+                self.dataset_cls(self.data_dir, train=True, download=True)
+                self.dataset_cls(self.data_dir, train=False, download=True)
+            except OSError as err:  # no network: say so in one line
+                raise FileNotFoundError(f"could not download {self.dataset_cls.__name__} to {self.data_dir}: {err}") from None
+
+    def _load(self, train: bool) -> Dataset:
+        try:
+            return self.dataset_cls(self.data_dir, train=train, download=False)
+        except RuntimeError:
+            path = Path(self.data_dir) / self.folder
+            raise FileNotFoundError(
+                f"{self.dataset_cls.__name__} not found at {path}; pass --data.download true to fetch it, or "
+                f"unpack the python version of the data set there"
+            ) from None
+
+    def load_train(self) -> Dataset:
+        return self._load(True)
+
+    def load_test(self) -> Dataset:
+        return self._load(False)
+
+
+class CIFAR100DataModule(CIFAR10DataModule):
+    num_classes = 100
+    mean = (0.5071, 0.4865, 0.4409)
+    std = (0.2673, 0.2564, 0.2762)
+    dataset_cls = datasets.CIFAR100
+    folder = "cifar-100-python"
+
+
+class ImageFolderDataModule(ImageDataModule):
+    """ImageNet-style ``train/<class>/*.jpg`` and ``val/<class>/*.jpg`` (also Tiny-ImageNet once its val is sorted).
+
+    The ``val`` folder is the official held-out split and serves as the test set; validation is carved from train.
+    """
+
+    mean = (0.485, 0.456, 0.406)
+    std = (0.229, 0.224, 0.225)
+
+    def __init__(self, *args, image_size: int = 224, **kwargs):
+        super().__init__(*args, image_size=image_size, **kwargs)
+        root = Path(self.data_dir)
+        for split in ("train", "val"):
+            if not (root / split).is_dir():
+                raise FileNotFoundError(
+                    f"image folder {root / split} does not exist; expected {root}/train/<class>/*.jpg and "
+                    f"{root}/val/<class>/*.jpg (ImageNet or Tiny-ImageNet layout)"
+                )
+        classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+        if not classes:
+            raise FileNotFoundError(f"{root / 'train'} has no class folders")
+        self.num_classes = len(classes)
+        self.native_size = self.image_size  # images of any size are resized to image_size
+
+    def _folder(self, split: str) -> Dataset:
+        return datasets.ImageFolder(Path(self.data_dir) / split)
+
+    def load_train(self) -> Dataset:
+        return self._folder("train")
+
+    def load_test(self) -> Dataset:
+        return self._folder("val")
+
+
+class DigitsDataModule(ImageDataModule):
+    """scikit-learn's bundled 8x8 handwritten digits (1797 images, no download), resized; the embedded default.
+
+    A fixed 20% of the images, the same for every seed, is the test split.
+    """
+
+    num_classes = 10
+    native_size = (8, 8)
+    in_chans = 1
+    mean = (0.3,)
+    std = (0.35,)
+    test_seed = 1234
+
+    def __init__(self, *args, image_size: int = 32, **kwargs):
+        super().__init__(*args, image_size=image_size, **kwargs)
+
+    def _arrays(self) -> tuple[ArrayDataset, ArrayDataset]:
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        images = np.clip(digits.images * 16, 0, 255).astype(np.uint8)[..., None]  # 0..16 -> 0..255, (N, 8, 8, 1)
+        order = np.random.default_rng(self.test_seed).permutation(len(images))
+        n_test = len(images) // 5
+        test, train = order[:n_test], order[n_test:]
+        return ArrayDataset(images[train], digits.target[train]), ArrayDataset(images[test], digits.target[test])
+
+    def load_train(self) -> Dataset:
+        return self._arrays()[0]
+
+    def load_test(self) -> Dataset:
+        return self._arrays()[1]
+
+
+class SyntheticDataModule(ImageDataModule):
+    """Random but learnable images (a fixed pattern per class plus noise) for smoke tests and benchmarks."""
+
+    def __init__(self, *args, num_classes: int = 10, image_size: int = 32, train_size: int = 512, test_size: int = 128,
+                 **kwargs):
+        super().__init__(*args, image_size=image_size, **kwargs)
+        self.num_classes = num_classes
+        self.native_size = self.image_size
+        self.train_size, self.test_size = train_size, test_size
+
+    def _make(self, n: int, seed: int) -> ArrayDataset:
+        height, width = self.image_size
+        patterns = torch.Generator().manual_seed(0)
+        means = torch.rand(self.num_classes, height, width, 3, generator=patterns) * 255
+        gen = torch.Generator().manual_seed(seed)
+        targets = torch.arange(n) % self.num_classes
+        noise = torch.randn(n, height, width, 3, generator=gen) * 40
+        images = (means[targets] + noise).clamp(0, 255).to(torch.uint8).numpy()
+        return ArrayDataset(images, targets.numpy())
+
+    def load_train(self) -> Dataset:
+        return self._make(self.train_size, 1)
+
+    def load_test(self) -> Dataset:
+        return self._make(self.test_size, 2)

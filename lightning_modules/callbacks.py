@@ -1,0 +1,166 @@
+"""Callbacks that make a run a record: a local run folder, exact resume, and a loud stop on a non-finite loss."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+
+METRIC_COLUMNS = (
+    "epoch", "step", "train/loss", "train_eval/loss", "train_eval/acc", "val/loss", "val/acc", "val/acc5",
+    "test/loss", "test/acc", "test/acc5", "gap/loss", "gap/acc", "lr", "epoch_time", "images_per_s",
+)
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write to a temporary file beside ``path`` and rename it over: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _scalar(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value.item() if torch.is_tensor(value) else value)
+    return value
+
+
+class EpochSeeder(L.Callback):
+    """Seed every RNG from (seed, epoch) at the start of each epoch.
+
+    Data order, augmentation, MixUp and stochastic depth of epoch k then do not depend on what ran before, so a
+    run resumed from the checkpoint at the end of epoch k-1 repeats epoch k exactly as an uninterrupted run does.
+    """
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        seed = (self.seed * 1_000_003 + trainer.current_epoch * 7919 + trainer.global_rank) % 2**31
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+
+class FiniteLossCheck(L.Callback):
+    """Stop the run when the training loss is NaN or infinite, checked every ``every`` steps (one sync each)."""
+
+    def __init__(self, every: int = 25):
+        self.every = every
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if (batch_idx + 1) % self.every == 0 or batch_idx + 1 == trainer.num_training_batches:
+            loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+            if loss is not None and not torch.isfinite(loss).item():
+                raise FloatingPointError(
+                    f"training loss became {loss.item()} at epoch {trainer.current_epoch}, step {trainer.global_step}; "
+                    "lower the learning rate (--model.lr) or enable gradient clipping (--trainer.gradient_clip_val 1.0)"
+                )
+
+
+class RunRecorder(L.Callback):
+    """Writes ``metrics.csv`` (a row per epoch) and ``summary.json`` (atomically) into the run folder.
+
+    The summary says ``running`` while training, then ``completed`` or ``failed`` with the reason.
+    """
+
+    def __init__(self, run_dir: str | Path, extra: dict[str, Any] | None = None, echo: bool = False):
+        self.run_dir = Path(run_dir)
+        self.extra = extra or {}
+        self.echo = echo
+        self.start = time.time()
+        self.epoch_start = time.time()
+        self.rows: list[dict[str, Any]] = []
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.run_dir / "metrics.csv"
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if trainer.is_global_zero and stage == "fit":
+            self.rows = self._read_rows()
+            self.write_summary(trainer, pl_module, "running")
+
+    def _read_rows(self) -> list[dict[str, Any]]:
+        if not self.metrics_path.exists():
+            return []
+        with open(self.metrics_path) as f:
+            return [dict(row) for row in csv.DictReader(f)]
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.epoch_start = time.time()
+        self.samples = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        self.samples += len(batch[1]) * trainer.world_size
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        elapsed = time.time() - self.epoch_start
+        metrics = trainer.callback_metrics
+        row: dict[str, Any] = {"epoch": trainer.current_epoch, "step": trainer.global_step,
+                               "lr": trainer.optimizers[0].param_groups[0]["lr"], "epoch_time": round(elapsed, 3),
+                               "images_per_s": round(self.samples / elapsed, 2) if elapsed > 0 else None}
+        for key in METRIC_COLUMNS:
+            if key not in row and key in metrics:
+                row[key] = _scalar(metrics[key])
+        # an epoch repeated after a resume replaces its earlier row
+        self.rows = [r for r in self.rows if int(float(r["epoch"])) < trainer.current_epoch] + [row]
+        self._write_rows()
+        if self.echo:
+            shown = {k: row.get(k) for k in ("train/loss", "train_eval/loss", "val/acc", "test/acc") if row.get(k) is not None}
+            print(f"epoch {row['epoch']}: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items())
+                  + f", {row['images_per_s']} img/s", flush=True)
+        self.write_summary(trainer, pl_module, "running")
+
+    def _write_rows(self) -> None:
+        lines = [",".join(METRIC_COLUMNS)]
+        for row in self.rows:
+            lines.append(",".join("" if row.get(k) in (None, "") else str(row[k]) for k in METRIC_COLUMNS))
+        atomic_write(self.metrics_path, "\n".join(lines) + "\n")
+
+    def write_summary(self, trainer: L.Trainer, pl_module: L.LightningModule, status: str, reason: str | None = None,
+                      final: dict[str, Any] | None = None) -> None:
+        if not trainer.is_global_zero:
+            return
+        best = None
+        scored = [r for r in self.rows if r.get("val/acc") not in (None, "")]
+        if scored:
+            top = max(scored, key=lambda r: float(r["val/acc"]))
+            best = {k: (float(v) if v not in (None, "") else None) for k, v in top.items()}
+        last = {k: (float(v) if v not in (None, "") else None) for k, v in self.rows[-1].items()} if self.rows else {}
+        summary = {
+            "status": status,
+            "reason": reason,
+            "params": getattr(pl_module, "params", None),
+            "flops": self.extra.get("flops"),
+            "epochs": len(self.rows),
+            "wall_time": round(time.time() - self.start, 2),
+            "final": {**last, **(final or {})},
+            "best": best,
+            **{k: v for k, v in self.extra.items() if k != "flops"},
+        }
+        atomic_write(self.run_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self.write_summary(trainer, pl_module, "failed", reason=f"{type(exception).__name__}: {exception}")
+

@@ -1,0 +1,146 @@
+"""``ImageClassifier``: trains any registry model or layout and logs every number the study needs."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+from torchvision.transforms import v2
+
+from .backbones import count_macs, count_params, create_model
+
+EVAL_SPLITS = ("val", "train_eval", "test")  # the order of the DataModule's validation loaders
+
+
+def _eval_metrics(num_classes: int) -> MetricCollection:
+    return MetricCollection({
+        "loss": MeanMetric(),
+        "acc": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
+        "acc5": MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro"),
+    })
+
+
+def no_decay(name: str, param: nn.Parameter) -> bool:
+    """Norm weights, biases and relative-bias tables are not decayed."""
+    return param.ndim <= 1 or name.endswith("rel_bias.table")
+
+
+class ImageClassifier(L.LightningModule):
+    """AdamW with linear warm-up and cosine decay, label smoothing, MixUp/CutMix, stochastic depth.
+
+    Defaults follow the paper's ImageNet recipe (Table 10): lr 1e-3 -> 1e-5, weight decay 0.05, label smoothing
+    0.1, MixUp 0.8; gradient clipping 1.0 is the Trainer's ``gradient_clip_val``. ``num_classes``, ``image_size``
+    and ``in_chans`` come from the DataModule when trained through ``ablate train``.
+    """
+
+    def __init__(
+        self,
+        model: str = "cctt_tiny",
+        model_args: dict[str, Any] | None = None,
+        num_classes: int = 10,
+        image_size: int | tuple[int, int] = 32,
+        in_chans: int = 3,
+        lr: float = 1e-3,
+        min_lr: float = 1e-5,
+        weight_decay: float = 0.05,
+        warmup_epochs: float = 1.0,
+        label_smoothing: float = 0.1,
+        mixup_alpha: float = 0.8,
+        cutmix_alpha: float = 0.0,
+        drop_path: float = 0.0,
+        compile: bool = False,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        size = tuple(image_size) if isinstance(image_size, (list, tuple)) else (image_size, image_size)
+        overrides = dict(model_args or {})
+        if drop_path:
+            overrides.setdefault("drop_path", drop_path)
+        self.backbone = create_model(model, num_classes=num_classes, image_size=size, in_chans=in_chans, **overrides)
+        self.forward_fn = torch.compile(self.backbone) if compile else self.backbone
+        mixers = [v2.MixUp(alpha=mixup_alpha, num_classes=num_classes)] if mixup_alpha > 0 else []
+        mixers += [v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes)] if cutmix_alpha > 0 else []
+        self.mix = v2.RandomChoice(mixers) if mixers else None
+        self.train_loss = MeanMetric()
+        self.eval_metrics = nn.ModuleDict({split: _eval_metrics(num_classes) for split in EVAL_SPLITS})
+        self.params = count_params(self.backbone)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_fn(x)
+
+    def flops(self) -> int:
+        """MACs of one image's forward pass (the paper's FLOPs)."""
+        return count_macs(self.backbone)
+
+    # --- steps ------------------------------------------------------------------------------------------------
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, targets = batch
+        if self.mix is not None:
+            images, targets = self.mix(images, targets)
+        loss = F.cross_entropy(self(images), targets, label_smoothing=self.hparams.label_smoothing)
+        self.train_loss.update(loss.detach(), images.shape[0])
+        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, batch_size=images.shape[0])
+        return loss
+
+    def _evaluate(self, split: str, batch) -> None:
+        images, targets = batch
+        logits = self(images)
+        metrics = self.eval_metrics[split]
+        metrics["loss"].update(F.cross_entropy(logits, targets, reduction="none"))
+        metrics["acc"].update(logits, targets)
+        metrics["acc5"].update(logits, targets)
+
+    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._evaluate(EVAL_SPLITS[dataloader_idx], batch)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._evaluate("test", batch)
+
+    def _log_split(self, split: str) -> dict[str, torch.Tensor]:
+        values = {f"{split}/{k}": v for k, v in self.eval_metrics[split].compute().items()}
+        self.eval_metrics[split].reset()
+        self.log_dict(values, add_dataloader_idx=False, sync_dist=False)  # torchmetrics already synchronised
+        return values
+
+    def on_validation_epoch_end(self) -> None:
+        values = {}
+        for split in EVAL_SPLITS:
+            if self.eval_metrics[split]["loss"].update_called:
+                values.update(self._log_split(split))
+        if "val/loss" in values and "train_eval/loss" in values:
+            self.log_dict({
+                "gap/loss": values["val/loss"] - values["train_eval/loss"],
+                "gap/acc": values["train_eval/acc"] - values["val/acc"],
+            })
+
+    def on_test_epoch_end(self) -> None:
+        self._log_split("test")
+
+    # --- optimisation -----------------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        decay, plain = [], []
+        for name, param in self.backbone.named_parameters():
+            if param.requires_grad:
+                (plain if no_decay(name, param) else decay).append(param)
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": plain, "weight_decay": 0.0}],
+            lr=self.hparams.lr, fused=self.device.type == "cuda",
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = min(total - 1, round(self.hparams.warmup_epochs * total / max(1, self.trainer.max_epochs or 1)))
+        floor = self.hparams.min_lr / self.hparams.lr
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = (step - warmup) / max(1, total - warmup)
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
