@@ -54,7 +54,7 @@ class ImageDataModule(L.LightningDataModule):
     """Base of all data modules. Subclasses set ``num_classes``, ``native_size``, ``mean``/``std`` and load sets."""
 
     num_classes: int
-    native_size: tuple[int, int]
+    native_size: tuple[int, int] | None  # None: images of varying size
     in_chans: int = 3
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)
     std: tuple[float, ...] = (0.5, 0.5, 0.5)
@@ -128,14 +128,21 @@ class ImageDataModule(L.LightningDataModule):
 
     def transforms(self, train: bool) -> v2.Compose:
         height, width = self.image_size
+        augment = train and self.augmentation != "none"
         steps: list[Any] = [v2.ToImage(), v2.ToDtype(torch.uint8, scale=True)]
-        if self.native_size != self.image_size:
-            steps.append(v2.Resize((height, width), antialias=True))
-        if train and self.augmentation != "none":
-            steps += [v2.RandomCrop((height, width), padding=max(height, width) // 8, padding_mode="reflect"),
-                      v2.RandomHorizontalFlip()]
-            if self.augmentation == "randaugment":
-                steps.append(v2.RandAugment(num_ops=2, magnitude=15))
+        if self.native_size is None:  # photos of any size: ImageNet-style crops
+            if augment:
+                steps += [v2.RandomResizedCrop((height, width), antialias=True), v2.RandomHorizontalFlip()]
+            else:
+                steps += [v2.Resize(round(min(height, width) / 0.875), antialias=True), v2.CenterCrop((height, width))]
+        else:
+            if self.native_size != self.image_size:
+                steps.append(v2.Resize((height, width), antialias=True))
+            if augment:
+                steps += [v2.RandomCrop((height, width), padding=max(height, width) // 8, padding_mode="reflect"),
+                          v2.RandomHorizontalFlip()]
+        if train and self.augmentation == "randaugment":
+            steps.append(v2.RandAugment(num_ops=2, magnitude=15))
         steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)]
         return v2.Compose(steps)
 

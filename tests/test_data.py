@@ -1,0 +1,139 @@
+"""DataModules through their real loading code, on small data written in the real on-disk formats."""
+
+import pickle
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from datamodules import (
+    CIFAR10DataModule, CIFAR100DataModule, DigitsDataModule, ImageFolderDataModule, SyntheticDataModule,
+    balanced_subset,
+)
+
+
+def write_cifar(root: Path, num_classes: int = 10, per_batch: int = 40) -> None:
+    """CIFAR's python pickles: five training batches and a test batch of 3072-byte rows (str keys, as the
+    original Python 2 pickles read with ``encoding="latin1"``)."""
+    rng = np.random.default_rng(0)
+    if num_classes == 10:
+        folder, label_key = root / "cifar-10-batches-py", "labels"
+        names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    else:
+        folder, label_key = root / "cifar-100-python", "fine_labels"
+        names = ["train", "test"]
+    folder.mkdir(parents=True)
+    for name in names:
+        n = per_batch * (5 if num_classes == 100 and name == "train" else 1)
+        batch = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), label_key: [i % num_classes for i in range(n)]}
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f)
+    meta = "batches.meta" if num_classes == 10 else "meta"
+    key = "label_names" if num_classes == 10 else "fine_label_names"
+    with open(folder / meta, "wb") as f:
+        pickle.dump({key: [f"c{i}" for i in range(num_classes)]}, f)
+
+
+def write_image_folder(root: Path, classes=("cat", "dog", "owl"), per_class: int = 6, size=(20, 24)) -> None:
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c in classes:
+            (root / split / c).mkdir(parents=True)
+            for i in range(per_class if split == "train" else 2):
+                pixels = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / c / f"{i}.png")
+
+
+def test_balanced_subset_is_proportional_and_seeded():
+    targets = [0] * 60 + [1] * 30 + [2] * 10
+    subset = balanced_subset(targets, 50, seed=3)
+    assert Counter(np.asarray(targets)[subset]) == {0: 30, 1: 15, 2: 5}
+    assert np.array_equal(subset, balanced_subset(targets, 50, seed=3))
+    assert not np.array_equal(subset, balanced_subset(targets, 50, seed=4))
+    assert len(set(subset)) == 50
+
+
+def test_fraction_comes_before_the_validation_split_and_test_stays_whole():
+    data = SyntheticDataModule(train_size=400, test_size=80, train_fraction=0.5, val_fraction=0.2, train_eval_samples=100)
+    data.setup()
+    assert data.split_sizes == {"train": 160, "val": 40, "train_eval": 100, "test": 80}
+    parts = data.split_indices(data.load_train().targets)
+    assert not set(parts["train"]) & set(parts["val"])
+    assert set(parts["train_eval"]) <= set(parts["train"])
+    # the same seed gives the same subset; data sizes nest under one seed is not promised, determinism is
+    again = SyntheticDataModule(train_size=400, train_fraction=0.5, val_fraction=0.2).split_indices(data.load_train().targets)
+    assert np.array_equal(parts["train"], again["train"])
+
+
+def test_train_samples_is_a_sample_count():
+    data = SyntheticDataModule(train_size=300, train_samples=100, val_fraction=0.1)
+    data.setup()
+    assert data.split_sizes["train"] + data.split_sizes["val"] == 100
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    (dict(train_fraction=0.0), r"train_fraction=0.0 is outside \(0, 1\]"),
+    (dict(train_fraction=1.5), r"train_fraction=1.5 is outside \(0, 1\]"),
+    (dict(augmentation="autoaugment"), "augmentation='autoaugment' is not valid; choose one of none, crop_flip"),
+    (dict(val_fraction=1.0), "val_fraction=1.0"),
+])
+def test_bad_data_options(kwargs, needle):
+    with pytest.raises(ValueError, match=needle):
+        SyntheticDataModule(**kwargs)
+
+
+@pytest.mark.parametrize("cls,num_classes", [(CIFAR10DataModule, 10), (CIFAR100DataModule, 100)])
+def test_cifar_from_python_pickles(tmp_path, cls, num_classes):
+    write_cifar(tmp_path, num_classes)
+    data = cls(data_dir=str(tmp_path), batch_size=16, val_fraction=0.1)
+    data.setup()
+    assert data.num_classes == num_classes and data.image_size == (32, 32)
+    assert data.split_sizes["test"] == 40 and data.split_sizes["train"] + data.split_sizes["val"] == 200
+    images, targets = next(iter(data.train_dataloader()))
+    assert images.shape == (16, 3, 32, 32) and images.dtype == torch.float32 and targets.max() < num_classes
+    loaders = data.val_dataloader()
+    assert len(loaders) == 3 and len(loaders[2].dataset) == 40
+
+
+def test_missing_cifar_names_the_path_and_the_fix(tmp_path):
+    data = CIFAR10DataModule(data_dir=str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match=r"CIFAR data not found at .*nowhere/cifar-10-batches-py; pass --data.init_args.download true"):
+        data.setup()
+
+
+def test_image_folder_tree(tmp_path):
+    write_image_folder(tmp_path)
+    data = ImageFolderDataModule(data_dir=str(tmp_path), image_size=16, batch_size=4, val_fraction=0.0)
+    data.setup()
+    assert data.num_classes == 3 and data.split_sizes["train"] == 18 and data.split_sizes["test"] == 6
+    images, _ = next(iter(data.test_dataloader()))
+    assert images.shape == (4, 3, 16, 16)
+
+
+def test_missing_image_folder_names_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"image folder .*/train does not exist; expected"):
+        ImageFolderDataModule(data_dir=str(tmp_path))
+
+
+def test_digits_need_no_download_and_keep_one_test_split():
+    a, b = DigitsDataModule(seed=0, train_fraction=0.5), DigitsDataModule(seed=1)
+    a.setup(), b.setup()
+    assert a.num_classes == 10 and a.in_chans == 1 and a.image_size == (32, 32)
+    assert a.split_sizes["test"] == b.split_sizes["test"] == 359
+    ta, tb = a.load_test(), b.load_test()
+    assert np.array_equal(ta.images, tb.images)  # the test split does not move with the seed
+    images, _ = next(iter(a.train_dataloader()))
+    assert images.shape == (128, 1, 32, 32)
+
+
+def test_augmentation_presets_change_training_images_only():
+    plain = SyntheticDataModule(augmentation="none", train_size=64)
+    augmented = SyntheticDataModule(augmentation="randaugment", train_size=64)
+    plain.setup(), augmented.setup()
+    torch.manual_seed(0)
+    x_plain = plain._sets["train"][0][0]
+    assert not torch.equal(x_plain, augmented._sets["train"][0][0])
+    assert torch.equal(plain._sets["test"][0][0], augmented._sets["test"][0][0])
