@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -116,11 +117,33 @@ def run_name(config) -> str:
     return f"{model}-{data}-{_config_hash(config.as_dict())}"
 
 
+USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, NotADirectoryError, PermissionError)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Train, then test; a bad value or a failed run ends with one line on stderr and exit code 2."""
+    # `ablate train ...` hands LightningCLI its arguments while sys.argv still holds them: DDP relaunches each rank
+    # from sys.argv, so it stays, and the warning about having both is noise.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+    try:
+        return _train(argv)
+    except USER_ERRORS as err:
+        print(f"ablate train: error: {one_line(err)}", file=sys.stderr)
+        return 2
+
+
+def one_line(err: BaseException) -> str:
+    """The line that names the bad value: jsonargparse wraps a constructor's error in a report of union subtypes."""
+    lines = str(err).splitlines()
+    causes = [line.strip()[2:] for line in lines if line.strip().startswith("- ") and "Expected a <class" not in line]
+    return causes[0] if causes else (lines[0] if lines else type(err).__name__)
+
+
+def _train(argv: list[str] | None) -> int:
     cli = AblateCLI(
         ImageClassifier, ImageDataModule, subclass_mode_model=True, subclass_mode_data=True, run=False,
         save_config_callback=None, args=argv, auto_configure_optimizers=False,
-        parser_kwargs={"default_env": False}, seed_everything_default=0,
+        parser_kwargs={"default_env": False, "prog": "ablate train"}, seed_everything_default=0,
         trainer_defaults={"enable_progress_bar": sys.stderr.isatty(), "enable_model_summary": sys.stderr.isatty()},
     )
     trainer, model, data, run_dir = cli.trainer, cli.model, cli.datamodule, cli.run_dir

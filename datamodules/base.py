@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
 AUGMENTATIONS = ("none", "crop_flip", "randaugment")
@@ -36,8 +36,32 @@ def balanced_subset(targets: Sequence[int], size: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(chosen))
 
 
+class SeededShuffle(Sampler):
+    """Epoch k's order, and a seed for each sample's augmentation, as functions of (seed, k) alone.
+
+    Yields ``(index, sample_seed)``; Lightning calls ``set_epoch`` before every epoch. Nothing depends on what the
+    process ran before, so a resumed run sees exactly the batches an uninterrupted one does, with any number of
+    workers.
+    """
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.size, generator=gen).tolist()
+        seeds = torch.randint(0, 2**31 - 1, (self.size,), generator=gen).tolist()
+        yield from zip(order, seeds)
+
+
 class TransformedSubset(Dataset):
-    """``base[indices[i]]`` with ``transform`` applied to the image."""
+    """``base[indices[i]]`` with ``transform`` applied; a key ``(i, seed)`` seeds the augmentation first."""
 
     def __init__(self, base: Dataset, indices: Sequence[int], transform):
         self.base, self.indices, self.transform = base, np.asarray(indices), transform
@@ -45,7 +69,10 @@ class TransformedSubset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, key):
+        i, seed = key if isinstance(key, tuple) else (key, None)
+        if seed is not None:
+            torch.manual_seed(seed)
         image, target = self.base[int(self.indices[i])]
         return self.transform(image), target
 
@@ -162,11 +189,17 @@ class ImageDataModule(L.LightningDataModule):
         self.split_sizes = {name: len(ds) for name, ds in self._sets.items()}
 
     def _loader(self, name: str, train: bool = False) -> DataLoader:
+        dataset = self._sets[name]
+        sampler = SeededShuffle(len(dataset), self.seed) if train else None
+        if not train and torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Lightning's default DistributedSampler pads with repeated samples; evaluation must count each once.
+            from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+            sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
         return DataLoader(
-            self._sets[name], batch_size=self.batch_size if train else self.eval_batch_size, shuffle=train,
-            drop_last=train and len(self._sets[name]) > self.batch_size, num_workers=self.num_workers,
+            dataset, batch_size=self.batch_size if train else self.eval_batch_size, sampler=sampler,
+            drop_last=train and len(dataset) > self.batch_size, num_workers=self.num_workers,
             pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
-            generator=torch.Generator().manual_seed(self.seed) if train else None,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -72,7 +72,7 @@ class FiniteLossCheck(L.Callback):
             if loss is not None and not torch.isfinite(loss).item():
                 raise FloatingPointError(
                     f"training loss became {loss.item()} at epoch {trainer.current_epoch}, step {trainer.global_step}; "
-                    "lower the learning rate (--model.lr) or enable gradient clipping (--trainer.gradient_clip_val 1.0)"
+                    "lower the learning rate (--model.init_args.lr) or clip gradients (--trainer.gradient_clip_val 1.0)"
                 )
 
 

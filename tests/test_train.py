@@ -1,0 +1,143 @@
+"""`ablate train` as a researcher runs it: run folders, resume after SIGKILL, failures, DDP on CPU."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ablations.train import main as train_main
+from lightning_modules.classifier import ImageClassifier, no_decay
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL_RUN = [
+    "--model.class_path=lightning_modules.classifier.ImageClassifier",
+    "--model.init_args.model=C-T", "--model.init_args.model_args={depths: [1, 1], dims: [16, 32], stem_dim: 16, head_dim: 16}",
+    "--model.init_args.mixup_alpha=0.0", "--model.init_args.lr=0.003",
+    "--data=datamodules.SyntheticDataModule", "--data.init_args.image_size=16", "--data.init_args.num_classes=4",
+    "--data.init_args.train_size=96", "--data.init_args.test_size=32", "--data.init_args.batch_size=16",
+    "--data.init_args.augmentation=crop_flip",
+    "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.logger=false", "--trainer.max_epochs=3",
+]
+
+
+def run_cli(*args, env=None, check=True):
+    proc = subprocess.run([sys.executable, "-m", "ablations.cli", "train", *args], cwd=ROOT, capture_output=True,
+                          text=True, env={**os.environ, "WANDB_MODE": "disabled", **(env or {})}, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_run_folder_records_everything(tmp_path):
+    run_dir = tmp_path / "run"
+    assert train_main([*SMALL_RUN, f"--run_dir={run_dir}"]) == 0
+    rows = read_metrics(run_dir)
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    for column in ("train/loss", "train_eval/loss", "train_eval/acc", "val/loss", "val/acc", "test/loss", "test/acc",
+                   "lr", "epoch_time", "images_per_s"):
+        assert all(r[column] != "" for r in rows), column
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["params"] > 0 and summary["flops"] > 0
+    assert summary["final"]["test/acc"] == pytest.approx(float(rows[-1]["test/acc"]))
+    assert summary["best"]["val/acc"] == max(float(r["val/acc"]) for r in rows)
+    assert (run_dir / "checkpoints" / "last.ckpt").exists() and (run_dir / "checkpoints" / "best.ckpt").exists()
+    assert "class_path: datamodules.SyntheticDataModule" in (run_dir / "config.yaml").read_text()
+    # the learning rate warms up then decays to the floor
+    assert float(rows[-1]["lr"]) == pytest.approx(1e-5)
+    # running the same command again finds the run completed and leaves it alone
+    before = (run_dir / "summary.json").read_text()
+    assert train_main([*SMALL_RUN, f"--run_dir={run_dir}"]) == 0
+    assert (run_dir / "summary.json").read_text() == before
+
+
+def test_printed_config_runs_again_unchanged(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        train_main([*SMALL_RUN, "--print_config"])
+    printed = capsys.readouterr().out
+    (tmp_path / "config.yaml").write_text(printed)
+    with pytest.raises(SystemExit):
+        train_main([f"--config={tmp_path / 'config.yaml'}", "--print_config"])
+    assert capsys.readouterr().out == printed
+
+
+def test_killed_mid_epoch_and_resumed_equals_uninterrupted(tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run_cli(*SMALL_RUN, f"--run_dir={straight}")
+    killer = [f"--trainer.callbacks+=tests.helpers.KillOnce", "--trainer.callbacks.epoch=1",
+              "--trainer.callbacks.batch=2", f"--trainer.callbacks.marker={tmp_path / 'killed'}"]
+    first = run_cli(*SMALL_RUN, *killer, f"--run_dir={resumed}", check=False)
+    assert first.returncode == -9 and (tmp_path / "killed").exists()
+    assert json.loads((resumed / "summary.json").read_text())["status"] == "running"  # never marked completed
+    run_cli(*SMALL_RUN, *killer, f"--run_dir={resumed}")  # the same command resumes from last.ckpt
+    a, b = read_metrics(straight), read_metrics(resumed)
+    columns = ("train/loss", "train_eval/loss", "val/acc", "test/loss", "test/acc")
+    assert [[r[c] for c in columns] for r in a] == [[r[c] for c in columns] for r in b]
+    sa = json.loads((straight / "summary.json").read_text())["final"]
+    sb = json.loads((resumed / "summary.json").read_text())["final"]
+    assert sa["test/loss"] == sb["test/loss"] and sa["test/acc"] == sb["test/acc"]
+
+
+def test_non_finite_loss_fails_the_run_with_the_reason(tmp_path, capsys):
+    run_dir = tmp_path / "nan"
+    code = train_main([*SMALL_RUN, "--model.init_args.lr=1e30", "--model.init_args.warmup_epochs=0",
+                       f"--run_dir={run_dir}"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("ablate train: error: training loss became")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed" and "training loss became" in summary["reason"]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--model.init_args.model=coatnet_99"], "unknown model 'coatnet_99'; valid names:"),
+    (["--model.init_args.model=C-Q-T"], "unknown stage type 'Q'"),
+    (["--data.init_args.train_fraction=1.5"], r"train_fraction=1.5 is outside (0, 1]"),
+])
+def test_bad_input_is_one_line_and_nothing_is_completed(tmp_path, capsys, args, needle):
+    run_dir = tmp_path / "bad"
+    assert train_main([*SMALL_RUN, *args, f"--run_dir={run_dir}"]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.strip().count("\n") == 0
+    assert not (run_dir / "summary.json").exists()
+
+
+def test_missing_data_folder_names_the_path(tmp_path, capsys):
+    args = [a for a in SMALL_RUN if not a.startswith("--data")]
+    code = train_main([*args, "--data=datamodules.ImageFolderDataModule", f"--data.init_args.data_dir={tmp_path / 'imagenet'}",
+                       f"--run_dir={tmp_path / 'run'}"])
+    assert code == 2 and f"image folder {tmp_path / 'imagenet' / 'train'} does not exist" in capsys.readouterr().err
+
+
+def test_weight_decay_skips_norms_biases_and_bias_tables():
+    model = ImageClassifier("C-T", model_args=dict(depths=(1, 1), dims=(16, 32), stem_dim=16, head_dim=16),
+                            num_classes=3, image_size=16)
+    names = {n for n, p in model.backbone.named_parameters() if no_decay(n, p)}
+    assert any(n.endswith("rel_bias.table") for n in names)
+    assert all(not n.endswith("weight") or "norm" in n or model.backbone.get_parameter(n).ndim == 1 for n in names)
+    assert not any(n.endswith("qkv.weight") for n in names)
+
+
+@pytest.mark.slow
+def test_ddp_on_cpu_two_ranks_synchronised_metrics(tmp_path):
+    run_dir, reports = tmp_path / "ddp", tmp_path / "ranks"
+    run_cli(*[a for a in SMALL_RUN if not a.startswith("--trainer.devices") and "max_epochs" not in a],
+            "--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.max_epochs=1",
+            "--data.init_args.train_size=100", "--data.init_args.val_fraction=0.25",
+            "--trainer.callbacks+=tests.helpers.RankReport", f"--trainer.callbacks.out_dir={reports}",
+            f"--run_dir={run_dir}")
+    ranks = [json.loads((reports / f"rank{r}-epoch0.json").read_text()) for r in (0, 1)]
+    assert all(r["train_batches"] > 0 for r in ranks)  # both ranks trained
+    val_size = 25  # odd: a padding sampler would count one sample twice
+    assert sum(r["val_seen"] for r in ranks) == val_size  # no sample counted twice, none left out
+    logged = float(read_metrics(run_dir)[-1]["val/acc"])
+    assert logged == pytest.approx(sum(r["val_correct"] for r in ranks) / val_size)
