@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.callbacks import WeightAveraging
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 import numpy as np
 import torch
 
@@ -164,3 +166,13 @@ class RunRecorder(L.Callback):
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self.write_summary(trainer, pl_module, "failed", reason=f"{type(exception).__name__}: {exception}")
 
+
+
+class EMA(WeightAveraging):
+    """Exponential moving average of the weights (the paper fine-tunes with 0.9999), evaluated and saved in place
+    of the raw weights: ``--trainer.callbacks+=lightning_modules.callbacks.EMA --trainer.callbacks.decay=0.9999``."""
+
+    def __init__(self, decay: float = 0.9999):
+        if not 0 < decay < 1:
+            raise ValueError(f"EMA decay={decay} must be in (0, 1), e.g. 0.9999")
+        super().__init__(multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)

@@ -63,7 +63,8 @@ class ImageClassifier(L.LightningModule):
         if drop_path:
             overrides.setdefault("drop_path", drop_path)
         self.backbone = create_model(model, num_classes=num_classes, image_size=size, in_chans=in_chans, **overrides)
-        self.forward_fn = torch.compile(self.backbone) if compile else self.backbone
+        if compile:  # in place: state-dict keys stay those of the plain model, so checkpoints load uncompiled
+            self.backbone.compile()
         mixers = [v2.MixUp(alpha=mixup_alpha, num_classes=num_classes)] if mixup_alpha > 0 else []
         mixers += [v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes)] if cutmix_alpha > 0 else []
         self.mix = v2.RandomChoice(mixers) if mixers else None
@@ -72,7 +73,7 @@ class ImageClassifier(L.LightningModule):
         self.params = count_params(self.backbone)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_fn(x)
+        return self.backbone(x)
 
     def flops(self) -> int:
         """MACs of one image's forward pass (the paper's FLOPs)."""

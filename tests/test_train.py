@@ -141,3 +141,31 @@ def test_ddp_on_cpu_two_ranks_synchronised_metrics(tmp_path):
     assert sum(r["val_seen"] for r in ranks) == val_size  # no sample counted twice, none left out
     logged = float(read_metrics(run_dir)[-1]["val/acc"])
     assert logged == pytest.approx(sum(r["val_correct"] for r in ranks) / val_size)
+
+
+def test_compiled_checkpoint_loads_into_an_uncompiled_model():
+    args = dict(model="C-T", model_args=dict(depths=(1, 1), dims=(16, 32), stem_dim=16, head_dim=16), num_classes=3,
+                image_size=16)
+    compiled, plain = ImageClassifier(**args, compile=True), ImageClassifier(**args)
+    assert set(compiled.state_dict()) == set(plain.state_dict())
+    plain.load_state_dict(compiled.state_dict())
+
+
+def test_ema_and_wandb_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")  # respected: a local copy, nothing sent
+    run_dir = tmp_path / "ema"
+    args = [a for a in SMALL_RUN if "max_epochs" not in a and "logger" not in a]
+    code = train_main([*args, "--trainer.max_epochs=1", "--trainer.callbacks+=lightning_modules.callbacks.EMA",
+                       "--trainer.callbacks.decay=0.9", "--wandb.enabled=true", "--wandb.group=test-sweep",
+                       f"--run_dir={run_dir}"])
+    assert code == 0
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+    offline = list((run_dir / "wandb").glob("offline-run-*"))
+    assert offline, "W&B offline run folder missing"
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "ablations" / "configs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_configs_parse(config, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train_main([f"--config={config}", "--print_config"])
+    assert exit_info.value.code in (0, None) and "class_path: lightning_modules.classifier.ImageClassifier" in capsys.readouterr().out
