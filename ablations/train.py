@@ -67,13 +67,7 @@ class AblateCLI(LightningCLI):
             self.recorder,
         ]
         trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
-        if trainer_config.get("precision") is None:
-            trainer_config["precision"] = "bf16-mixed" if torch.cuda.is_available() and trainer_config.get(
-                "accelerator") in ("auto", "gpu", "cuda") else "32-true"
-        devices = trainer_config.get("devices")
-        multi = devices not in (1, "1", [0]) and torch.cuda.is_available() and torch.cuda.device_count() > 1
-        if trainer_config.get("accelerator") in ("auto", "gpu", "cuda") and multi:
-            trainer_config["sync_batchnorm"] = True  # BatchNorm statistics over the global batch on GPU DDP
+        trainer_config.update(device_defaults(trainer_config, torch.cuda.is_available(), torch.cuda.device_count()))
         if config.wandb.enabled:
             trainer_config["logger"] = self._wandb_logger()
         return self._instantiate_trainer(trainer_config, callbacks)
@@ -104,6 +98,20 @@ class AblateCLI(LightningCLI):
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.image_size", "model.init_args.image_size", apply_on="instantiate")
         parser.link_arguments("data.in_chans", "model.init_args.in_chans", apply_on="instantiate")
+
+
+def device_defaults(trainer: dict[str, Any], cuda: bool, gpus: int) -> dict[str, Any]:
+    """bf16-mixed when training on GPUs and no precision is given; SyncBatchNorm for multi-GPU DDP only (on CPU
+    the per-process batches are small and gloo's all-reduce per BatchNorm layer would dominate)."""
+    on_gpu = cuda and trainer.get("accelerator", "auto") in ("auto", "gpu", "cuda")
+    devices = trainer.get("devices", "auto")
+    count = gpus if devices in ("auto", -1, "-1") else len(devices) if isinstance(devices, (list, tuple)) else int(devices)
+    out: dict[str, Any] = {}
+    if trainer.get("precision") is None:
+        out["precision"] = "bf16-mixed" if on_gpu else "32-true"
+    if on_gpu and count * int(trainer.get("num_nodes") or 1) > 1:
+        out["sync_batchnorm"] = True
+    return out
 
 
 def _config_hash(config: dict[str, Any]) -> str:

@@ -82,10 +82,27 @@ class CIFAR100DataModule(CIFAR10DataModule):
     folder = "cifar-100-python"
 
 
+class LabelledFiles(Dataset):
+    """Image files with integer labels, decoded on access (PIL), as ``ImageFolder`` does."""
+
+    def __init__(self, samples: list[tuple[str, int]]):
+        self.samples = samples
+        self.targets = [t for _, t in samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        path, target = self.samples[i]
+        return datasets.folder.default_loader(path), target
+
+
 class ImageFolderDataModule(ImageDataModule):
-    """ImageNet-style ``train/<class>/*.jpg`` and ``val/<class>/*.jpg`` (also Tiny-ImageNet once its val is sorted).
+    """ImageNet-style ``train/<class>/...`` and ``val/<class>/...``; Tiny-ImageNet's ``val/images`` with
+    ``val/val_annotations.txt`` is read as it comes.
 
     The ``val`` folder is the official held-out split and serves as the test set; validation is carved from train.
+    Labels follow the sorted class folders of ``train/``, also for ``val/``.
     """
 
     mean = (0.485, 0.456, 0.406)
@@ -106,14 +123,24 @@ class ImageFolderDataModule(ImageDataModule):
         self.num_classes = len(classes)
         self.native_size = None  # photos of any size, cropped to image_size
 
-    def _folder(self, split: str) -> Dataset:
-        return datasets.ImageFolder(Path(self.data_dir) / split)
-
     def load_train(self) -> Dataset:
-        return self._folder("train")
+        train = datasets.ImageFolder(Path(self.data_dir) / "train")
+        self.class_to_idx = train.class_to_idx
+        return train
 
     def load_test(self) -> Dataset:
-        return self._folder("val")
+        val = Path(self.data_dir) / "val"
+        class_to_idx = getattr(self, "class_to_idx", None) or datasets.ImageFolder(Path(self.data_dir) / "train").class_to_idx
+        annotations = val / "val_annotations.txt"
+        if annotations.exists():  # Tiny-ImageNet: val/images/*.JPEG, labels in a tab-separated file
+            rows = [line.split("\t")[:2] for line in annotations.read_text().splitlines() if line.strip()]
+            unknown = sorted({wnid for _, wnid in rows} - class_to_idx.keys())
+            if unknown:
+                raise ValueError(f"{annotations} names classes missing from train/: {unknown[:5]}")
+            return LabelledFiles([(str(val / "images" / name), class_to_idx[wnid]) for name, wnid in rows])
+        extensions = datasets.folder.IMG_EXTENSIONS
+        samples = datasets.DatasetFolder.make_dataset(str(val), class_to_idx, extensions, allow_empty=True)
+        return LabelledFiles(samples)
 
 
 class DigitsDataModule(ImageDataModule):

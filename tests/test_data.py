@@ -137,3 +137,35 @@ def test_augmentation_presets_change_training_images_only():
     x_plain = plain._sets["train"][0][0]
     assert not torch.equal(x_plain, augmented._sets["train"][0][0])
     assert torch.equal(plain._sets["test"][0][0], augmented._sets["test"][0][0])
+
+
+def test_tiny_imagenet_layout_and_aligned_labels(tmp_path):
+    """train/<wnid>/images/*.JPEG and val/images + val_annotations.txt, as Tiny-ImageNet ships."""
+    rng = np.random.default_rng(0)
+    wnids = ["n01", "n02", "n03"]
+    for w in wnids:
+        (tmp_path / "train" / w / "images").mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "train" / w / "images" / f"{w}_{i}.JPEG")
+    (tmp_path / "val" / "images").mkdir(parents=True)
+    rows = []
+    for i, w in enumerate(["n03", "n01", "n03"]):  # n02 absent from val: labels must still follow train/
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "val" / "images" / f"val_{i}.JPEG")
+        rows.append(f"val_{i}.JPEG\t{w}\t0\t0\t63\t63")
+    (tmp_path / "val" / "val_annotations.txt").write_text("\n".join(rows) + "\n")
+    data = ImageFolderDataModule(data_dir=str(tmp_path), image_size=32, batch_size=3, val_fraction=0.0)
+    data.setup()
+    assert data.num_classes == 3 and data.split_sizes["train"] == 12
+    assert data.load_test().targets == [2, 0, 2]
+    images, targets = next(iter(data.test_dataloader()))
+    assert images.shape == (3, 3, 32, 32) and targets.tolist() == [2, 0, 2]
+
+
+def test_class_folder_missing_from_val_keeps_train_labels(tmp_path):
+    write_image_folder(tmp_path, classes=("ant", "bee", "cow"))
+    import shutil
+
+    shutil.rmtree(tmp_path / "val" / "ant")
+    data = ImageFolderDataModule(data_dir=str(tmp_path), image_size=16)
+    data.load_train()
+    assert sorted(set(data.load_test().targets)) == [1, 2]  # bee, cow keep their train/ labels

@@ -169,3 +169,28 @@ def test_shipped_configs_parse(config, capsys):
     with pytest.raises(SystemExit) as exit_info:
         train_main([f"--config={config}", "--print_config"])
     assert exit_info.value.code in (0, None) and "class_path: lightning_modules.classifier.ImageClassifier" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("trainer,cuda,gpus,expected", [
+    ({"accelerator": "auto", "devices": "auto", "precision": None}, True, 4, {"precision": "bf16-mixed", "sync_batchnorm": True}),
+    ({"accelerator": "gpu", "devices": 1, "precision": None}, True, 4, {"precision": "bf16-mixed"}),
+    ({"accelerator": "gpu", "devices": 1, "num_nodes": 2, "precision": "32-true"}, True, 8, {"sync_batchnorm": True}),
+    ({"accelerator": "cpu", "devices": 2, "precision": None}, True, 4, {"precision": "32-true"}),
+    ({"accelerator": "auto", "devices": 2, "precision": None}, False, 0, {"precision": "32-true"}),
+])
+def test_device_defaults(trainer, cuda, gpus, expected):
+    from ablations.train import device_defaults
+
+    assert device_defaults(trainer, cuda, gpus) == expected
+
+
+@pytest.mark.parametrize("mixup,cutmix", [(0.8, 0.0), (0.0, 1.0), (0.8, 1.0)])
+def test_mixup_and_cutmix_train_on_soft_targets(mixup, cutmix):
+    model = ImageClassifier("C-T", model_args=dict(depths=(1, 1), dims=(16, 32), stem_dim=16, head_dim=16),
+                            num_classes=4, image_size=16, mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=0.1)
+    images, targets = torch.randn(8, 3, 16, 16), torch.arange(8) % 4
+    mixed, soft = model.mix(images, targets)
+    assert soft.shape == (8, 4) and torch.allclose(soft.sum(1), torch.ones(8))
+    assert not torch.equal(mixed, images)
+    loss = model.training_step((images, targets), 0)
+    assert torch.isfinite(loss) and loss.requires_grad
