@@ -90,6 +90,7 @@ class RunRecorder(L.Callback):
         self.echo = echo
         self.start = time.time()
         self.epoch_start = time.time()
+        self.samples = 0
         self.rows: list[dict[str, Any]] = []
 
     @property

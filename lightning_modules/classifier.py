@@ -62,7 +62,11 @@ class ImageClassifier(L.LightningModule):
         overrides = dict(model_args or {})
         if drop_path:
             overrides.setdefault("drop_path", drop_path)
-        self.backbone = create_model(model, num_classes=num_classes, image_size=size, in_chans=in_chans, **overrides)
+        build = dict(num_classes=num_classes, image_size=size, in_chans=in_chans, **overrides)
+        self.backbone = create_model(model, **build)
+        with torch.device("meta"):  # a weightless twin: MACs without running the real model
+            self.macs = count_macs(create_model(model, **build))
+        self.params = count_params(self.backbone)
         if compile:  # in place: state-dict keys stay those of the plain model, so checkpoints load uncompiled
             self.backbone.compile()
         mixers = [v2.MixUp(alpha=mixup_alpha, num_classes=num_classes)] if mixup_alpha > 0 else []
@@ -70,14 +74,13 @@ class ImageClassifier(L.LightningModule):
         self.mix = v2.RandomChoice(mixers) if mixers else None
         self.train_loss = MeanMetric()
         self.eval_metrics = nn.ModuleDict({split: _eval_metrics(num_classes) for split in EVAL_SPLITS})
-        self.params = count_params(self.backbone)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)
 
     def flops(self) -> int:
         """MACs of one image's forward pass (the paper's FLOPs)."""
-        return count_macs(self.backbone)
+        return self.macs
 
     # --- steps ------------------------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
