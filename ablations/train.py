@@ -20,6 +20,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from jsonargparse import ArgumentError
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from datamodules import ImageDataModule
@@ -135,9 +136,28 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     try:
         return _train(argv)
+    except ArgumentError as err:
+        print(f"ablate train: error: {config_error(err)}", file=sys.stderr)
+        return 2
     except USER_ERRORS as err:
         print(f"ablate train: error: {one_line(err)}", file=sys.stderr)
         return 2
+
+
+def config_error(err: ArgumentError) -> str:
+    """One line from jsonargparse's nested report: the key, and the innermost reason or the valid choices."""
+    text = str(err)
+    key = text.split('"')[1] if text.startswith('Parser key "') else None
+    if key == "data" and ("Expected a dot import path" in text or "either not accessible or invalid" in text):
+        given = text.rsplit("Given value:", 1)[-1].strip()
+        import datamodules
+
+        valid = ", ".join(n for n in datamodules.__all__ if n.endswith("DataModule") and n != "ImageDataModule")
+        return f"unknown data set {given!r}; valid data sets: {valid} (or a dotted class path)"
+    skip = ("Expected a <class", "Given value", "Subtypes:", "Errors:", "Does not validate", "Problem with given")
+    reasons = [line.strip(" -") for line in text.splitlines()[1:] if line.strip() and not line.strip(" -").startswith(skip)]
+    reason = reasons[-1] if reasons else text.splitlines()[0]
+    return f"{key}: {reason}" if key else reason
 
 
 def one_line(err: BaseException) -> str:
@@ -151,7 +171,8 @@ def _train(argv: list[str] | None) -> int:
     cli = AblateCLI(
         ImageClassifier, ImageDataModule, subclass_mode_model=True, subclass_mode_data=True, run=False,
         save_config_callback=None, args=argv, auto_configure_optimizers=False,
-        parser_kwargs={"default_env": False, "prog": "ablate train"}, seed_everything_default=0,
+        parser_kwargs={"default_env": False, "prog": "ablate train", "exit_on_error": False},
+        seed_everything_default=0,
         trainer_defaults={"enable_progress_bar": sys.stderr.isatty(), "enable_model_summary": sys.stderr.isatty()},
     )
     trainer, model, data, run_dir = cli.trainer, cli.model, cli.datamodule, cli.run_dir

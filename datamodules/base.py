@@ -99,6 +99,8 @@ class ImageDataModule(L.LightningDataModule):
         augmentation: str = "crop_flip",
         seed: int = 0,
         track_test: bool = True,
+        mean: tuple[float, ...] | None = None,
+        std: tuple[float, ...] | None = None,
         num_workers: int = 0,
         pin_memory: bool = False,
     ):
@@ -121,6 +123,10 @@ class ImageDataModule(L.LightningDataModule):
         self.augmentation = augmentation
         self.seed = seed
         self.track_test = track_test
+        if mean is not None or std is not None:  # default: the data set's own channel statistics
+            self.mean, self.std = tuple(mean or self.mean), tuple(std or self.std)
+            if len(self.mean) != len(self.std):
+                raise ValueError(f"mean {self.mean} and std {self.std} need one value per channel each")
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self._image_size = image_size

@@ -169,3 +169,14 @@ def test_class_folder_missing_from_val_keeps_train_labels(tmp_path):
     data = ImageFolderDataModule(data_dir=str(tmp_path), image_size=16)
     data.load_train()
     assert sorted(set(data.load_test().targets)) == [1, 2]  # bee, cow keep their train/ labels
+
+
+def test_normalisation_is_configurable():
+    default = SyntheticDataModule(augmentation="none", train_size=8)
+    raw = SyntheticDataModule(augmentation="none", train_size=8, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    default.setup(), raw.setup()
+    x_raw = raw._sets["test"][0][0]
+    assert 0 <= x_raw.min() and x_raw.max() <= 1
+    torch.testing.assert_close(default._sets["test"][0][0], (x_raw - 0.5) / 0.5)
+    with pytest.raises(ValueError, match="one value per channel"):
+        SyntheticDataModule(mean=(0.5,), std=(0.2, 0.2, 0.2))
