@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from typing import Any, Sequence
 
@@ -78,9 +80,49 @@ def cmd_bench(args: argparse.Namespace) -> None:
     print(format_results(results, settings))
 
 
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from .report import write_report
+    from .sweep import SweepSpec, run_sweep, sweep_dir
+
+    if args.parallel < 1 or args.gpus_per_run < 1:
+        raise ValueError(f"--parallel {args.parallel} and --gpus-per-run {args.gpus_per_run} must be at least 1")
+    spec = SweepSpec.load(args.spec)
+    results = run_sweep(spec, args.root, parallel=args.parallel, gpus_per_run=args.gpus_per_run)
+    counts = {s: list(results.values()).count(s) for s in sorted(set(results.values()))}
+    report = write_report(sweep_dir(spec, args.root))
+    print(f"sweep {spec.name}: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f"; report: {report}")
+    if counts.get("failed"):
+        raise ValueError(f"{counts['failed']} run(s) failed; `ablate status {args.spec}` lists them and why")
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    from .sweep import SweepSpec, sweep_dir, sweep_status
+
+    spec = SweepSpec.load(args.spec)
+    rows = sweep_status(spec, args.root)
+    for run, status in rows:
+        reason = ""
+        if status == "failed":
+            summary = json.loads((sweep_dir(spec, args.root) / run.id / "summary.json").read_text())
+            reason = f"  ({summary.get('reason')})"
+        print(f"{status:<12} {run.id}{reason}")
+    counts = {s: [st for _, st in rows].count(s) for s in ("completed", "running", "interrupted", "failed", "pending")}
+    print(", ".join(f"{n} {s}" for s, n in counts.items() if n))
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from .report import write_report
+
+    print(write_report(args.folder))
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
-    """The main job. For now: every registry model with its parameters and MACs beside the paper's."""
-    cmd_models(argparse.Namespace(models=None))
+    """The main job: the five stacking orders on the embedded digits, end to end, then the results table."""
+    from pathlib import Path
+
+    spec = Path(__file__).parent / "sweeps" / "demo.yaml"
+    cmd_sweep(argparse.Namespace(spec=str(spec), root=args.root, parallel=args.parallel, gpus_per_run=1))
+    print((Path(args.root) / "demo" / "report.md").read_text())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,7 +131,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("train", help="train one model (LightningCLI: `ablate train --help`)", add_help=False)
 
-    p = sub.add_parser("demo", help="run the default study (for now: the model table)")
+    p = sub.add_parser("sweep", help="run a sweep spec (resumable; re-running skips completed runs)")
+    p.add_argument("spec", help="sweep YAML, e.g. ablations/sweeps/demo.yaml")
+    p.add_argument("--root", default="runs", help="parent folder of sweep folders")
+    p.add_argument("--parallel", type=int, default=1, help="runs at once on CPU")
+    p.add_argument("--gpus-per-run", type=int, default=1, help="GPUs per run (one DDP run over k GPUs)")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("status", help="completed / running / failed / pending per run of a sweep")
+    p.add_argument("spec")
+    p.add_argument("--root", default="runs")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("report", help="write report.md and plots for a sweep folder")
+    p.add_argument("folder", help="e.g. runs/demo")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("demo", help="run the default study: five layouts x data sizes x seeds on the embedded digits")
+    p.add_argument("--root", default="runs")
+    p.add_argument("--parallel", type=int, default=min(4, os.cpu_count() or 1), help="runs at once (CPU)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("models", help="parameters and MACs of registry models, beside the papers' figures")
@@ -128,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except ValueError as err:
+    except (ValueError, FileNotFoundError) as err:
         print(f"ablate {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -1,0 +1,281 @@
+"""Declarative sweeps: a base training config plus grid axes, expanded into runs with stable ids.
+
+A spec (YAML under ``ablations/sweeps/``)::
+
+    name: demo
+    config: ablations/configs/digits_tiny.yaml   # the base `ablate train` config
+    set: {trainer.max_epochs: 6}                  # fixed overrides of the base
+    budget: tiny                                  # the `layout` axis picks the budget-matched variant
+    grid:
+      layout: [VIT_REL, C-C-C-C, C-C-C-T, C-C-T-T, C-T-T-T]
+      data.init_args.train_fraction: [0.25, 1.0]
+      seed_everything: [0, 1]
+
+Every other grid key is an ``ablate train`` option. A run's id is derived from its resolved overrides, so
+expanding the same spec twice gives the same runs and re-running a sweep is idempotent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import socket
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lightning_modules.backbones import BUDGETS, STUDY_LAYOUTS, variant_name
+from lightning_modules.callbacks import atomic_write
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SPEC_KEYS = {"name", "config", "set", "budget", "grid", "max_retries"}
+SHORT = {"model.init_args.model": "", "data.init_args.train_fraction": "f", "seed_everything": "s"}
+
+
+@dataclass(frozen=True)
+class Run:
+    id: str
+    overrides: dict[str, Any]  # `ablate train` options on top of the base config
+    axes: dict[str, Any]  # the grid values that define this run (for tables)
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    name: str
+    config: str
+    fixed: dict[str, Any]
+    budget: str | None
+    grid: dict[str, list[Any]]
+    max_retries: int = 2
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SweepSpec":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"sweep spec {path} does not exist; shipped specs: "
+                                    f"{', '.join(str(p) for p in sorted(Path('ablations/sweeps').glob('*.yaml')))}")
+        raw = yaml.safe_load(path.read_text()) or {}
+        unknown = sorted(set(raw) - SPEC_KEYS)
+        if unknown:
+            raise ValueError(f"unknown key(s) {', '.join(unknown)} in sweep spec {path}; valid: {', '.join(sorted(SPEC_KEYS))}")
+        for key in ("name", "config", "grid"):
+            if key not in raw:
+                raise ValueError(f"sweep spec {path} needs a {key!r} entry")
+        grid = {k: v if isinstance(v, list) else [v] for k, v in raw["grid"].items()}
+        budget = raw.get("budget")
+        if "layout" in grid:
+            if budget not in BUDGETS:
+                raise ValueError(f"the layout axis needs a budget; budget={budget!r}, valid: {', '.join(BUDGETS)}")
+            bad = [layout for layout in grid["layout"] if layout not in STUDY_LAYOUTS]
+            if bad:
+                raise ValueError(f"layout(s) {bad} have no budget-matched variant; valid: {', '.join(STUDY_LAYOUTS)}")
+        # the base config: as given (relative to the working directory), else relative to the project root
+        config = Path(raw["config"])
+        if not config.is_file() and (PROJECT_ROOT / config).is_file():
+            config = PROJECT_ROOT / config
+        if not config.is_file():
+            raise FileNotFoundError(f"base config {raw['config']} of sweep spec {path} does not exist")
+        return cls(raw["name"], str(config), dict(raw.get("set") or {}), budget, grid, int(raw.get("max_retries", 2)))
+
+    def expand(self) -> list[Run]:
+        keys = list(self.grid)
+        runs = []
+        for values in itertools.product(*(self.grid[k] for k in keys)):
+            axes = dict(zip(keys, values))
+            overrides = dict(self.fixed)
+            for key, value in axes.items():
+                if key == "layout":
+                    overrides["model.init_args.model"] = variant_name(value, self.budget)
+                else:
+                    overrides[key] = value
+            runs.append(Run(run_id(overrides), overrides, axes))
+        ids = [r.id for r in runs]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"sweep {self.name!r} expands to duplicate runs; remove repeated grid values")
+        return runs
+
+
+def run_id(overrides: dict[str, Any]) -> str:
+    """Readable prefix from the usual axes, then a hash of every override: stable across expansions."""
+    digest = hashlib.sha1(json.dumps(overrides, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    parts = [f"{short}{overrides[key]}" for key, short in SHORT.items() if key in overrides]
+    return "-".join([*parts, digest])
+
+
+# --- the run folder's state ----------------------------------------------------------------------------------
+def read_status(run_dir: Path) -> str:
+    """completed | failed | running (locked by a live process) | interrupted (has a checkpoint) | pending."""
+    lock = run_dir / "lock"
+    if lock.exists() and _lock_alive(lock):
+        return "running"
+    summary = run_dir / "summary.json"
+    if summary.exists():
+        try:
+            status = json.loads(summary.read_text()).get("status")
+        except json.JSONDecodeError:
+            status = None
+        if status in ("completed", "failed"):
+            return status
+    return "interrupted" if (run_dir / "checkpoints" / "last.ckpt").exists() else "pending"
+
+
+def _lock_alive(lock: Path) -> bool:
+    try:
+        owner = json.loads(lock.read_text())
+    except (json.JSONDecodeError, OSError):
+        return False
+    if owner.get("host") != socket.gethostname():
+        return True  # another machine's lock: trust it
+    try:
+        os.kill(int(owner["pid"]), 0)
+    except (ProcessLookupError, ValueError, KeyError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def try_lock(run_dir: Path) -> bool:
+    """Claim a run for this process; a lock left by a dead process on this host is taken over."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = run_dir / "lock"
+    owner = json.dumps({"pid": os.getpid(), "host": socket.gethostname()})
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            if _lock_alive(lock):
+                return False
+            lock.unlink(missing_ok=True)  # stale: its process is gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(owner)
+        return True
+    return False
+
+
+def release(run_dir: Path) -> None:
+    (run_dir / "lock").unlink(missing_ok=True)
+
+
+# --- running -------------------------------------------------------------------------------------------------
+def sweep_dir(spec: SweepSpec, root: str | Path = "runs") -> Path:
+    return Path(root) / spec.name
+
+
+def write_manifest(spec: SweepSpec, runs: list[Run], folder: Path) -> None:
+    manifest = {"name": spec.name, "config": spec.config, "budget": spec.budget, "grid": spec.grid,
+                "runs": [{"id": r.id, "axes": r.axes, "overrides": r.overrides} for r in runs]}
+    atomic_write(folder / "manifest.json", json.dumps(manifest, indent=2, default=str) + "\n")
+
+
+def train_command(spec: SweepSpec, run: Run, run_dir: Path) -> list[str]:
+    args = [sys.executable, "-m", "ablations.cli", "train", f"--config={spec.config}"]
+    args += [f"--{key}={json.dumps(value) if not isinstance(value, str) else value}" for key, value in run.overrides.items()]
+    return args + [f"--run_dir={run_dir}", f"--wandb.group={spec.name}"]
+
+
+def _attempts(run_dir: Path) -> int:
+    path = run_dir / "attempts"
+    return int(path.read_text()) if path.exists() else 0
+
+
+def execute(spec: SweepSpec, run: Run, folder: Path, env: dict[str, str]) -> str:
+    """Run one training process until it completes or has used its ``max_retries`` retries, unless another
+    sweep process holds it; returns the final status. A failed run keeps its reason in summary.json."""
+    run_dir = folder / run.id
+    status = read_status(run_dir)
+    if status in ("completed", "running") or (status == "failed" and _attempts(run_dir) > spec.max_retries):
+        return status
+    if not try_lock(run_dir):
+        return "running"
+    try:
+        while True:
+            attempts = _attempts(run_dir) + 1
+            atomic_write(run_dir / "attempts", str(attempts))
+            command = train_command(spec, run, run_dir)
+            with open(run_dir / "train.log", "a") as log:
+                log.write(f"--- attempt {attempts}: {' '.join(command)}\n")
+                log.flush()
+                proc = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env})
+            status = read_status_unlocked(run_dir)
+            if proc.returncode != 0 and status != "failed":  # stopped before training: the log's error line says why
+                errors = [line.strip() for line in (run_dir / "train.log").read_text().splitlines()
+                          if line.startswith("ablate train: error:")]
+                reason = errors[-1] if errors else f"train exited with code {proc.returncode}"
+                reason += f" (log: {run_dir / 'train.log'})"
+                atomic_write(run_dir / "summary.json", json.dumps({"status": "failed", "reason": reason}) + "\n")
+                status = "failed"
+            if status != "failed" or attempts > spec.max_retries:
+                return status
+            (run_dir / "summary.json").unlink()  # retry; the log keeps every attempt
+    finally:
+        release(run_dir)
+
+
+def read_status_unlocked(run_dir: Path) -> str:
+    summary = run_dir / "summary.json"
+    if summary.exists():
+        try:
+            return json.loads(summary.read_text()).get("status") or "pending"
+        except json.JSONDecodeError:
+            return "pending"
+    return "pending"
+
+
+def device_slots(parallel: int, gpus_per_run: int, runs_per_gpu: int = 1) -> list[dict[str, str]]:
+    """One environment per worker: on GPUs each worker is pinned to its own GPU(s) with CUDA_VISIBLE_DEVICES."""
+    import torch
+
+    if not torch.cuda.is_available():  # share the cores instead of oversubscribing them
+        threads = str(max(1, (os.cpu_count() or 1) // parallel))
+        return [{"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": threads} for _ in range(parallel)]
+    count = torch.cuda.device_count()
+    groups = [list(range(i, i + gpus_per_run)) for i in range(0, count - gpus_per_run + 1, gpus_per_run)]
+    if not groups:
+        raise ValueError(f"--gpus-per-run {gpus_per_run} asks for more GPUs than the {count} visible")
+    return [{"CUDA_VISIBLE_DEVICES": ",".join(map(str, g))} for g in groups for _ in range(runs_per_gpu)]
+
+
+def run_sweep(spec: SweepSpec, root: str | Path = "runs", parallel: int = 1, gpus_per_run: int = 1,
+              progress: bool | None = None) -> dict[str, str]:
+    """Run every run of the sweep not yet completed; returns {run id: final status}."""
+    from tqdm.auto import tqdm
+
+    runs = spec.expand()
+    folder = sweep_dir(spec, root)
+    write_manifest(spec, runs, folder)
+    slots = device_slots(parallel, gpus_per_run)
+    free = list(range(len(slots)))
+    results: dict[str, str] = {}
+    show = sys.stderr.isatty() if progress is None else progress
+
+    def work(run: Run) -> tuple[str, str]:
+        slot = free.pop()
+        try:
+            return run.id, execute(spec, run, folder, slots[slot])
+        finally:
+            free.append(slot)
+
+    with ThreadPoolExecutor(max_workers=len(slots)) as pool, tqdm(total=len(runs), desc=spec.name, disable=not show,
+                                                                    unit="run") as bar:
+        futures = [pool.submit(work, run) for run in runs]
+        for future in as_completed(futures):
+            run_id_, status = future.result()
+            results[run_id_] = status
+            bar.update()
+            if not show:
+                print(f"[{len(results)}/{len(runs)}] {run_id_}: {status}", flush=True)
+    return results
+
+
+def sweep_status(spec: SweepSpec, root: str | Path = "runs") -> list[tuple[Run, str]]:
+    folder = sweep_dir(spec, root)
+    return [(run, read_status(folder / run.id)) for run in spec.expand()]

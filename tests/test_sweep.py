@@ -1,0 +1,109 @@
+"""Sweeps: grid expansion with stable ids, locks, a small parallel sweep on CPU, idempotent re-runs, the report."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ablations.cli import main as cli_main
+from ablations.sweep import SweepSpec, read_status, run_sweep, sweep_status, try_lock
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY_SPEC = f"""
+name: tiny
+config: {ROOT / 'ablations/configs/digits_tiny.yaml'}
+set:
+  model.init_args.model_args: {{depths: [1, 1], dims: [16, 32], stem_dim: 16, head_dim: 16}}
+  data: datamodules.SyntheticDataModule
+  data.init_args.image_size: 16
+  data.init_args.num_classes: 4
+  data.init_args.train_size: 64
+  data.init_args.test_size: 16
+  data.init_args.batch_size: 16
+  trainer.max_epochs: 1
+grid:
+  model.init_args.model: [C-T, T-C]
+  seed_everything: [0, 1]
+"""
+
+
+def write_spec(tmp_path, text=TINY_SPEC) -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_demo_spec_expands_to_the_five_layouts_with_stable_ids():
+    spec = SweepSpec.load(ROOT / "ablations/sweeps/demo.yaml")
+    runs = spec.expand()
+    assert len(runs) == 5 * 2 * 2
+    models = {r.overrides["model.init_args.model"] for r in runs}
+    assert models == {"vit_rel_tiny", "cccc_tiny", "ccct_tiny", "cctt_tiny", "cttt_tiny"}
+    assert [r.id for r in runs] == [r.id for r in SweepSpec.load(ROOT / "ablations/sweeps/demo.yaml").expand()]
+    assert len({r.id for r in runs}) == len(runs)
+    assert runs[0].id.startswith("vit_rel_tiny-f0.25-s0-")
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("name: x\nconfig: c.yaml\ngrid: {layout: [C-C-T-T]}\n", "the layout axis needs a budget"),
+    ("name: x\nconfig: c.yaml\nbudget: tiny\ngrid: {layout: [C-Q-T-T]}\n", r"layout\(s\) \['C-Q-T-T'\] have no budget-matched"),
+    ("name: x\nconfig: c.yaml\ngird: {}\n", "unknown key\\(s\\) gird"),
+    ("name: x\ngrid: {seed_everything: [0]}\n", "needs a 'config' entry"),
+])
+def test_bad_specs_name_the_problem(tmp_path, text, needle):
+    with pytest.raises(ValueError, match=needle):
+        SweepSpec.load(write_spec(tmp_path, text))
+
+
+def test_locks_are_exclusive_and_stale_locks_are_taken_over(tmp_path):
+    run_dir = tmp_path / "run"
+    assert try_lock(run_dir) and not try_lock(run_dir)  # this process holds it
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (run_dir / "lock").write_text(json.dumps({"pid": int(dead.stdout), "host": os.uname().nodename}))
+    assert read_status(run_dir) == "pending"  # a dead owner does not count as running
+    assert try_lock(run_dir)
+
+
+def test_parallel_sweep_runs_every_run_once_and_rerun_is_idempotent(tmp_path, capsys):
+    spec = SweepSpec.load(write_spec(tmp_path))
+    results = run_sweep(spec, tmp_path / "runs", parallel=2, progress=False)
+    assert sorted(results.values()) == ["completed"] * 4
+    folder = tmp_path / "runs" / "tiny"
+    assert all((folder / r.id / "attempts").read_text() == "1" for r in spec.expand())
+    again = run_sweep(spec, tmp_path / "runs", parallel=2, progress=False)  # nothing runs twice
+    assert sorted(again.values()) == ["completed"] * 4
+    assert all((folder / r.id / "attempts").read_text() == "1" for r in spec.expand())
+    assert [s for _, s in sweep_status(spec, tmp_path / "runs")] == ["completed"] * 4
+    assert cli_main(["report", str(folder)]) == 0
+    report = (folder / "report.md").read_text()
+    assert "4 of 4 runs completed" in report and (folder / "data_size.png").stat().st_size > 0
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert [r["id"] for r in manifest["runs"]] == [r.id for r in spec.expand()]
+
+
+def test_failed_runs_are_retried_then_reported_with_the_reason(tmp_path, capsys):
+    bad = TINY_SPEC.replace("trainer.max_epochs: 1", "trainer.max_epochs: 1\n  model.init_args.lr: 1.0e+30\n"
+                            "  model.init_args.warmup_epochs: 0").replace("max_retries", "")
+    bad = bad.replace("grid:\n  model.init_args.model: [C-T, T-C]\n  seed_everything: [0, 1]",
+                      "max_retries: 1\ngrid:\n  model.init_args.model: [C-T]")
+    spec_path = write_spec(tmp_path, bad)
+    assert cli_main(["sweep", str(spec_path), "--root", str(tmp_path / "runs")]) == 2
+    run = SweepSpec.load(spec_path).expand()[0]
+    assert (tmp_path / "runs" / "tiny" / run.id / "attempts").read_text() == "2"  # first try + one retry
+    capsys.readouterr()
+    assert cli_main(["status", str(spec_path), "--root", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("failed") and "training loss became" in out
+
+
+def test_a_run_that_cannot_start_reports_the_train_error(tmp_path, capsys):
+    spec_path = write_spec(tmp_path, TINY_SPEC.replace("[C-T, T-C]", "[C-T-T]").replace("seed_everything: [0, 1]",
+                                                                                      "seed_everything: [0]"))
+    assert cli_main(["sweep", str(spec_path), "--root", str(tmp_path / "runs")]) == 2
+    capsys.readouterr()
+    cli_main(["status", str(spec_path), "--root", str(tmp_path / "runs")])
+    assert "ablate train: error: layout 'C-T-T' needs one depths entry per segment letter" in capsys.readouterr().out
