@@ -81,12 +81,20 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
     from .report import write_report
     from .sweep import SweepSpec, run_sweep, sweep_dir
 
     if args.parallel < 1 or args.gpus_per_run < 1:
         raise ValueError(f"--parallel {args.parallel} and --gpus-per-run {args.gpus_per_run} must be at least 1")
     spec = SweepSpec.load(args.spec)
+    if args.export_wandb:
+        from .sweep import wandb_sweep_config
+
+        Path(args.export_wandb).write_text(yaml.safe_dump(wandb_sweep_config(spec), sort_keys=False))
+        print(f"wrote {args.export_wandb}: `wandb sweep {args.export_wandb}`, then `wandb agent ID` once per GPU")
+        return
     results = run_sweep(spec, args.root, parallel=args.parallel, gpus_per_run=args.gpus_per_run)
     counts = {s: list(results.values()).count(s) for s in sorted(set(results.values()))}
     report = write_report(sweep_dir(spec, args.root))
@@ -121,7 +129,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     spec = Path(__file__).parent / "sweeps" / "demo.yaml"
-    cmd_sweep(argparse.Namespace(spec=str(spec), root=args.root, parallel=args.parallel, gpus_per_run=1))
+    cmd_sweep(argparse.Namespace(spec=str(spec), root=args.root, parallel=args.parallel, gpus_per_run=1,
+                                 export_wandb=None))
     print((Path(args.root) / "demo" / "report.md").read_text())
 
 
@@ -136,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default="runs", help="parent folder of sweep folders")
     p.add_argument("--parallel", type=int, default=1, help="runs at once on CPU")
     p.add_argument("--gpus-per-run", type=int, default=1, help="GPUs per run (one DDP run over k GPUs)")
+    p.add_argument("--export-wandb", metavar="PATH", help="write a W&B sweep YAML instead of running")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("status", help="completed / running / failed / pending per run of a sweep")

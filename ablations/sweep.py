@@ -279,3 +279,23 @@ def run_sweep(spec: SweepSpec, root: str | Path = "runs", parallel: int = 1, gpu
 def sweep_status(spec: SweepSpec, root: str | Path = "runs") -> list[tuple[Run, str]]:
     folder = sweep_dir(spec, root)
     return [(run, read_status(folder / run.id)) for run in spec.expand()]
+
+
+def wandb_sweep_config(spec: SweepSpec, project: str = "stacking-ablations") -> dict[str, Any]:
+    """A W&B sweep (method grid) whose agents run ``ablate train`` with one grid point each: ``wandb sweep`` on
+    the YAML, then one ``wandb agent`` per GPU. The layout axis is written as the model names it stands for."""
+    def literal(value: Any) -> Any:  # the agent writes --key=value; jsonargparse reads JSON for lists and dicts
+        return json.dumps(value) if isinstance(value, (list, dict)) else value
+
+    parameters: dict[str, Any] = {key: {"value": literal(value)} for key, value in spec.fixed.items()}
+    for key, values in spec.grid.items():
+        if key == "layout":
+            parameters["model.init_args.model"] = {"values": [variant_name(v, spec.budget) for v in values]}
+        else:
+            parameters[key] = {"values": [literal(v) for v in values]}
+    return {
+        "name": spec.name, "project": project, "method": "grid", "program": "ablations/cli.py",
+        "parameters": parameters,
+        "command": ["${env}", "${interpreter}", "-m", "ablations.cli", "train", f"--config={spec.config}",
+                    "--wandb.enabled=true", f"--wandb.project={project}", f"--wandb.group={spec.name}", "${args}"],
+    }

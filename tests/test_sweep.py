@@ -107,3 +107,92 @@ def test_a_run_that_cannot_start_reports_the_train_error(tmp_path, capsys):
     capsys.readouterr()
     cli_main(["status", str(spec_path), "--root", str(tmp_path / "runs")])
     assert "ablate train: error: layout 'C-T-T' needs one depths entry per segment letter" in capsys.readouterr().out
+
+
+def _sweep_process(spec_path, root, *extra):
+    return subprocess.Popen([sys.executable, "-m", "ablations.cli", "sweep", str(spec_path), "--root", str(root), *extra],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env={**os.environ, "WANDB_MODE": "disabled"})
+
+
+def test_sweep_killed_midway_then_rerun_completes_every_run_exactly_once(tmp_path):
+    import signal
+    import time
+
+    spec_path = write_spec(tmp_path, TINY_SPEC.replace("trainer.max_epochs: 1", "trainer.max_epochs: 2"))
+    spec = SweepSpec.load(spec_path)
+    folder = tmp_path / "runs" / "tiny"
+    proc = _sweep_process(spec_path, tmp_path / "runs")
+    deadline = time.time() + 300
+    while time.time() < deadline:  # kill once one run is done and the next has started
+        statuses = [read_status(folder / r.id) for r in spec.expand()]
+        if statuses.count("completed") >= 1 and "running" in statuses:
+            break
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its training process
+    proc.wait()
+    done_before = {r.id for r in spec.expand() if read_status(folder / r.id) == "completed"}
+    assert 1 <= len(done_before) < 4
+    results = run_sweep(spec, tmp_path / "runs", parallel=1, progress=False)
+    assert sorted(results.values()) == ["completed"] * 4
+    for run in spec.expand():
+        attempts = int((folder / run.id / "attempts").read_text())
+        assert attempts == 1 if run.id in done_before else attempts <= 2  # completed runs never ran again
+        epochs = [line.split(",")[0] for line in (folder / run.id / "metrics.csv").read_text().splitlines()[1:]]
+        assert epochs == ["0", "1"]
+
+
+def test_two_sweep_processes_on_one_folder_never_run_a_run_twice(tmp_path):
+    spec_path = write_spec(tmp_path)
+    procs = [_sweep_process(spec_path, tmp_path / "runs") for _ in range(2)]
+    for proc in procs:
+        proc.wait(timeout=600)
+    spec = SweepSpec.load(spec_path)
+    folder = tmp_path / "runs" / "tiny"
+    assert [read_status(folder / r.id) for r in spec.expand()] == ["completed"] * 4
+    assert [(folder / r.id / "attempts").read_text() for r in spec.expand()] == ["1"] * 4
+
+
+def agent_command(sweep: dict, params: dict) -> list[str]:
+    """The command a `wandb agent` runs for one grid point: ${env}, ${interpreter}, ${args} as W&B expands them."""
+    out = []
+    for part in sweep["command"]:
+        if part == "${env}":
+            out.append("/usr/bin/env")
+        elif part == "${interpreter}":
+            out.append(sys.executable)
+        elif part == "${args}":
+            out += [f"--{key}={value}" for key, value in params.items()]
+        else:
+            out.append(part)
+    return out
+
+
+def test_exported_wandb_sweep_trains_as_the_agent_runs_it(tmp_path, capsys):
+    import yaml
+
+    spec_path = write_spec(tmp_path)
+    out = tmp_path / "sweep.yaml"
+    assert cli_main(["sweep", str(spec_path), "--export-wandb", str(out)]) == 0
+    sweep = yaml.safe_load(out.read_text())
+    assert sweep["method"] == "grid" and sweep["parameters"]["seed_everything"] == {"values": [0, 1]}
+    assert sweep["parameters"]["model.init_args.model"] == {"values": ["C-T", "T-C"]}
+    point = {k: (v["values"][0] if "values" in v else v["value"]) for k, v in sweep["parameters"].items()}
+    command = agent_command(sweep, {**point, "run_dir": str(tmp_path / "agent-run")})
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "disabled"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((tmp_path / "agent-run" / "summary.json").read_text())["status"] == "completed"
+
+
+def test_demo_spec_exports_the_layout_axis_as_model_names(tmp_path):
+    from ablations.sweep import wandb_sweep_config
+
+    sweep = wandb_sweep_config(SweepSpec.load(ROOT / "ablations/sweeps/demo.yaml"))
+    assert sweep["parameters"]["model.init_args.model"]["values"][0] == "vit_rel_tiny"
+    assert sweep["parameters"]["trainer.max_epochs"] == {"value": 4}
+
+
+@pytest.mark.parametrize("name,runs", [("demo", 20), ("cifar100", 60), ("imagenet", 10)])
+def test_shipped_specs_load(name, runs):
+    spec = SweepSpec.load(ROOT / "ablations" / "sweeps" / f"{name}.yaml")
+    assert len(spec.expand()) == runs and Path(spec.config).is_file()
