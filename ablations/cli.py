@@ -95,6 +95,17 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         Path(args.export_wandb).write_text(yaml.safe_dump(wandb_sweep_config(spec), sort_keys=False))
         print(f"wrote {args.export_wandb}: `wandb sweep {args.export_wandb}`, then `wandb agent ID` once per GPU")
         return
+    if args.executor != "processes":
+        from .sweep import submit_sweep
+
+        jobs = submit_sweep(args.spec, args.root, executor=args.executor, partition=args.partition,
+                            time_min=args.time, gpus_per_node=args.gpus_per_run, nodes_per_run=args.nodes_per_run,
+                            wait=args.executor == "local")
+        print(f"submitted {len(jobs)} run(s): {', '.join(str(j.job_id) for j in jobs) or 'nothing left to run'}; "
+              f"`ablate status {args.spec}` follows them")
+        if args.executor == "local":
+            print(write_report(sweep_dir(spec, args.root)))
+        return
     results = run_sweep(spec, args.root, parallel=args.parallel, gpus_per_run=args.gpus_per_run)
     counts = {s: list(results.values()).count(s) for s in sorted(set(results.values()))}
     report = write_report(sweep_dir(spec, args.root))
@@ -146,6 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parallel", type=int, default=1, help="runs at once on CPU")
     p.add_argument("--gpus-per-run", type=int, default=1, help="GPUs per run (one DDP run over k GPUs)")
     p.add_argument("--export-wandb", metavar="PATH", help="write a W&B sweep YAML instead of running")
+    p.add_argument("--executor", default="processes", choices=["processes", "slurm", "local"],
+                   help="processes: here, in parallel; slurm: a submitit job array; local: submitit's local executor")
+    p.add_argument("--partition", help="SLURM partition")
+    p.add_argument("--time", type=int, default=24 * 60, help="SLURM time limit per job, minutes (requeued after)")
+    p.add_argument("--nodes-per-run", type=int, default=1, help="SLURM nodes per run (multi-node DDP)")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("status", help="completed / running / failed / pending per run of a sweep")

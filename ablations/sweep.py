@@ -131,6 +131,9 @@ def _lock_alive(lock: Path) -> bool:
         owner = json.loads(lock.read_text())
     except (json.JSONDecodeError, OSError):
         return False
+    job = os.environ.get("SLURM_JOB_ID")
+    if job and owner.get("job") == job:
+        return False  # our own SLURM job, requeued after preemption: its earlier process is gone
     if owner.get("host") != socket.gethostname():
         return True  # another machine's lock: trust it
     try:
@@ -146,7 +149,7 @@ def try_lock(run_dir: Path) -> bool:
     """Claim a run for this process; a lock left by a dead process on this host is taken over."""
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = run_dir / "lock"
-    owner = json.dumps({"pid": os.getpid(), "host": socket.gethostname()})
+    owner = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "job": os.environ.get("SLURM_JOB_ID")})
     for _ in range(2):
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -176,8 +179,10 @@ def write_manifest(spec: SweepSpec, runs: list[Run], folder: Path) -> None:
     atomic_write(folder / "manifest.json", json.dumps(manifest, indent=2, default=str) + "\n")
 
 
-def train_command(spec: SweepSpec, run: Run, run_dir: Path) -> list[str]:
+def train_command(spec: SweepSpec, run: Run, run_dir: Path, gpus: int = 1) -> list[str]:
     args = [sys.executable, "-m", "ablations.cli", "train", f"--config={spec.config}"]
+    if gpus > 1:  # one DDP run over the worker's pinned GPUs
+        args += [f"--trainer.devices={gpus}", "--trainer.strategy=ddp"]
     args += [f"--{key}={json.dumps(value) if not isinstance(value, str) else value}" for key, value in run.overrides.items()]
     return args + [f"--run_dir={run_dir}", f"--wandb.group={spec.name}"]
 
@@ -200,7 +205,8 @@ def execute(spec: SweepSpec, run: Run, folder: Path, env: dict[str, str]) -> str
         while True:
             attempts = _attempts(run_dir) + 1
             atomic_write(run_dir / "attempts", str(attempts))
-            command = train_command(spec, run, run_dir)
+            visible = env.get("CUDA_VISIBLE_DEVICES", "")
+            command = train_command(spec, run, run_dir, gpus=len(visible.split(",")) if visible else 1)
             with open(run_dir / "train.log", "a") as log:
                 log.write(f"--- attempt {attempts}: {' '.join(command)}\n")
                 log.flush()
@@ -299,3 +305,62 @@ def wandb_sweep_config(spec: SweepSpec, project: str = "stacking-ablations") -> 
         "command": ["${env}", "${interpreter}", "-m", "ablations.cli", "train", f"--config={spec.config}",
                     "--wandb.enabled=true", f"--wandb.project={project}", f"--wandb.group={spec.name}", "${args}"],
     }
+
+
+# --- SLURM through submitit ----------------------------------------------------------------------------------
+class SlurmRun:
+    """One run as a submitit job. On preemption or timeout submitit calls ``checkpoint`` and requeues the job,
+    which resumes the run from its last checkpoint. Under multi-node DDP every task starts the training process
+    (Lightning reads the SLURM variables); task 0 also holds the run's lock and records its status."""
+
+    def __init__(self, spec_path: str, run_id: str, root: str):
+        self.spec_path, self.run_id, self.root = spec_path, run_id, root
+
+    def __call__(self) -> str:
+        spec = SweepSpec.load(self.spec_path)
+        run = next(r for r in spec.expand() if r.id == self.run_id)
+        folder = sweep_dir(spec, self.root)
+        if os.environ.get("SLURM_PROCID", "0") != "0":
+            return str(subprocess.run(train_command(spec, run, folder / run.id)).returncode)
+        return execute(spec, run, folder, env={})
+
+    def checkpoint(self, *args, **kwargs):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(SlurmRun(self.spec_path, self.run_id, self.root))
+
+
+def submit_sweep(spec_path: str, root: str, executor: str = "slurm", partition: str | None = None,
+                 time_min: int = 60 * 24, gpus_per_node: int = 1, nodes_per_run: int = 1, cpus_per_task: int = 8,
+                 wait: bool = False) -> list[Any]:
+    """Submit every unfinished run of the sweep as one job array (``executor="local"`` runs it here)."""
+    import submitit
+
+    spec = SweepSpec.load(spec_path)
+    folder = sweep_dir(spec, root)
+    runs = spec.expand()
+    write_manifest(spec, runs, folder)
+    todo = [r for r in runs if read_status(folder / r.id) not in ("completed", "running")]
+    if not todo:
+        return []
+    if executor == "local":
+        ex = submitit.LocalExecutor(folder=folder / "submitit")
+        ex.update_parameters(timeout_min=time_min)
+    else:
+        ex = submitit.AutoExecutor(folder=folder / "submitit", cluster=executor)
+        ex.update_parameters(
+            timeout_min=time_min, nodes=nodes_per_run, tasks_per_node=gpus_per_node, gpus_per_node=gpus_per_node,
+            cpus_per_task=cpus_per_task, name=f"ablate-{spec.name}",
+            **({"slurm_partition": partition} if partition else {}),
+        )
+    # each job is the SlurmRun itself, so that submitit finds its `checkpoint` method and requeues it
+    submissions = [SlurmRun(str(spec_path), r.id, str(root)) for r in todo]
+    if executor == "local":
+        jobs = [ex.submit(job) for job in submissions]
+    else:
+        with ex.batch():  # one job array
+            jobs = [ex.submit(job) for job in submissions]
+    if wait:
+        for job in jobs:
+            job.result()
+    return jobs

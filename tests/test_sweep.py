@@ -45,7 +45,7 @@ def test_demo_spec_expands_to_the_five_layouts_with_stable_ids():
     assert models == {"vit_rel_tiny", "cccc_tiny", "ccct_tiny", "cctt_tiny", "cttt_tiny"}
     assert [r.id for r in runs] == [r.id for r in SweepSpec.load(ROOT / "ablations/sweeps/demo.yaml").expand()]
     assert len({r.id for r in runs}) == len(runs)
-    assert runs[0].id.startswith("vit_rel_tiny-f0.25-s0-")
+    assert runs[0].id.startswith("vit_rel_tiny-f0.5-s0-")
 
 
 @pytest.mark.parametrize("text,needle", [
@@ -196,3 +196,21 @@ def test_demo_spec_exports_the_layout_axis_as_model_names(tmp_path):
 def test_shipped_specs_load(name, runs):
     spec = SweepSpec.load(ROOT / "ablations" / "sweeps" / f"{name}.yaml")
     assert len(spec.expand()) == runs and Path(spec.config).is_file()
+
+
+def test_submitit_local_executor_runs_a_two_run_array(tmp_path):
+    from ablations.sweep import submit_sweep
+
+    spec_path = write_spec(tmp_path, TINY_SPEC.replace("seed_everything: [0, 1]", "seed_everything: [0]"))
+    jobs = submit_sweep(str(spec_path), str(tmp_path / "runs"), executor="local", wait=True)
+    assert len(jobs) == 2 and [job.result() for job in jobs] == ["completed", "completed"]
+    assert submit_sweep(str(spec_path), str(tmp_path / "runs"), executor="local") == []  # nothing left to run
+
+
+def test_requeued_slurm_job_takes_its_own_lock_back(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "lock").write_text(json.dumps({"pid": 1, "host": "another-node", "job": "4242"}))
+    assert not try_lock(run_dir)  # someone else's job on another node
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    assert try_lock(run_dir)  # the same job, requeued
