@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
 import yaml
@@ -81,8 +82,6 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
     from .report import write_report
     from .sweep import SweepSpec, run_sweep, sweep_dir
 
@@ -135,14 +134,15 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(write_report(args.folder))
 
 
+DEMO_SPEC = Path(__file__).parent / "sweeps" / "demo.yaml"
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     """The main job: the five stacking orders on the embedded digits, end to end, then the results table."""
-    from pathlib import Path
-
-    spec = Path(__file__).parent / "sweeps" / "demo.yaml"
-    cmd_sweep(argparse.Namespace(spec=str(spec), root=args.root, parallel=args.parallel, gpus_per_run=1,
-                                 export_wandb=None))
-    print((Path(args.root) / "demo" / "report.md").read_text())
+    sweep_args = build_parser().parse_args(["sweep", str(DEMO_SPEC), "--root", args.root, "--parallel", str(args.parallel)])
+    cmd_sweep(sweep_args)
+    name = yaml.safe_load(DEMO_SPEC.read_text())["name"]
+    print((Path(args.root) / name / "report.md").read_text())
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -214,3 +214,13 @@ def test_requeued_slurm_job_takes_its_own_lock_back(tmp_path, monkeypatch):
     assert not try_lock(run_dir)  # someone else's job on another node
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     assert try_lock(run_dir)  # the same job, requeued
+
+
+def test_ablate_demo_runs_the_study_and_prints_the_report(tmp_path, monkeypatch, capsys):
+    import ablations.cli
+
+    monkeypatch.setattr(ablations.cli, "DEMO_SPEC", write_spec(tmp_path, TINY_SPEC.replace("seed_everything: [0, 1]",
+                                                                                           "seed_everything: [0]")))
+    assert cli_main(["demo", "--root", str(tmp_path / "runs"), "--parallel", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "# Sweep tiny" in out and "2 of 2 runs completed" in out and "clean train loss" in out
