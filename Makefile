@@ -31,7 +31,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
-	$(BIN)/ablate bench coatnet_0 --downsample dw --timm coatnet_0_224
+	$(BIN)/ablate bench coatnet_0 --set downsample=dw --timm coatnet_0_224 --batch 16 --rounds 10 --channels-last
 
 clean:
 	rm -rf $(VENV) .pytest_cache
