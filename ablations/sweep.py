@@ -59,8 +59,8 @@ class SweepSpec:
     def load(cls, path: str | Path) -> "SweepSpec":
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"sweep spec {path} does not exist; shipped specs: "
-                                    f"{', '.join(str(p) for p in sorted(Path('ablations/sweeps').glob('*.yaml')))}")
+            shipped = sorted(p.relative_to(PROJECT_ROOT) for p in (PROJECT_ROOT / "ablations" / "sweeps").glob("*.yaml"))
+            raise FileNotFoundError(f"sweep spec {path} does not exist; shipped specs: {', '.join(map(str, shipped))}")
         raw = yaml.safe_load(path.read_text()) or {}
         unknown = sorted(set(raw) - SPEC_KEYS)
         if unknown:
@@ -110,19 +110,22 @@ def run_id(overrides: dict[str, Any]) -> str:
 
 
 # --- the run folder's state ----------------------------------------------------------------------------------
+def summary_status(run_dir: Path) -> str | None:
+    """The status summary.json records, or None when there is none (or it cannot be read)."""
+    try:
+        return json.loads((run_dir / "summary.json").read_text()).get("status")
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
 def read_status(run_dir: Path) -> str:
     """completed | failed | running (locked by a live process) | interrupted (has a checkpoint) | pending."""
     lock = run_dir / "lock"
     if lock.exists() and _lock_alive(lock):
         return "running"
-    summary = run_dir / "summary.json"
-    if summary.exists():
-        try:
-            status = json.loads(summary.read_text()).get("status")
-        except json.JSONDecodeError:
-            status = None
-        if status in ("completed", "failed"):
-            return status
+    status = summary_status(run_dir)
+    if status in ("completed", "failed"):
+        return status
     return "interrupted" if (run_dir / "checkpoints" / "last.ckpt").exists() else "pending"
 
 
@@ -211,7 +214,7 @@ def execute(spec: SweepSpec, run: Run, folder: Path, env: dict[str, str]) -> str
                 log.write(f"--- attempt {attempts}: {' '.join(command)}\n")
                 log.flush()
                 proc = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env})
-            status = read_status_unlocked(run_dir)
+            status = summary_status(run_dir) or "pending"
             if proc.returncode != 0 and status != "failed":  # stopped before training: the log's error line says why
                 errors = [line.strip() for line in (run_dir / "train.log").read_text().splitlines()
                           if line.startswith("ablate train: error:")]
@@ -224,16 +227,6 @@ def execute(spec: SweepSpec, run: Run, folder: Path, env: dict[str, str]) -> str
             (run_dir / "summary.json").unlink()  # retry; the log keeps every attempt
     finally:
         release(run_dir)
-
-
-def read_status_unlocked(run_dir: Path) -> str:
-    summary = run_dir / "summary.json"
-    if summary.exists():
-        try:
-            return json.loads(summary.read_text()).get("status") or "pending"
-        except json.JSONDecodeError:
-            return "pending"
-    return "pending"
 
 
 def device_slots(parallel: int, gpus_per_run: int, runs_per_gpu: int = 1) -> list[dict[str, str]]:
