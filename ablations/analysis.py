@@ -1,0 +1,108 @@
+"""Reading the study: one tidy table of every run's curves, and the paper's generalisation comparisons.
+
+``load_runs(folder)`` reads a sweep folder (or a single run folder) into a pandas frame with one row per run and
+epoch. The analyses take that frame, whatever produced it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from lightning_modules.backbones import MODELS
+
+COLUMNS = [
+    "run", "layout", "model", "budget", "data_size", "seed", "params", "flops", "epoch", "step",
+    "train_loss", "train_eval_loss", "train_eval_acc", "val_loss", "val_acc", "test_loss", "test_acc",
+]
+METRIC_NAMES = {  # metrics.csv column -> tidy column
+    "train/loss": "train_loss", "train_eval/loss": "train_eval_loss", "train_eval/acc": "train_eval_acc",
+    "val/loss": "val_loss", "val/acc": "val_acc", "test/loss": "test_loss", "test/acc": "test_acc",
+}
+
+
+def describe_model(name: str) -> tuple[str, str | None]:
+    """(layout, budget) of a registry name or a layout string: ``cctt_tiny -> ("C-C-T-T", "tiny")``."""
+    entry = MODELS.get(name.lower())
+    if entry is None:
+        return name, None
+    budget = name.rsplit("_", 1)[-1] if name.rsplit("_", 1)[-1] in ("paper", "cifar", "tiny") else None
+    return getattr(entry.config, "layout", name), budget
+
+
+def load_run(run_dir: str | Path) -> pd.DataFrame:
+    """One run folder's curves, with its identity columns repeated on every row."""
+    run_dir = Path(run_dir)
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    metrics = pd.read_csv(run_dir / "metrics.csv").rename(columns=METRIC_NAMES)
+    model = config["model"]["init_args"]["model"]
+    layout, budget = describe_model(model)
+    identity = {
+        "run": run_dir.name, "layout": layout, "model": model, "budget": budget,
+        "data_size": config["data"]["init_args"].get("train_samples") or config["data"]["init_args"]["train_fraction"],
+        "seed": config.get("seed_everything"), "params": summary.get("params"), "flops": summary.get("flops"),
+    }
+    for key, value in identity.items():
+        metrics[key] = value
+    return metrics.reindex(columns=COLUMNS)
+
+
+def load_runs(folder: str | Path, completed_only: bool = True) -> pd.DataFrame:
+    """Every run under a sweep folder (or the one run folder given) as one tidy frame."""
+    folder = Path(folder)
+    run_dirs = [folder] if (folder / "metrics.csv").exists() else sorted(p for p in folder.iterdir() if (p / "metrics.csv").exists())
+    frames = []
+    for run_dir in run_dirs:
+        status = json.loads((run_dir / "summary.json").read_text()).get("status") if (run_dir / "summary.json").exists() else None
+        if completed_only and status != "completed":
+            continue
+        frames.append(load_run(run_dir))
+    if not frames:
+        raise FileNotFoundError(f"no {'completed ' if completed_only else ''}runs with metrics.csv under {folder}")
+    return pd.concat(frames, ignore_index=True)
+
+
+def accuracy_at_loss(curve: pd.DataFrame, loss: float, loss_col: str = "train_eval_loss",
+                     acc_col: str = "test_acc") -> float:
+    """Test accuracy where the run's clean training loss crossed ``loss``, linearly interpolated between the two
+    epochs around the crossing; NaN when the run never reached it. "If two models reach the same training loss,
+    the one with higher test accuracy generalises better."""
+    points = curve[[loss_col, acc_col]].dropna().to_numpy()
+    for (l0, a0), (l1, a1) in zip(points[:-1], points[1:]):
+        if min(l0, l1) <= loss <= max(l0, l1):
+            return float(a0 if l1 == l0 else a0 + (a1 - a0) * (loss - l0) / (l1 - l0))
+    if len(points) and points[-1][0] == loss:
+        return float(points[-1][1])
+    return float("nan")
+
+
+def equal_loss_table(frame: pd.DataFrame, loss: float) -> pd.DataFrame:
+    """Per run: test accuracy at clean training loss ``loss``."""
+    rows = []
+    for run, curve in frame.sort_values("epoch").groupby("run", sort=False):
+        first = curve.iloc[0]
+        rows.append({"run": run, "layout": first["layout"], "data_size": first["data_size"], "seed": first["seed"],
+                     "test_acc_at_loss": accuracy_at_loss(curve, loss)})
+    return pd.DataFrame(rows)
+
+
+def final_gap(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per run, at its last epoch: clean training loss and accuracy, test accuracy, and the gaps."""
+    last = frame.sort_values("epoch").groupby("run", sort=False).tail(1)
+    out = last[["run", "layout", "data_size", "seed", "train_eval_loss", "train_eval_acc", "test_loss", "test_acc"]].copy()
+    out["acc_gap"] = out["train_eval_acc"] - out["test_acc"]
+    out["loss_gap"] = out["test_loss"] - out["train_eval_loss"]
+    return out.reset_index(drop=True)
+
+
+def summarise(per_run: pd.DataFrame, value: str, by: tuple[str, ...] = ("layout", "data_size")) -> pd.DataFrame:
+    """Mean, standard deviation and count over seeds."""
+    grouped = per_run.groupby(list(by))[value]
+    return grouped.agg(["mean", "std", "count"]).reset_index()
+
+
+__all__ = ["COLUMNS", "accuracy_at_loss", "equal_loss_table", "final_gap", "load_run", "load_runs", "summarise"]

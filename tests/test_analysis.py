@@ -1,0 +1,70 @@
+"""Analysis numbers on hand-made run tables whose right answers are known, and the loader on real run folders."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from ablations.analysis import (
+    COLUMNS, accuracy_at_loss, describe_model, equal_loss_table, final_gap, load_runs, summarise,
+)
+from ablations.train import main as train_main
+
+
+def curve(run, layout, losses, accs, seed=0, data_size=1.0):
+    return pd.DataFrame({"run": run, "layout": layout, "data_size": data_size, "seed": seed,
+                         "epoch": range(len(losses)), "train_eval_loss": losses, "test_acc": accs,
+                         "train_eval_acc": [1 - l / 4 for l in losses], "test_loss": [l + 0.5 for l in losses]})
+
+
+@pytest.mark.parametrize("loss,expected", [(0.75, 0.7), (1.0, 0.6), (2.0, 0.2), (1.5, 0.4), (0.1, math.nan), (3.0, math.nan)])
+def test_accuracy_interpolated_at_equal_training_loss(loss, expected):
+    c = curve("a", "C-C-T-T", [2.0, 1.0, 0.5], [0.2, 0.6, 0.8])
+    got = accuracy_at_loss(c, loss)
+    assert (math.isnan(got) and math.isnan(expected)) or got == pytest.approx(expected)
+
+
+def test_first_crossing_counts_on_a_non_monotonic_curve():
+    c = curve("a", "C-C-T-T", [2.0, 1.0, 1.4, 0.6], [0.2, 0.5, 0.4, 0.9])
+    assert accuracy_at_loss(c, 1.2) == pytest.approx(0.2 + (0.5 - 0.2) * (1.2 - 2.0) / (1.0 - 2.0))
+
+
+def test_equal_loss_ranks_the_better_generaliser_first():
+    frame = pd.concat([curve("conv", "C-C-C-C", [2.0, 1.0, 0.5], [0.3, 0.7, 0.8]),
+                       curve("vit", "VIT_REL", [2.0, 1.0, 0.5], [0.2, 0.4, 0.5])])
+    table = equal_loss_table(frame, 1.0).set_index("layout")["test_acc_at_loss"]
+    assert table["C-C-C-C"] == pytest.approx(0.7) and table["VIT_REL"] == pytest.approx(0.4)
+
+
+def test_final_gap_and_summary_over_seeds():
+    frame = pd.concat([curve("a0", "C-T-T-T", [1.0, 0.4], [0.5, 0.7], seed=0),
+                       curve("a1", "C-T-T-T", [1.0, 0.8], [0.5, 0.6], seed=1)])
+    gaps = final_gap(frame).set_index("run")
+    assert gaps.loc["a0", "acc_gap"] == pytest.approx((1 - 0.4 / 4) - 0.7)
+    assert gaps.loc["a1", "loss_gap"] == pytest.approx(0.5)
+    stats = summarise(final_gap(frame), "test_acc").iloc[0]
+    assert stats["mean"] == pytest.approx(0.65) and stats["std"] == pytest.approx(0.0707107, rel=1e-4) and stats["count"] == 2
+
+
+def test_describe_model():
+    assert describe_model("cctt_tiny") == ("C-C-T-T", "tiny")
+    assert describe_model("vit_rel_paper") == ("VIT_REL", "paper")
+    assert describe_model("C-T") == ("C-T", None)
+
+
+def test_load_runs_from_real_run_folders(tmp_path):
+    base = ["--model.class_path=lightning_modules.classifier.ImageClassifier", "--model.init_args.mixup_alpha=0.0",
+            "--model.init_args.model_args={depths: [1, 1], dims: [16, 32], stem_dim: 16, head_dim: 16}",
+            "--data=datamodules.SyntheticDataModule", "--data.init_args.image_size=16", "--data.init_args.num_classes=4",
+            "--data.init_args.train_size=64", "--data.init_args.test_size=16", "--data.init_args.batch_size=16",
+            "--data.init_args.train_fraction=0.5",
+            "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.logger=false", "--trainer.max_epochs=2"]
+    for model, seed in (("C-T", 0), ("T-C", 1)):
+        assert train_main([*base, f"--model.init_args.model={model}", f"--seed_everything={seed}",
+                           f"--run_dir={tmp_path / f'{model}-{seed}'}"]) == 0
+    frame = load_runs(tmp_path)
+    assert list(frame.columns) == COLUMNS and len(frame) == 4
+    assert set(frame["layout"]) == {"C-T", "T-C"} and set(frame["seed"]) == {0, 1}
+    assert (frame["data_size"] == 0.5).all() and frame["params"].gt(0).all() and frame["test_acc"].notna().all()
+    with pytest.raises(FileNotFoundError, match="no completed runs"):
+        load_runs(tmp_path / "T-C-1" / "checkpoints")
