@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -105,4 +106,57 @@ def summarise(per_run: pd.DataFrame, value: str, by: tuple[str, ...] = ("layout"
     return grouped.agg(["mean", "std", "count"]).reset_index()
 
 
-__all__ = ["COLUMNS", "accuracy_at_loss", "equal_loss_table", "final_gap", "load_run", "load_runs", "summarise"]
+# The paper's findings (Section 2.2): `a REL b` between neighbours, ViT_REL spelled as in our layouts.
+PAPER_GENERALISATION = "C-C-C-C ≈ C-C-C-T ≥ C-C-T-T > C-T-T-T ≫ VIT_REL"
+PAPER_CAPACITY = "C-C-T-T ≈ C-T-T-T > VIT_REL > C-C-C-T > C-C-C-C"
+RELATIONS = ("≈", "≥", "≫", ">")
+
+
+def bootstrap_diff(a: list[float], b: list[float], n: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """Mean of a minus mean of b, and a percentile bootstrap interval, resampling each side's seeds."""
+    rng = np.random.default_rng(seed)
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    draws = rng.choice(a, (n, len(a))).mean(1) - rng.choice(b, (n, len(b))).mean(1)
+    tail = (1 - level) / 2 * 100
+    return float(a.mean() - b.mean()), float(np.percentile(draws, tail)), float(np.percentile(draws, 100 - tail))
+
+
+def parse_order(order: str) -> list[tuple[str, str, str]]:
+    """``"A ≈ B > C"`` -> ``[("A", "≈", "B"), ("B", ">", "C")]``."""
+    tokens = order.replace(">=", "≥").replace(">>", "≫").replace("~", "≈").split()
+    if len(tokens) < 3 or len(tokens) % 2 == 0 or any(t not in RELATIONS for t in tokens[1::2]):
+        raise ValueError(f"order {order!r} must alternate layouts and relations {' '.join(RELATIONS)}")
+    return [(tokens[i], tokens[i + 1], tokens[i + 2]) for i in range(0, len(tokens) - 2, 2)]
+
+
+def check_order(per_run: pd.DataFrame, value: str, order: str, higher_is_better: bool = True,
+                level: float = 0.95) -> pd.DataFrame:
+    """For each neighbouring pair of ``order``: does the relation hold, is it reversed, or within noise?
+
+    ``>``, ``≫`` hold when the bootstrap interval of the difference is above zero; ``≥`` unless it is below;
+    ``≈`` when the interval contains zero. An interval on the wrong side of zero is "reversed".
+    """
+    rows = []
+    for left, rel, right in parse_order(order):
+        a = per_run.loc[per_run["layout"] == left, value].dropna().tolist()
+        b = per_run.loc[per_run["layout"] == right, value].dropna().tolist()
+        if not a or not b:
+            rows.append({"pair": f"{left} {rel} {right}", "diff": np.nan, "low": np.nan, "high": np.nan,
+                         "verdict": "missing"})
+            continue
+        diff, low, high = bootstrap_diff(a, b, level=level)
+        if not higher_is_better:
+            diff, low, high = -diff, -high, -low
+        if rel == "≈":
+            verdict = "holds" if low <= 0 <= high else "differs"
+        elif low > 0:
+            verdict = "holds"
+        elif high < 0:
+            verdict = "reversed"
+        else:
+            verdict = "holds (within noise)" if rel == "≥" else "within noise"
+        rows.append({"pair": f"{left} {rel} {right}", "diff": diff, "low": low, "high": high, "verdict": verdict})
+    return pd.DataFrame(rows)
+
+
+__all__ = ["PAPER_CAPACITY", "PAPER_GENERALISATION", "bootstrap_diff", "check_order", "parse_order", "COLUMNS", "accuracy_at_loss", "equal_loss_table", "final_gap", "load_run", "load_runs", "summarise"]

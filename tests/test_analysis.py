@@ -68,3 +68,39 @@ def test_load_runs_from_real_run_folders(tmp_path):
     assert (frame["data_size"] == 0.5).all() and frame["params"].gt(0).all() and frame["test_acc"].notna().all()
     with pytest.raises(FileNotFoundError, match="no completed runs"):
         load_runs(tmp_path / "T-C-1" / "checkpoints")
+
+
+def per_run_table(values: dict[str, list[float]]) -> pd.DataFrame:
+    return pd.DataFrame([{"layout": k, "seed": i, "test_acc": v} for k, vs in values.items() for i, v in enumerate(vs)])
+
+
+def test_paper_ordering_check_says_holds_reversed_or_noise():
+    from ablations.analysis import PAPER_GENERALISATION, check_order
+
+    table = per_run_table({
+        "C-C-C-C": [0.90, 0.91, 0.90], "C-C-C-T": [0.90, 0.905, 0.91],  # ≈: holds
+        "C-C-T-T": [0.85, 0.86, 0.85],                                    # ≥: holds
+        "C-T-T-T": [0.88, 0.87, 0.89],                                    # >: reversed
+        "VIT_REL": [0.50, 0.51, 0.49],                                    # ≫: holds
+    })
+    verdicts = dict(zip(*check_order(table, "test_acc", PAPER_GENERALISATION)[["pair", "verdict"]].T.values))
+    assert verdicts == {"C-C-C-C ≈ C-C-C-T": "holds", "C-C-C-T ≥ C-C-T-T": "holds",
+                        "C-C-T-T > C-T-T-T": "reversed", "C-T-T-T ≫ VIT_REL": "holds"}
+
+
+def test_overlapping_seeds_are_within_noise_and_lower_is_better_flips():
+    from ablations.analysis import check_order
+
+    noisy = per_run_table({"A": [0.5, 0.9, 0.6], "B": [0.7, 0.55, 0.8]})
+    assert check_order(noisy, "test_acc", "A > B")["verdict"][0] == "within noise"
+    losses = per_run_table({"A": [0.1, 0.11], "B": [0.5, 0.52]})
+    assert check_order(losses, "test_acc", "A > B", higher_is_better=False)["verdict"][0] == "holds"
+    assert check_order(losses, "test_acc", "A > C")["verdict"][0] == "missing"
+
+
+def test_order_syntax_errors_name_the_order():
+    from ablations.analysis import parse_order
+
+    assert parse_order("A >= B >> C ~ D") == [("A", "≥", "B"), ("B", "≫", "C"), ("C", "≈", "D")]
+    with pytest.raises(ValueError, match="order 'A B' must alternate"):
+        parse_order("A B")
