@@ -34,22 +34,54 @@ def describe_model(name: str) -> tuple[str, str | None]:
     return getattr(entry.config, "layout", name), budget
 
 
+def _identity(name: str, config: dict, params: int | None, flops: int | None) -> dict:
+    """The columns that say which run a row belongs to, from its resolved `ablate train` config."""
+    model = config["model"]["init_args"]["model"]
+    layout, budget = describe_model(model)
+    data = config["data"]["init_args"]
+    return {"run": name, "layout": layout, "model": model, "budget": budget,
+            "data_size": data.get("train_samples") or data["train_fraction"], "seed": config.get("seed_everything"),
+            "params": params, "flops": flops}
+
+
+def _tidy(metrics: pd.DataFrame, identity: dict) -> pd.DataFrame:
+    metrics = metrics.rename(columns=METRIC_NAMES)
+    for key, value in identity.items():
+        metrics[key] = value
+    return metrics.reindex(columns=COLUMNS)
+
+
 def load_run(run_dir: str | Path) -> pd.DataFrame:
     """One run folder's curves, with its identity columns repeated on every row."""
     run_dir = Path(run_dir)
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     summary = json.loads((run_dir / "summary.json").read_text())
-    metrics = pd.read_csv(run_dir / "metrics.csv").rename(columns=METRIC_NAMES)
-    model = config["model"]["init_args"]["model"]
-    layout, budget = describe_model(model)
-    identity = {
-        "run": run_dir.name, "layout": layout, "model": model, "budget": budget,
-        "data_size": config["data"]["init_args"].get("train_samples") or config["data"]["init_args"]["train_fraction"],
-        "seed": config.get("seed_everything"), "params": summary.get("params"), "flops": summary.get("flops"),
-    }
-    for key, value in identity.items():
-        metrics[key] = value
-    return metrics.reindex(columns=COLUMNS)
+    identity = _identity(run_dir.name, config, summary.get("params"), summary.get("flops"))
+    return _tidy(pd.read_csv(run_dir / "metrics.csv"), identity)
+
+
+def load_wandb(project: str, api=None, filters: dict | None = None) -> pd.DataFrame:
+    """Finished runs of a W&B project (logged by `ablate train --wandb.enabled true`), full histories through
+    ``scan_history``, as the same frame ``load_runs`` gives. Epoch-level values logged in separate history rows
+    are merged per epoch."""
+    if api is None:
+        import wandb
+
+        api = wandb.Api()
+    frames = []
+    for run in api.runs(project, filters=filters):
+        if run.state != "finished":
+            continue
+        history = pd.DataFrame([row for row in run.scan_history() if row.get("epoch") is not None])
+        if history.empty:
+            continue
+        per_epoch = history.groupby("epoch", as_index=False).last()
+        per_epoch["step"] = per_epoch.get("trainer/global_step")
+        identity = _identity(run.name, run.config, run.config.get("params"), run.config.get("flops"))
+        frames.append(_tidy(per_epoch, identity))
+    if not frames:
+        raise FileNotFoundError(f"no finished runs with epoch metrics in W&B project {project!r}")
+    return pd.concat(frames, ignore_index=True)
 
 
 def load_runs(folder: str | Path, completed_only: bool = True) -> pd.DataFrame:
@@ -159,4 +191,4 @@ def check_order(per_run: pd.DataFrame, value: str, order: str, higher_is_better:
     return pd.DataFrame(rows)
 
 
-__all__ = ["PAPER_CAPACITY", "PAPER_GENERALISATION", "bootstrap_diff", "check_order", "parse_order", "COLUMNS", "accuracy_at_loss", "equal_loss_table", "final_gap", "load_run", "load_runs", "summarise"]
+__all__ = ["load_wandb", "PAPER_CAPACITY", "PAPER_GENERALISATION", "bootstrap_diff", "check_order", "parse_order", "COLUMNS", "accuracy_at_loss", "equal_loss_table", "final_gap", "load_run", "load_runs", "summarise"]

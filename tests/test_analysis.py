@@ -104,3 +104,48 @@ def test_order_syntax_errors_name_the_order():
     assert parse_order("A >= B >> C ~ D") == [("A", "≥", "B"), ("B", "≫", "C"), ("C", "≈", "D")]
     with pytest.raises(ValueError, match="order 'A B' must alternate"):
         parse_order("A B")
+
+
+class RecordedRun:
+    """What `wandb.Api().runs()` yields for a run that WandbLogger logged: the config with params and FLOPs, and
+    a history where training and evaluation metrics of an epoch arrive in separate rows."""
+
+    def __init__(self, run_dir):
+        import json
+
+        import yaml
+
+        self.name, self.state = run_dir.name, "finished"
+        summary = json.loads((run_dir / "summary.json").read_text())
+        self.config = {**yaml.safe_load((run_dir / "config.yaml").read_text()), "params": summary["params"],
+                       "flops": summary["flops"]}
+        self.rows = []
+        for row in pd.read_csv(run_dir / "metrics.csv").to_dict("records"):
+            evals = {k: v for k, v in row.items() if k.startswith(("val/", "train_eval/", "test/"))}
+            self.rows.append({"epoch": row["epoch"], "trainer/global_step": row["step"], **evals})
+            self.rows.append({"epoch": row["epoch"], "trainer/global_step": row["step"], "train/loss": row["train/loss"]})
+        self.rows.append({"_runtime": 1.0})  # a system row without an epoch
+
+    def scan_history(self):
+        return iter(self.rows)
+
+
+class RecordedApi:
+    def __init__(self, runs):
+        self._runs = runs
+
+    def runs(self, project, filters=None):
+        assert project == "entity/stacking-ablations"
+        return self._runs
+
+
+def test_wandb_shaped_and_local_tables_agree(tmp_path):
+    from ablations.analysis import load_wandb
+
+    test_load_runs_from_real_run_folders(tmp_path)  # two real runs
+    local = load_runs(tmp_path)
+    api = RecordedApi([RecordedRun(p) for p in sorted(tmp_path.iterdir()) if (p / "metrics.csv").exists()])
+    remote = load_wandb("entity/stacking-ablations", api=api)
+    key = ["run", "epoch"]
+    pd.testing.assert_frame_equal(local.sort_values(key).reset_index(drop=True),
+                                  remote.sort_values(key).reset_index(drop=True), check_dtype=False)
