@@ -132,6 +132,17 @@ def final_gap(frame: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
+def capacity(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per run at the largest data size: the lowest clean training loss reached and the best clean training
+    accuracy, the paper's measure of how much a layout can fit."""
+    largest = frame[frame["data_size"] == frame["data_size"].max()]
+    out = largest.groupby("run", sort=False).agg(
+        layout=("layout", "first"), data_size=("data_size", "first"), seed=("seed", "first"),
+        min_train_eval_loss=("train_eval_loss", "min"), max_train_eval_acc=("train_eval_acc", "max"),
+    )
+    return out.reset_index()
+
+
 def summarise(per_run: pd.DataFrame, value: str, by: tuple[str, ...] = ("layout", "data_size")) -> pd.DataFrame:
     """Mean, standard deviation and count over seeds."""
     grouped = per_run.groupby(list(by))[value]
@@ -191,4 +202,4 @@ def check_order(per_run: pd.DataFrame, value: str, order: str, higher_is_better:
     return pd.DataFrame(rows)
 
 
-__all__ = ["load_wandb", "PAPER_CAPACITY", "PAPER_GENERALISATION", "bootstrap_diff", "check_order", "parse_order", "COLUMNS", "accuracy_at_loss", "equal_loss_table", "final_gap", "load_run", "load_runs", "summarise"]
+__all__ = ["capacity", "load_wandb", "PAPER_CAPACITY", "PAPER_GENERALISATION", "bootstrap_diff", "check_order", "parse_order", "COLUMNS", "accuracy_at_loss", "equal_loss_table", "final_gap", "load_run", "load_runs", "summarise"]

@@ -149,3 +149,16 @@ def test_wandb_shaped_and_local_tables_agree(tmp_path):
     key = ["run", "epoch"]
     pd.testing.assert_frame_equal(local.sort_values(key).reset_index(drop=True),
                                   remote.sort_values(key).reset_index(drop=True), check_dtype=False)
+
+
+def test_capacity_uses_the_largest_data_size_and_the_lowest_loss():
+    from ablations.analysis import capacity
+
+    frame = pd.concat([curve("big-a", "C-C-T-T", [1.0, 0.2, 0.3], [0.5, 0.7, 0.7], data_size=1.0),
+                       curve("big-b", "C-C-C-C", [1.0, 0.6, 0.5], [0.5, 0.6, 0.6], data_size=1.0),
+                       curve("small", "C-C-T-T", [0.5, 0.01], [0.3, 0.3], data_size=0.1)])
+    table = capacity(frame).set_index("run")
+    assert list(table.index) == ["big-a", "big-b"]  # the small-data run does not count
+    assert table.loc["big-a", "min_train_eval_loss"] == pytest.approx(0.2)
+    assert table.loc["big-a", "max_train_eval_acc"] == pytest.approx(1 - 0.2 / 4)
+    assert table.loc["big-b", "min_train_eval_loss"] == pytest.approx(0.5)
