@@ -229,7 +229,7 @@ def execute(spec: SweepSpec, run: Run, folder: Path, env: dict[str, str]) -> str
         release(run_dir)
 
 
-def device_slots(parallel: int, gpus_per_run: int, runs_per_gpu: int = 1) -> list[dict[str, str]]:
+def device_slots(parallel: int, gpus_per_run: int) -> list[dict[str, str]]:
     """One environment per worker: on GPUs each worker is pinned to its own GPU(s) with CUDA_VISIBLE_DEVICES."""
     import torch
 
@@ -240,7 +240,7 @@ def device_slots(parallel: int, gpus_per_run: int, runs_per_gpu: int = 1) -> lis
     groups = [list(range(i, i + gpus_per_run)) for i in range(0, count - gpus_per_run + 1, gpus_per_run)]
     if not groups:
         raise ValueError(f"--gpus-per-run {gpus_per_run} asks for more GPUs than the {count} visible")
-    return [{"CUDA_VISIBLE_DEVICES": ",".join(map(str, g))} for g in groups for _ in range(runs_per_gpu)]
+    return [{"CUDA_VISIBLE_DEVICES": ",".join(map(str, g))} for g in groups]
 
 
 def run_sweep(spec: SweepSpec, root: str | Path = "runs", parallel: int = 1, gpus_per_run: int = 1,

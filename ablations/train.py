@@ -1,6 +1,6 @@
 """``ablate train``: LightningCLI for ``ImageClassifier`` x any DataModule, with a run folder and resume.
 
-    ablate train --config ablations/configs/digits_tiny.yaml --model.model cttt_tiny --trainer.max_epochs 5
+    ablate train --config ablations/configs/digits_tiny.yaml --model.init_args.model cttt_tiny --trainer.max_epochs 5
 
 Every option is a config key (``--print_config`` prints a YAML that runs again unchanged). The run folder
 (``--run_dir``, default ``runs/<model>-<data>-<hash of the config>``) gets ``config.yaml``, ``metrics.csv``,
@@ -19,8 +19,8 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from jsonargparse import ArgumentError
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from datamodules import ImageDataModule
@@ -57,7 +57,7 @@ class AblateCLI(LightningCLI):
         self.run_dir = Path(config.run_dir or Path(config.runs_root) / run_name(config))
         self.recorder = RunRecorder(
             self.run_dir, echo=not sys.stderr.isatty(),
-            extra={"flops": model.flops(), "model": model.hparams.model, "run_dir": str(self.run_dir), "seed": config.seed_everything},
+            extra={"model": model.hparams.model, "run_dir": str(self.run_dir), "seed": config.seed_everything},
         )
         callbacks = [
             RunFolderConfig(self.parser, config, run_dir=self.run_dir),
@@ -82,7 +82,7 @@ class AblateCLI(LightningCLI):
             job_type=str(getattr(model.backbone, "layout", model.hparams.model)), tags=config.wandb.tags,
             save_dir=str(self.run_dir), mode=wandb_mode(), id=_config_hash(config.as_dict()), resume="allow",
         )
-        logger.log_hyperparams({**config.as_dict(), "params": model.params, "flops": self.recorder.extra["flops"]})
+        logger.log_hyperparams({**config.as_dict(), "params": model.params, "flops": model.macs})
         return logger
 
     def add_arguments_to_parser(self, parser) -> None:
@@ -121,9 +121,8 @@ def _config_hash(config: dict[str, Any]) -> str:
 
 
 def run_name(config) -> str:
-    model = config.model.init_args.model if "init_args" in config.model else config.model.model
     data = config.data.class_path.rsplit(".", 1)[-1].replace("DataModule", "").lower()
-    return f"{model}-{data}-{_config_hash(config.as_dict())}"
+    return f"{config.model.init_args.model}-{data}-{_config_hash(config.as_dict())}"
 
 
 USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, NotADirectoryError, PermissionError)
@@ -136,16 +135,14 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     try:
         return _train(argv)
-    except ArgumentError as err:
-        print(f"ablate train: error: {config_error(err)}", file=sys.stderr)
-        return 2
-    except USER_ERRORS as err:
+    except (ArgumentError, *USER_ERRORS) as err:
         print(f"ablate train: error: {one_line(err)}", file=sys.stderr)
         return 2
 
 
-def config_error(err: ArgumentError) -> str:
-    """One line from jsonargparse's nested report: the key, and the innermost reason or the valid choices."""
+def one_line(err: BaseException) -> str:
+    """The line that names the bad value. jsonargparse nests a constructor's error, or a bad key, in a report of
+    union subtypes; the innermost reason is the line a user needs (an unknown data set also lists the valid ones)."""
     text = str(err)
     key = text.split('"')[1] if text.startswith('Parser key "') else None
     if key == "data" and ("Expected a dot import path" in text or "either not accessible or invalid" in text):
@@ -156,15 +153,8 @@ def config_error(err: ArgumentError) -> str:
         return f"unknown data set {given!r}; valid data sets: {valid} (or a dotted class path)"
     skip = ("Expected a <class", "Given value", "Subtypes:", "Errors:", "Does not validate", "Problem with given")
     reasons = [line.strip(" -") for line in text.splitlines()[1:] if line.strip() and not line.strip(" -").startswith(skip)]
-    reason = reasons[-1] if reasons else text.splitlines()[0]
+    reason = reasons[-1] if reasons else (text.splitlines() or [type(err).__name__])[0]
     return f"{key}: {reason}" if key else reason
-
-
-def one_line(err: BaseException) -> str:
-    """The line that names the bad value: jsonargparse wraps a constructor's error in a report of union subtypes."""
-    lines = str(err).splitlines()
-    causes = [line.strip()[2:] for line in lines if line.strip().startswith("- ") and "Expected a <class" not in line]
-    return causes[0] if causes else (lines[0] if lines else type(err).__name__)
 
 
 def _train(argv: list[str] | None) -> int:

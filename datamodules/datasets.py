@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -121,16 +122,15 @@ class ImageFolderDataModule(ImageDataModule):
         if not classes:
             raise FileNotFoundError(f"{root / 'train'} has no class folders")
         self.num_classes = len(classes)
+        self.class_to_idx = {c: i for i, c in enumerate(classes)}  # ImageFolder's own order: sorted folder names
         self.native_size = None  # photos of any size, cropped to image_size
 
     def load_train(self) -> Dataset:
-        train = datasets.ImageFolder(Path(self.data_dir) / "train")
-        self.class_to_idx = train.class_to_idx
-        return train
+        return datasets.ImageFolder(Path(self.data_dir) / "train")
 
     def load_test(self) -> Dataset:
         val = Path(self.data_dir) / "val"
-        class_to_idx = getattr(self, "class_to_idx", None) or datasets.ImageFolder(Path(self.data_dir) / "train").class_to_idx
+        class_to_idx = self.class_to_idx
         annotations = val / "val_annotations.txt"
         if annotations.exists():  # Tiny-ImageNet: val/images/*.JPEG, labels in a tab-separated file
             rows = [line.split("\t")[:2] for line in annotations.read_text().splitlines() if line.strip()]
@@ -159,6 +159,7 @@ class DigitsDataModule(ImageDataModule):
     def __init__(self, *args, image_size: int = 32, **kwargs):
         super().__init__(*args, image_size=image_size, **kwargs)
 
+    @cached_property
     def _arrays(self) -> tuple[ArrayDataset, ArrayDataset]:
         from sklearn.datasets import load_digits
 
@@ -170,10 +171,10 @@ class DigitsDataModule(ImageDataModule):
         return ArrayDataset(images[train], digits.target[train]), ArrayDataset(images[test], digits.target[test])
 
     def load_train(self) -> Dataset:
-        return self._arrays()[0]
+        return self._arrays[0]
 
     def load_test(self) -> Dataset:
-        return self._arrays()[1]
+        return self._arrays[1]
 
 
 class SyntheticDataModule(ImageDataModule):

@@ -45,6 +45,11 @@ def _scalar(value: Any) -> float | None:
     return value
 
 
+def _floats(row: dict[str, Any]) -> dict[str, float | None]:
+    """A metrics row (read back from CSV as strings, or fresh) as numbers."""
+    return {k: (float(v) if v not in (None, "") else None) for k, v in row.items()}
+
+
 class EpochSeeder(L.Callback):
     """Seed every RNG from (seed, epoch) at the start of each epoch.
 
@@ -145,28 +150,24 @@ class RunRecorder(L.Callback):
                       final: dict[str, Any] | None = None) -> None:
         if not trainer.is_global_zero:
             return
-        best = None
         scored = [r for r in self.rows if r.get("val/acc") not in (None, "")]
-        if scored:
-            top = max(scored, key=lambda r: float(r["val/acc"]))
-            best = {k: (float(v) if v not in (None, "") else None) for k, v in top.items()}
-        last = {k: (float(v) if v not in (None, "") else None) for k, v in self.rows[-1].items()} if self.rows else {}
+        best = _floats(max(scored, key=lambda r: float(r["val/acc"]))) if scored else None
+        last = _floats(self.rows[-1]) if self.rows else {}
         summary = {
             "status": status,
             "reason": reason,
             "params": getattr(pl_module, "params", None),
-            "flops": self.extra.get("flops"),
+            "flops": getattr(pl_module, "macs", None),
             "epochs": len(self.rows),
             "wall_time": round(time.time() - self.start, 2),
             "final": {**last, **(final or {})},
             "best": best,
-            **{k: v for k, v in self.extra.items() if k != "flops"},
+            **self.extra,
         }
         atomic_write(self.run_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self.write_summary(trainer, pl_module, "failed", reason=f"{type(exception).__name__}: {exception}")
-
 
 
 class EMA(WeightAveraging):

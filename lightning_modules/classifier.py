@@ -78,10 +78,6 @@ class ImageClassifier(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)
 
-    def flops(self) -> int:
-        """MACs of one image's forward pass (the paper's FLOPs)."""
-        return self.macs
-
     # --- steps ------------------------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, targets = batch
