@@ -99,6 +99,14 @@ def load_runs(folder: str | Path, completed_only: bool = True) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def load_source(source: str | Path, completed_only: bool = True) -> pd.DataFrame:
+    """``wandb:ENTITY/PROJECT`` reads a W&B project, anything else a sweep or run folder."""
+    source = str(source)
+    if source.startswith("wandb:"):
+        return load_wandb(source.removeprefix("wandb:"))
+    return load_runs(source, completed_only=completed_only)
+
+
 def accuracy_at_loss(curve: pd.DataFrame, loss: float, loss_col: str = "train_eval_loss",
                      acc_col: str = "test_acc") -> float:
     """Test accuracy where the run's clean training loss crossed ``loss``, linearly interpolated between the two
@@ -132,15 +140,55 @@ def final_gap(frame: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def capacity(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per run at the largest data size: the lowest clean training loss reached and the best clean training
-    accuracy, the paper's measure of how much a layout can fit."""
-    largest = frame[frame["data_size"] == frame["data_size"].max()]
-    out = largest.groupby("run", sort=False).agg(
+def capacity(frame: pd.DataFrame, largest_only: bool = True) -> pd.DataFrame:
+    """Per run: the lowest clean training loss reached and the best clean training accuracy, the paper's measure
+    of how much a layout can fit. The paper reads it at the largest data size; ``largest_only=False`` keeps every
+    size, to see how it changes with data."""
+    if largest_only:
+        frame = frame[frame["data_size"] == frame["data_size"].max()]
+    out = frame.groupby("run", sort=False).agg(
         layout=("layout", "first"), data_size=("data_size", "first"), seed=("seed", "first"),
         min_train_eval_loss=("train_eval_loss", "min"), max_train_eval_acc=("train_eval_acc", "max"),
     )
     return out.reset_index()
+
+
+def common_loss(frame: pd.DataFrame) -> float:
+    """The lowest clean training loss that every run of ``frame`` reached (the largest of the runs' minima), so
+    that all of them can be compared there; NaN when some run never got as low as another started."""
+    by_run = frame.groupby("run")["train_eval_loss"]
+    loss = by_run.min().max()
+    return float(loss) if loss <= by_run.max().min() else float("nan")
+
+
+def generalisation(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per run: test accuracy at the common clean training loss of its data size (``common_loss``), next to the
+    final gap. Each data size gets its own reference loss, since less data is fitted further."""
+    tables = []
+    for size, part in frame.groupby("data_size"):
+        loss = common_loss(part)
+        table = equal_loss_table(part, loss)
+        table["at_loss"] = loss
+        tables.append(table.merge(final_gap(part).drop(columns=["layout", "data_size", "seed"]), on="run"))
+    return pd.concat(tables, ignore_index=True)
+
+
+def ranking(per_run: pd.DataFrame, value: str, higher_is_better: bool = True, level: float = 0.95,
+            n: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Layouts ranked by their mean ``value`` over seeds, with a percentile bootstrap interval of each mean."""
+    rng = np.random.default_rng(seed)
+    tail = (1 - level) / 2 * 100
+    rows = []
+    for layout, values in per_run.groupby("layout")[value]:
+        values = values.dropna().to_numpy(dtype=float)
+        if not len(values):
+            continue
+        draws = rng.choice(values, (n, len(values))).mean(1)
+        rows.append({"layout": layout, "mean": values.mean(), "low": np.percentile(draws, tail),
+                     "high": np.percentile(draws, 100 - tail), "seeds": len(values)})
+    table = pd.DataFrame(rows, columns=["layout", "mean", "low", "high", "seeds"]).sort_values("mean", ascending=not higher_is_better, ignore_index=True)
+    table.insert(0, "rank", range(1, len(table) + 1))
+    return table
 
 
 def summarise(per_run: pd.DataFrame, value: str, by: tuple[str, ...] = ("layout", "data_size")) -> pd.DataFrame:
@@ -202,4 +250,8 @@ def check_order(per_run: pd.DataFrame, value: str, order: str, higher_is_better:
     return pd.DataFrame(rows)
 
 
-__all__ = ["capacity", "load_wandb", "PAPER_CAPACITY", "PAPER_GENERALISATION", "bootstrap_diff", "check_order", "parse_order", "COLUMNS", "accuracy_at_loss", "equal_loss_table", "final_gap", "load_run", "load_runs", "summarise"]
+__all__ = [
+    "COLUMNS", "PAPER_CAPACITY", "PAPER_GENERALISATION", "accuracy_at_loss", "bootstrap_diff", "capacity",
+    "check_order", "common_loss", "equal_loss_table", "final_gap", "generalisation", "load_run", "load_runs",
+    "load_source", "load_wandb", "parse_order", "ranking", "summarise",
+]

@@ -131,7 +131,7 @@ def cmd_status(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from .report import write_report
 
-    print(write_report(args.folder))
+    print(write_report(args.source, args.out))
 
 
 DEMO_SPEC = Path(__file__).parent / "sweeps" / "demo.yaml"
@@ -169,8 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default="runs")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("report", help="write report.md and plots for a sweep folder")
-    p.add_argument("folder", help="e.g. runs/demo")
+    p = sub.add_parser("report", help="write report.md and plots for a sweep folder or a W&B project")
+    p.add_argument("source", help="a sweep folder (e.g. runs/demo) or wandb:ENTITY/PROJECT")
+    p.add_argument("--out", help="folder for report.md and its PNGs (default: the sweep folder)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("demo", help="run the default study: five layouts x data sizes x seeds on the embedded digits")

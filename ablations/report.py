@@ -1,107 +1,124 @@
-"""``ablate report SWEEP_FOLDER``: the layout x data-size table (mean ± std over seeds) and plots, as Markdown."""
+"""``ablate report SOURCE``: the study's tables, the paper's orderings checked with bootstrap intervals, and the
+figures, as one Markdown file. SOURCE is a sweep folder or ``wandb:ENTITY/PROJECT``."""
 
 from __future__ import annotations
 
 import json
-import statistics
-from collections import defaultdict
 from pathlib import Path
-from typing import Any
+
+import pandas as pd
 
 from lightning_modules.callbacks import atomic_write
 
-COLUMNS = (("train_eval/loss", "clean train loss"), ("test/acc", "test acc"), ("gap/test_acc", "train acc - test acc"))
+from .analysis import (
+    PAPER_CAPACITY, PAPER_GENERALISATION, capacity, check_order, final_gap, generalisation, load_source, ranking,
+)
+from .plots import PAPER_LAYOUTS, layout_order, save_figures
 
 
-def load_results(folder: str | Path) -> list[dict[str, Any]]:
-    """One record per completed run of the sweep: its grid axes and final metrics."""
-    folder = Path(folder)
-    manifest_path = folder / "manifest.json"
-    if not manifest_path.exists():
-        raise FileNotFoundError(f"{manifest_path} not found; give the folder a sweep wrote, e.g. runs/demo")
-    manifest = json.loads(manifest_path.read_text())
-    records = []
-    for run in manifest["runs"]:
-        summary_path = folder / run["id"] / "summary.json"
-        if not summary_path.exists():
-            continue
-        summary = json.loads(summary_path.read_text())
-        if summary.get("status") != "completed":
-            continue
-        final = summary["final"]
-        records.append({
-            **run["axes"], "id": run["id"], "params": summary.get("params"), "flops": summary.get("flops"),
-            "train_eval/loss": final.get("train_eval/loss"), "train_eval/acc": final.get("train_eval/acc"),
-            "test/acc": final.get("test/acc"), "test/loss": final.get("test/loss"),
-            "gap/test_acc": final["train_eval/acc"] - final["test/acc"]
-            if final.get("train_eval/acc") is not None and final.get("test/acc") is not None else None,
-        })
-    return records
+def markdown_table(table: pd.DataFrame, digits: int = 4) -> str:
+    def cell(value) -> str:
+        if isinstance(value, float):
+            return "" if pd.isna(value) else f"{value:.{digits}f}"
+        return str(value)
 
-
-def _mean_std(values: list[float]) -> str:
-    values = [v for v in values if v is not None]
-    if not values:
-        return ""
-    if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
-
-
-def results_table(records: list[dict[str, Any]], row_key: str = "layout", col_key: str = "data.init_args.train_fraction") -> str:
-    groups: dict[tuple[Any, Any], list[dict[str, Any]]] = defaultdict(list)
-    for r in records:
-        groups[(r.get(row_key, r["id"]), r.get(col_key))].append(r)
-    rows = sorted({k[0] for k in groups}, key=str)
-    cols = sorted({k[1] for k in groups}, key=lambda v: (v is None, v))
-    lines = []
-    for metric, title in COLUMNS:
-        lines += [f"### {title} (mean ± std over seeds)", "",
-                  f"| {row_key} | " + " | ".join(f"{col_key.rsplit('.', 1)[-1]} {c}" for c in cols) + " |",
-                  "|---|" + "---|" * len(cols)]
-        for row in rows:
-            cells = [_mean_std([r[metric] for r in groups.get((row, c), [])]) for c in cols]
-            seeds = max(len(groups.get((row, c), [])) for c in cols)
-            lines.append(f"| {row} (n={seeds}) | " + " | ".join(cells) + " |")
-        lines.append("")
+    lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
     return "\n".join(lines)
 
 
-def plot(records: list[dict[str, Any]], path: Path, row_key: str = "layout",
-         col_key: str = "data.init_args.train_fraction") -> None:
-    import matplotlib
+def layout_by_size(per_run: pd.DataFrame, value: str) -> pd.DataFrame:
+    """Layouts down, data sizes across, ``mean ± std (n)`` over seeds in each cell."""
+    def cell(values: pd.Series) -> str:
+        values = values.dropna()
+        if values.empty:
+            return "not reached"
+        if len(values) == 1:
+            return f"{values.iloc[0]:.4f} (n=1)"
+        return f"{values.mean():.4f} ± {values.std():.4f} (n={len(values)})"
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    by_row: dict[Any, dict[Any, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
-    for r in records:
-        by_row[r.get(row_key, r["id"])][r.get(col_key)].append(r)
-    for row, cols in sorted(by_row.items(), key=lambda kv: str(kv[0])):
-        xs = sorted(cols)
-        for ax, metric in zip(axes, ("test/acc", "train_eval/loss")):
-            means = [statistics.mean(r[metric] for r in cols[x]) for x in xs]
-            ax.plot(xs, means, marker="o", label=str(row))
-    axes[0].set(xlabel="training data fraction", ylabel="test accuracy", title="Generalisation")
-    axes[1].set(xlabel="training data fraction", ylabel="clean training loss", title="Fit", yscale="log")
-    axes[0].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    table = per_run.groupby(["layout", "data_size"])[value].apply(cell).unstack("data_size")
+    table = table.reindex(layout_order(table.index))
+    table.columns = [f"data size {c:g}" for c in table.columns]
+    return table.reset_index()
 
 
-def write_report(folder: str | Path) -> Path:
-    folder = Path(folder)
-    records = load_results(folder)
-    manifest = json.loads((folder / "manifest.json").read_text())
-    parts = [f"# Sweep {manifest['name']}", "",
-             f"{len(records)} of {len(manifest['runs'])} runs completed; base config `{manifest['config']}`, "
-             f"budget `{manifest.get('budget')}`.", ""]
-    if records:
-        parts.append(results_table(records))
-        plot(records, folder / "data_size.png")
-        parts += ["![test accuracy and clean training loss against data size](data_size.png)", ""]
-    report = folder / "report.md"
-    atomic_write(report, "\n".join(parts))
+def _orderings(gen: pd.DataFrame, cap: pd.DataFrame) -> list[str]:
+    parts = []
+    for size, part in gen.groupby("data_size"):
+        checks = check_order(part, "test_acc_at_loss", PAPER_GENERALISATION)
+        loss = part["at_loss"].iloc[0]
+        where = f"at clean training loss {loss:.4f}" if loss == loss else "(no clean training loss all runs reached)"
+        parts += [f"Generalisation at data size {size:g}, test accuracy {where}; paper: `{PAPER_GENERALISATION}`",
+                  "", markdown_table(checks), ""]
+    checks = check_order(cap, "min_train_eval_loss", PAPER_CAPACITY, higher_is_better=False)
+    parts += [f"Capacity at data size {cap['data_size'].max():g} (lowest clean training loss); paper: "
+              f"`{PAPER_CAPACITY}`", "", markdown_table(checks), ""]
+    return parts
+
+
+def build_report(frame: pd.DataFrame, title: str, intro: str, figures: dict[str, Path]) -> str:
+    gen = generalisation(frame)
+    cap = capacity(frame)
+    largest = gen[gen["data_size"] == gen["data_size"].max()]
+    parts = [f"# {title}", "", intro, "",
+             "Means ± standard deviation over seeds; intervals are 95% percentile bootstraps over seeds.", "",
+             "## Final test accuracy", "", markdown_table(layout_by_size(gen, "test_acc")), "",
+             "## Generalisation", "",
+             "Test accuracy at equal clean training loss (the lowest loss every run of that data size reached): "
+             "if two models reach the same training loss, the one with higher test accuracy generalises better.", "",
+             markdown_table(layout_by_size(gen, "test_acc_at_loss")), "",
+             "Final gap, clean training accuracy minus test accuracy:", "",
+             markdown_table(layout_by_size(gen, "acc_gap")), "",
+             "## Capacity", "",
+             "Lowest clean training loss reached (the paper reads it at the largest data size):", "",
+             markdown_table(layout_by_size(capacity(frame, largest_only=False), "min_train_eval_loss")), "",
+             "## Rankings at the largest data size", "",
+             "By test accuracy at equal clean training loss:", "",
+             markdown_table(ranking(largest, "test_acc_at_loss")), "",
+             "By capacity (lowest clean training loss):", "",
+             markdown_table(ranking(cap, "min_train_eval_loss", higher_is_better=False)), "",
+             "## The paper's orderings", "",
+             "`holds`: the bootstrap interval of the difference is on the paper's side of zero (for `≈`: contains "
+             "zero); `reversed`: on the other side; `within noise`: it straddles zero.", "",
+             *(_orderings(gen, cap) if set(PAPER_LAYOUTS) & set(frame["layout"]) else
+               ["The sweep has none of the paper's layouts (" + ", ".join(PAPER_LAYOUTS) + ").", ""]),
+             "## Figures", ""]
+    captions = {"training_curves": "training loss and test accuracy against steps (the paper's Figure 1)",
+                "accuracy_vs_loss": "test accuracy against clean training loss",
+                "generalisation_gap": "gap and equal-loss accuracy per layout per data size",
+                "capacity_vs_data": "capacity and test accuracy against data size"}
+    parts += [f"![{captions[name]}]({path.name})" for name, path in figures.items()]
+    return "\n".join(parts) + "\n"
+
+
+def write_report(source: str | Path, out: str | Path | None = None) -> Path:
+    """Write ``report.md`` and its PNGs into ``out`` (default: the sweep folder itself)."""
+    source = str(source)
+    if source.startswith("wandb:"):
+        if out is None:
+            raise ValueError(f"report of {source!r} needs --out FOLDER to write into")
+        title, intro = f"W&B project {source.removeprefix('wandb:')}", "Finished runs read through the W&B API."
+    else:
+        manifest_path = Path(source) / "manifest.json"
+        if not manifest_path.exists():
+            raise FileNotFoundError(f"{manifest_path} not found; give the folder a sweep wrote, e.g. runs/demo")
+        manifest = json.loads(manifest_path.read_text())
+        title = f"Sweep {manifest['name']}"
+    out = Path(out if out is not None else source)
+    try:
+        frame = load_source(source)
+    except FileNotFoundError:
+        frame = None
+    if not source.startswith("wandb:"):
+        done = 0 if frame is None else frame["run"].nunique()
+        intro = (f"{done} of {len(manifest['runs'])} runs completed; base config `{manifest['config']}`, "
+                 f"budget `{manifest.get('budget')}`.")
+    if frame is None:
+        text = f"# {title}\n\n{intro}\n"
+    else:
+        text = build_report(frame, title, intro, save_figures(frame, out))
+    out.mkdir(parents=True, exist_ok=True)
+    report = out / "report.md"
+    atomic_write(report, text)
     return report

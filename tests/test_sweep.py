@@ -80,7 +80,9 @@ def test_parallel_sweep_runs_every_run_once_and_rerun_is_idempotent(tmp_path, ca
     assert [s for _, s in sweep_status(spec, tmp_path / "runs")] == ["completed"] * 4
     assert cli_main(["report", str(folder)]) == 0
     report = (folder / "report.md").read_text()
-    assert "4 of 4 runs completed" in report and (folder / "data_size.png").stat().st_size > 0
+    assert "4 of 4 runs completed" in report and "| C-T | 0." in report
+    for name in ("training_curves", "accuracy_vs_loss", "generalisation_gap", "capacity_vs_data"):
+        assert f"]({name}.png)" in report and (folder / f"{name}.png").stat().st_size > 0
     manifest = json.loads((folder / "manifest.json").read_text())
     assert [r["id"] for r in manifest["runs"]] == [r.id for r in spec.expand()]
 
