@@ -85,8 +85,9 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     from .report import write_report
     from .sweep import SweepSpec, run_sweep, sweep_dir
 
-    if args.parallel < 1 or args.gpus_per_run < 1:
-        raise ValueError(f"--parallel {args.parallel} and --gpus-per-run {args.gpus_per_run} must be at least 1")
+    for flag in ("parallel", "gpus_per_run", "runs_per_gpu"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} {getattr(args, flag)} must be at least 1")
     spec = SweepSpec.load(args.spec)
     if args.export_wandb:
         from .sweep import wandb_sweep_config
@@ -105,7 +106,8 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         if args.executor == "local":
             print(write_report(sweep_dir(spec, args.root)))
         return
-    results = run_sweep(spec, args.root, parallel=args.parallel, gpus_per_run=args.gpus_per_run)
+    results = run_sweep(spec, args.root, parallel=args.parallel, gpus_per_run=args.gpus_per_run,
+                        runs_per_gpu=args.runs_per_gpu)
     counts = {s: list(results.values()).count(s) for s in sorted(set(results.values()))}
     report = write_report(sweep_dir(spec, args.root))
     print(f"sweep {spec.name}: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f"; report: {report}")
@@ -156,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default="runs", help="parent folder of sweep folders")
     p.add_argument("--parallel", type=int, default=1, help="runs at once on CPU")
     p.add_argument("--gpus-per-run", type=int, default=1, help="GPUs per run (one DDP run over k GPUs)")
+    p.add_argument("--runs-per-gpu", type=int, default=1,
+                   help="runs sharing each GPU at once, for runs too small to fill one (e.g. CIFAR-budget models)")
     p.add_argument("--export-wandb", metavar="PATH", help="write a W&B sweep YAML instead of running")
     p.add_argument("--executor", default="processes", choices=["processes", "slurm", "local"],
                    help="processes: here, in parallel; slurm: a submitit job array; local: submitit's local executor")

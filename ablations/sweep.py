@@ -229,29 +229,38 @@ def execute(spec: SweepSpec, run: Run, folder: Path, env: dict[str, str]) -> str
         release(run_dir)
 
 
-def device_slots(parallel: int, gpus_per_run: int) -> list[dict[str, str]]:
-    """One environment per worker: on GPUs each worker is pinned to its own GPU(s) with CUDA_VISIBLE_DEVICES."""
+def device_slots(parallel: int, gpus_per_run: int, runs_per_gpu: int = 1) -> list[dict[str, str]]:
+    """One environment per worker. On GPUs each worker is pinned to its own GPU(s) with CUDA_VISIBLE_DEVICES;
+    ``runs_per_gpu`` workers share each GPU, for runs too small to fill one. The CPU cores are split evenly."""
     import torch
 
+    cores = os.cpu_count() or 1
     if not torch.cuda.is_available():  # share the cores instead of oversubscribing them
-        threads = str(max(1, (os.cpu_count() or 1) // parallel))
+        if runs_per_gpu > 1:
+            raise ValueError(f"--runs-per-gpu {runs_per_gpu} needs GPUs and none is visible; on CPU use --parallel N")
+        threads = str(max(1, cores // parallel))
         return [{"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": threads} for _ in range(parallel)]
     count = torch.cuda.device_count()
+    if runs_per_gpu > 1 and gpus_per_run > 1:
+        raise ValueError(f"--runs-per-gpu {runs_per_gpu} shares one GPU between runs; it cannot combine with "
+                         f"--gpus-per-run {gpus_per_run}")
     groups = [list(range(i, i + gpus_per_run)) for i in range(0, count - gpus_per_run + 1, gpus_per_run)]
     if not groups:
         raise ValueError(f"--gpus-per-run {gpus_per_run} asks for more GPUs than the {count} visible")
-    return [{"CUDA_VISIBLE_DEVICES": ",".join(map(str, g))} for g in groups]
+    threads = str(max(1, cores // (len(groups) * runs_per_gpu)))
+    return [{"CUDA_VISIBLE_DEVICES": ",".join(map(str, g)), "OMP_NUM_THREADS": threads}
+            for g in groups for _ in range(runs_per_gpu)]
 
 
 def run_sweep(spec: SweepSpec, root: str | Path = "runs", parallel: int = 1, gpus_per_run: int = 1,
-              progress: bool | None = None) -> dict[str, str]:
+              progress: bool | None = None, runs_per_gpu: int = 1) -> dict[str, str]:
     """Run every run of the sweep not yet completed; returns {run id: final status}."""
     from tqdm.auto import tqdm
 
     runs = spec.expand()
     folder = sweep_dir(spec, root)
     write_manifest(spec, runs, folder)
-    slots = device_slots(parallel, gpus_per_run)
+    slots = device_slots(parallel, gpus_per_run, runs_per_gpu)
     free = list(range(len(slots)))
     results: dict[str, str] = {}
     show = sys.stderr.isatty() if progress is None else progress

@@ -6,6 +6,10 @@ Order of operations, all deterministic given ``seed``:
 3. ``train_eval`` is a fixed subset of what remains (``train_eval_samples``), evaluated without augmentation,
    so that the clean training loss can be compared with the test loss at every epoch.
 The official test split is never cut. With ``track_test`` (default) it is evaluated every epoch too.
+
+Data sets held in memory as uint8 arrays (CIFAR, digits, synthetic) go to the accelerator whole and are
+augmented there (``device_data``, see ``datamodules.device``); image folders and RandAugment use DataLoader
+workers and torchvision transforms.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
+
+from .device import DeviceBatches
 
 AUGMENTATIONS = ("none", "crop_flip", "randaugment")
 
@@ -53,8 +59,14 @@ class SeededShuffle(Sampler):
     def __len__(self) -> int:
         return self.size
 
+    def epoch_seed(self) -> int:
+        return self.seed * 1_000_003 + self.epoch
+
+    def order(self) -> torch.Tensor:
+        return torch.randperm(self.size, generator=torch.Generator().manual_seed(self.epoch_seed()))
+
     def __iter__(self):
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        gen = torch.Generator().manual_seed(self.epoch_seed())
         order = torch.randperm(self.size, generator=gen).tolist()
         seeds = torch.randint(0, 2**31 - 1, (self.size,), generator=gen).tolist()
         yield from zip(order, seeds)
@@ -103,6 +115,7 @@ class ImageDataModule(L.LightningDataModule):
         std: tuple[float, ...] | None = None,
         num_workers: int = 0,
         pin_memory: bool = False,
+        device_data: bool = True,
     ):
         super().__init__()
         if not 0 < train_fraction <= 1:
@@ -129,6 +142,7 @@ class ImageDataModule(L.LightningDataModule):
                 raise ValueError(f"mean {self.mean} and std {self.std} need one value per channel each")
         self.num_workers = num_workers
         self.pin_memory = pin_memory
+        self.device_data = device_data
         self._image_size = image_size
 
     # --- what subclasses provide -----------------------------------------------------------------------------
@@ -184,17 +198,55 @@ class ImageDataModule(L.LightningDataModule):
             return
         train_base = self.load_train()
         parts = self.split_indices(train_base.targets)
-        clean = self.transforms(train=False)
-        self._sets = {
-            "train": TransformedSubset(train_base, parts["train"], self.transforms(train=True)),
-            "val": TransformedSubset(train_base, parts["val"], clean),
-            "train_eval": TransformedSubset(train_base, parts["train_eval"], clean),
-        }
         test_base = self.load_test()
-        self._sets["test"] = TransformedSubset(test_base, np.arange(len(test_base)), clean)
-        self.split_sizes = {name: len(ds) for name, ds in self._sets.items()}
+        self.on_device = self.device_data and self.augmentation != "randaugment" and all(
+            isinstance(getattr(base, "data", None), np.ndarray) for base in (train_base, test_base))
+        if self.on_device:
+            self._sets = {name: self._to_device(train_base, idx) for name, idx in parts.items()}
+            self._sets["test"] = self._to_device(test_base, np.arange(len(test_base)))
+        else:
+            clean = self.transforms(train=False)
+            self._sets = {
+                "train": TransformedSubset(train_base, parts["train"], self.transforms(train=True)),
+                "val": TransformedSubset(train_base, parts["val"], clean),
+                "train_eval": TransformedSubset(train_base, parts["train_eval"], clean),
+                "test": TransformedSubset(test_base, np.arange(len(test_base)), clean),
+            }
+        self.split_sizes = {name: len(ds[0] if self.on_device else ds) for name, ds in self._sets.items()}
 
-    def _loader(self, name: str, train: bool = False) -> DataLoader:
+    def _placement(self) -> tuple[torch.device, int, int]:
+        """The accelerator, this process's rank and the world size (CPU, 0, 1 outside a Trainer)."""
+        if self.trainer is None:
+            return torch.device("cpu"), 0, 1
+        return self.trainer.strategy.root_device, self.trainer.global_rank, self.trainer.world_size
+
+    def _to_device(self, base: Dataset, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 (N, C, H, W) images resized once to ``image_size`` (the regular path's resize, batched) and
+        their targets, on the accelerator."""
+        images = torch.from_numpy(np.ascontiguousarray(base.data[indices]))
+        if images.ndim == 3:  # grayscale stored without a channel axis
+            images = images[..., None]
+        images = images.permute(0, 3, 1, 2)
+        if tuple(images.shape[-2:]) != self.image_size:
+            images = v2.functional.resize(images, list(self.image_size), antialias=True)
+        targets = torch.as_tensor(np.asarray(base.targets)[indices], dtype=torch.long)
+        device = self._placement()[0]
+        return images.contiguous().to(device), targets.to(device)
+
+    def _device_loader(self, name: str, train: bool) -> DeviceBatches:
+        images, targets = self._sets[name]
+        _, rank, world = self._placement()
+        augment = train and self.augmentation == "crop_flip"
+        return DeviceBatches(
+            images, targets, self.batch_size if train else self.eval_batch_size, self.mean, self.std,
+            sampler=SeededShuffle(len(images), self.seed) if train else None,
+            pad=max(self.image_size) // 8 if augment else None,
+            drop_last=train and len(images) // world > self.batch_size, rank=rank, world=world,
+        )
+
+    def _loader(self, name: str, train: bool = False) -> DataLoader | DeviceBatches:
+        if self.on_device:
+            return self._device_loader(name, train)
         dataset = self._sets[name]
         sampler = SeededShuffle(len(dataset), self.seed) if train else None
         if not train and torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -208,13 +260,13 @@ class ImageDataModule(L.LightningDataModule):
             pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader | DeviceBatches:
         return self._loader("train", train=True)
 
-    def val_dataloader(self) -> list[DataLoader]:
+    def val_dataloader(self) -> list[DataLoader | DeviceBatches]:
         """Validation, the clean training subset, and (``track_test``) the test split: the paper's curves need
         test accuracy at every epoch, not only at the end. The order is ``ImageClassifier.EVAL_SPLITS``."""
         return [self._loader(name) for name in ("val", "train_eval", "test")[: 3 if self.track_test else 2]]
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> DataLoader | DeviceBatches:
         return self._loader("test")

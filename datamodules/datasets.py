@@ -14,16 +14,16 @@ from .base import ImageDataModule
 
 
 class ArrayDataset(Dataset):
-    """Images held in memory as uint8 (N, H, W, C) with integer targets."""
+    """Images held in memory as uint8 (N, H, W, C) with integer targets; ``data`` as torchvision's CIFAR has it."""
 
     def __init__(self, images: np.ndarray, targets: np.ndarray):
-        self.images, self.targets = images, [int(t) for t in targets]
+        self.data, self.targets = images, [int(t) for t in targets]
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.data)
 
     def __getitem__(self, i: int):
-        return self.images[i], self.targets[i]
+        return self.data[i], self.targets[i]
 
 
 def _presence_checked(cls: type) -> type:

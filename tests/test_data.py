@@ -95,7 +95,7 @@ def test_cifar_from_python_pickles(tmp_path, cls, num_classes):
     images, targets = next(iter(data.train_dataloader()))
     assert images.shape == (16, 3, 32, 32) and images.dtype == torch.float32 and targets.max() < num_classes
     loaders = data.val_dataloader()
-    assert len(loaders) == 3 and len(loaders[2].dataset) == 40
+    assert len(loaders) == 3 and sum(len(t) for _, t in loaders[2]) == 40
 
 
 def test_missing_cifar_names_the_path_and_the_fix(tmp_path):
@@ -124,13 +124,13 @@ def test_digits_need_no_download_and_keep_one_test_split():
     assert a.num_classes == 10 and a.in_chans == 1 and a.image_size == (32, 32)
     assert a.split_sizes["test"] == b.split_sizes["test"] == 359
     ta, tb = a.load_test(), b.load_test()
-    assert np.array_equal(ta.images, tb.images)  # the test split does not move with the seed
+    assert np.array_equal(ta.data, tb.data)  # the test split does not move with the seed
     images, _ = next(iter(a.train_dataloader()))
     assert images.shape == (128, 1, 32, 32)
 
 
 def test_augmentation_presets_change_training_images_only():
-    plain = SyntheticDataModule(augmentation="none", train_size=64)
+    plain = SyntheticDataModule(augmentation="none", train_size=64, device_data=False)
     augmented = SyntheticDataModule(augmentation="randaugment", train_size=64)
     plain.setup(), augmented.setup()
     torch.manual_seed(0)
@@ -172,11 +172,86 @@ def test_class_folder_missing_from_val_keeps_train_labels(tmp_path):
 
 
 def test_normalisation_is_configurable():
-    default = SyntheticDataModule(augmentation="none", train_size=8)
-    raw = SyntheticDataModule(augmentation="none", train_size=8, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    default = SyntheticDataModule(augmentation="none", train_size=8, device_data=False)
+    raw = SyntheticDataModule(augmentation="none", train_size=8, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
+                              device_data=False)
     default.setup(), raw.setup()
     x_raw = raw._sets["test"][0][0]
     assert 0 <= x_raw.min() and x_raw.max() <= 1
     torch.testing.assert_close(default._sets["test"][0][0], (x_raw - 0.5) / 0.5)
     with pytest.raises(ValueError, match="one value per channel"):
         SyntheticDataModule(mean=(0.5,), std=(0.2, 0.2, 0.2))
+
+
+# --- the device path ------------------------------------------------------------------------------------------
+def batches(loader):
+    images, targets = zip(*list(loader))
+    return torch.cat(images), torch.cat(targets)
+
+
+@pytest.mark.parametrize("make", [
+    lambda **kw: DigitsDataModule(train_fraction=0.3, batch_size=32, **kw),  # 8x8 resized to 32x32 on the way
+    lambda **kw: SyntheticDataModule(train_size=96, test_size=40, batch_size=16, **kw),
+], ids=["digits", "synthetic"])
+def test_device_path_gives_the_regular_paths_tensors(make):
+    """Without augmentation the two paths must agree exactly: same order, same resize, same normalisation."""
+    fast, regular = make(augmentation="none"), make(augmentation="none", device_data=False)
+    fast.setup(), regular.setup()
+    assert fast.on_device and not regular.on_device and fast.split_sizes == regular.split_sizes
+    for a, b in zip([fast.train_dataloader(), *fast.val_dataloader()], [regular.train_dataloader(), *regular.val_dataloader()]):
+        (xa, ya), (xb, yb) = batches(a), batches(b)
+        assert len(a) == len(b) and torch.equal(ya, yb)
+        torch.testing.assert_close(xa, xb, atol=1e-6, rtol=0)
+
+
+def test_device_crop_flip_is_a_reflect_padded_crop_and_flip_of_each_image():
+    from datamodules.device import crop_flip
+
+    images = torch.randn(32, 3, 8, 8)
+    out = crop_flip(images, pad=2, generator=torch.Generator().manual_seed(0))
+    padded = torch.nn.functional.pad(images, (2, 2, 2, 2), mode="reflect")
+    seen = set()
+    for x, y in zip(padded, out):
+        matches = [(dy, dx, f) for dy in range(5) for dx in range(5) for f in (0, 1)
+                   if torch.equal(y, (lambda c: c.flip(-1) if f else c)(x[:, dy:dy + 8, dx:dx + 8]))]
+        assert matches, "an output image is not a crop of its padded input"
+        seen.add(matches[0])
+    assert len({m[:2] for m in seen}) > 5 and {m[2] for m in seen} == {0, 1}  # offsets and flips vary
+
+
+def test_device_batches_are_a_function_of_seed_and_epoch():
+    """What exact resume needs: an epoch's augmented batches replay identically, and the next epoch differs."""
+    from lightning.fabric.utilities.data import _set_sampler_epoch
+
+    data = SyntheticDataModule(train_size=64, batch_size=16, val_fraction=0.0, seed=3)
+    data.setup()
+    loader = data.train_dataloader()
+    _set_sampler_epoch(loader, 1)  # what Lightning calls before each epoch
+    first, again = batches(loader), batches(loader)
+    _set_sampler_epoch(loader, 2)
+    other = batches(loader)
+    assert torch.equal(first[0], again[0]) and not torch.equal(first[0], other[0])
+    assert sorted(first[1].tolist()) == sorted(other[1].tolist())  # every sample once per epoch
+
+
+def test_device_batches_shard_across_ranks_without_repeats():
+    from datamodules.device import DeviceBatches
+    from datamodules.base import SeededShuffle
+
+    images, targets = torch.zeros(37, 1, 2, 2, dtype=torch.uint8), torch.arange(37)
+    evals = [DeviceBatches(images, targets, 5, (0.5,), (0.5,), rank=r, world=2) for r in (0, 1)]
+    assert sorted(torch.cat([batches(l)[1] for l in evals]).tolist()) == list(range(37))  # each sample once
+    trains = [DeviceBatches(images, targets, 5, (0.5,), (0.5,), sampler=SeededShuffle(37, 0), drop_last=True,
+                            rank=r, world=2) for r in (0, 1)]
+    assert len(trains[0]) == len(trains[1]) == 3 and [len(batches(l)[1]) for l in trains] == [15, 15]
+    assert not set(batches(trains[0])[1].tolist()) & set(batches(trains[1])[1].tolist())
+
+
+def test_device_path_applies_where_data_fit_in_memory(tmp_path):
+    randaugment = SyntheticDataModule(augmentation="randaugment", train_size=8)
+    randaugment.setup()
+    assert not randaugment.on_device  # RandAugment runs in DataLoader workers
+    write_image_folder(tmp_path)
+    folder = ImageFolderDataModule(data_dir=str(tmp_path), image_size=16, val_fraction=0.0)
+    folder.setup()
+    assert not folder.on_device  # files decoded per image

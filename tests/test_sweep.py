@@ -226,3 +226,27 @@ def test_ablate_demo_runs_the_study_and_prints_the_report(tmp_path, monkeypatch,
     assert cli_main(["demo", "--root", str(tmp_path / "runs"), "--parallel", "2"]) == 0
     out = capsys.readouterr().out
     assert "# Sweep tiny" in out and "2 of 2 runs completed" in out and "clean train loss" in out
+
+
+def test_runs_per_gpu_places_k_workers_on_each_gpu(monkeypatch):
+    import torch
+
+    from ablations.sweep import device_slots
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    slots = device_slots(parallel=1, gpus_per_run=1, runs_per_gpu=3)
+    assert [s["CUDA_VISIBLE_DEVICES"] for s in slots] == ["0", "0", "0", "1", "1", "1"]
+    assert {s["OMP_NUM_THREADS"] for s in slots} == {"2"}  # 16 cores over 6 runs
+    assert [s["CUDA_VISIBLE_DEVICES"] for s in device_slots(1, 2)] == ["0,1"]
+    with pytest.raises(ValueError, match="--runs-per-gpu 2 shares one GPU between runs; it cannot combine with --gpus-per-run 2"):
+        device_slots(1, 2, runs_per_gpu=2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="--runs-per-gpu 2 needs GPUs and none is visible; on CPU use --parallel N"):
+        device_slots(1, 1, runs_per_gpu=2)
+
+
+def test_sweep_flags_below_one_are_refused(tmp_path, capsys):
+    assert cli_main(["sweep", str(write_spec(tmp_path)), "--runs-per-gpu", "0"]) == 2
+    assert "--runs-per-gpu 0 must be at least 1" in capsys.readouterr().err

@@ -196,3 +196,19 @@ def test_mixup_and_cutmix_train_on_soft_targets(mixup, cutmix):
     assert not torch.equal(mixed, images)
     loss = model.training_step((images, targets), 0)
     assert torch.isfinite(loss) and loss.requires_grad
+
+
+@pytest.mark.slow
+def test_device_path_trains_as_well_as_the_dataloader_path(tmp_path):
+    """Same study, same augmentation (crop + flip): the device path's accuracy matches the workers' within noise."""
+    args = ["--config=ablations/configs/digits_tiny.yaml", "--model.init_args.model=C-T",
+            "--model.init_args.model_args={depths: [1, 1], dims: [32, 64], stem_dim: 32, head_dim: 32}",
+            "--data.init_args.train_fraction=0.5", "--data.init_args.augmentation=crop_flip",
+            "--data.init_args.batch_size=16", "--model.init_args.lr=0.004", "--trainer.max_epochs=5",
+            "--trainer.logger=false"]
+    accs = {}
+    for device_data in (True, False):
+        run_dir = tmp_path / str(device_data)
+        assert train_main([*args, f"--data.init_args.device_data={device_data}", f"--run_dir={run_dir}"]) == 0
+        accs[device_data] = json.loads((run_dir / "summary.json").read_text())["final"]["test/acc"]
+    assert min(accs.values()) > 0.6 and abs(accs[True] - accs[False]) < 0.08, accs
