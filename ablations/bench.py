@@ -19,8 +19,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_modules.backbones import count_macs, count_params, create_model
+from lightning_modules.backbones.profile import attention_macs
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+# Dense bf16 tensor-core peaks from the vendor's data sheets (TFLOP/s), matched against the device name; the
+# first key found in the name wins, so the more specific names come first. An H200 measured about 790 TFLOP/s
+# on a large bf16 matmul; utilisation is quoted against the data-sheet figure.
+PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "A100": 312.0}
+
+
+def peak_tflops(device_name: str) -> float | None:
+    return next((peak for key, peak in PEAK_BF16_TFLOPS.items() if key in device_name), None)
 
 
 @dataclass(frozen=True)
@@ -41,12 +51,21 @@ class BenchResult:
     label: str
     params: int
     macs: int
+    attention_macs: int = 0
+    image_size: tuple[int, int] = (224, 224)
     train_times: list[float] = field(default_factory=list)
     infer_times: list[float] = field(default_factory=list)
     peak_memory: float | None = None  # bytes
 
     def images_per_s(self, times: list[float], batch: int) -> float:
         return batch / statistics.median(times) if times else float("nan")
+
+    def train_mfu(self, batch: int, peak: float | None) -> float | None:
+        """Model FLOPs utilisation of training: a step costs 3 forward passes (forward, and backward's two
+        products), 2 FLOPs a MAC, over the device's peak."""
+        if peak is None:
+            return None
+        return self.images_per_s(self.train_times, batch) * 6 * self.macs / (peak * 1e12)
 
 
 def build(source: str, name: str, settings: BenchSettings, overrides: dict[str, Any]) -> nn.Module:
@@ -160,7 +179,8 @@ def run_bench(model: str, settings: BenchSettings, overrides: dict[str, Any] | N
         net = build(source, name, settings, overrides if source == "ours" else {})
         with torch.device("cpu"):
             macs = count_macs(net, settings.image_size, 3)
-        results.append(BenchResult(label, count_params(net), macs))
+            attn = attention_macs(net, settings.image_size, 3)
+        results.append(BenchResult(label, count_params(net), macs, attn, settings.image_size))
         runners.append(Runner(net, settings))
 
     show = sys.stderr.isatty() if progress is None else progress
@@ -185,19 +205,34 @@ def run_bench(model: str, settings: BenchSettings, overrides: dict[str, Any] | N
     return results
 
 
-def format_results(results: list[BenchResult], settings: BenchSettings) -> str:
+def device_peak(settings: BenchSettings, override: float | None = None) -> float | None:
+    """The bf16 peak (TFLOP/s) that utilisation is quoted against: ``override``, or the table's entry for this
+    GPU; None on CPUs and unknown GPUs."""
+    if override or not settings.device.startswith("cuda"):
+        return override
+    return peak_tflops(torch.cuda.get_device_name(torch.device(settings.device)))
+
+
+def format_results(results: list[BenchResult], settings: BenchSettings, peak: float | None = None) -> str:
     b = settings.batch
-    head = (f"batch {b}, {settings.image_size[0]}x{settings.image_size[1]}, {settings.precision}, {settings.device}, "
-            f"threads {torch.get_num_threads()}, channels_last={settings.channels_last}, compile={settings.compile}, "
-            f"median of {settings.rounds} interleaved rounds")
-    rows = [f"{'model':<34} {'params':>9} {'GMACs':>7} {'train img/s':>12} {'infer img/s':>12} {'peak mem':>10}"]
+    head = (f"batch {b}, {settings.precision}, {settings.device}, threads {torch.get_num_threads()}, "
+            f"channels_last={settings.channels_last}, compile={settings.compile}, median of {settings.rounds} "
+            f"interleaved rounds" + (f", MFU against {peak:g} TFLOP/s bf16" if peak else ""))
+    rows = [f"{'model':<34} {'size':>7} {'params':>9} {'GMACs':>7} {'attn':>6} {'train img/s':>12} {'infer img/s':>12} "
+            f"{'peak mem':>10}" + (f" {'MFU':>6}" if peak else "")]
+    previous = None
     for r in results:
         mem = "n/a" if r.peak_memory is None or r.peak_memory != r.peak_memory else f"{r.peak_memory / 2**20:.0f} MiB"
-        rows.append(f"{r.label:<34} {r.params / 1e6:>8.2f}M {r.macs / 1e9:>7.2f} "
-                    f"{r.images_per_s(r.train_times, b):>12.2f} {r.images_per_s(r.infer_times, b):>12.2f} {mem:>10}")
-    if len(results) == 2:
-        ours, theirs = results
-        rows.append(f"{'ratio ours / timm':<34} {'':>9} {'':>7} "
-                    f"{ours.images_per_s(ours.train_times, b) / theirs.images_per_s(theirs.train_times, b):>11.2f}x "
-                    f"{ours.images_per_s(ours.infer_times, b) / theirs.images_per_s(theirs.infer_times, b):>11.2f}x")
+        row = (f"{r.label:<34} {r.image_size[0]:>3}x{r.image_size[1]:<3} {r.params / 1e6:>8.2f}M {r.macs / 1e9:>7.3g} "
+               f"{r.attention_macs / max(r.macs, 1):>6.1%} {r.images_per_s(r.train_times, b):>12.2f} "
+               f"{r.images_per_s(r.infer_times, b):>12.2f} {mem:>10}")
+        if peak:
+            row += f" {r.train_mfu(b, peak):>6.1%}"
+        rows.append(row)
+        if r.label.startswith("timm ") and previous is not None:  # the pair measured side by side
+            rows.append(f"{'ratio ours / timm':<34} {'':>7} {'':>9} {'':>7} {'':>6} "
+                        f"{previous.images_per_s(previous.train_times, b) / r.images_per_s(r.train_times, b):>11.2f}x "
+                        f"{previous.images_per_s(previous.infer_times, b) / r.images_per_s(r.infer_times, b):>11.2f}x")
+        previous = r
+    rows.append("attn: share of the forward MACs in the attention products (QK^T, attention x V), quadratic in tokens")
     return "\n".join([head, *rows])

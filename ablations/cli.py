@@ -64,7 +64,7 @@ def cmd_match(args: argparse.Namespace) -> None:
 def cmd_bench(args: argparse.Namespace) -> None:
     import torch
 
-    from .bench import PRECISIONS, BenchSettings, format_results, run_bench
+    from .bench import PRECISIONS, BenchSettings, device_peak, format_results, run_bench
 
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -74,11 +74,16 @@ def cmd_bench(args: argparse.Namespace) -> None:
         raise ValueError(f"--precision {precision!r} is not valid; choose one of {', '.join(PRECISIONS)}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    settings = BenchSettings(batch=args.batch, image_size=args.image_size, precision=precision, device=device,
-                             channels_last=args.channels_last, compile=args.compile, num_classes=args.num_classes,
-                             rounds=args.rounds, warmup=args.warmup)
-    results = run_bench(args.model, settings, _parse_overrides(args.set), args.timm)
-    print(format_results(results, settings))
+    if args.timm and len(args.model) > 1:
+        raise ValueError(f"--timm {args.timm} pairs with one model; {len(args.model)} given ({' '.join(args.model)})")
+    results = []
+    for size in args.image_size:  # one table: every model at every size
+        settings = BenchSettings(batch=args.batch, image_size=size, precision=precision, device=device,
+                                 channels_last=args.channels_last, compile=args.compile, num_classes=args.num_classes,
+                                 rounds=args.rounds, warmup=args.warmup)
+        for model in args.model:
+            results += run_bench(model, settings, _parse_overrides(args.set), args.timm)
+    print(format_results(results, settings, device_peak(settings, args.peak_tflops)))
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
@@ -193,11 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_match)
 
     p = sub.add_parser("bench", help="train/inference images/s and peak memory, optionally beside timm")
-    p.add_argument("model", help="registry name or layout")
+    p.add_argument("model", nargs="+", help="registry name(s) or layout(s)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model config override")
     p.add_argument("--timm", metavar="NAME", help="timm model to measure in the same run, e.g. coatnet_0_224")
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--image-size", type=_image_size, default=(224, 224), help="N or HxW")
+    p.add_argument("--image-size", type=_image_size, nargs="+", default=[(224, 224)],
+                   help="N or HxW; several give one row per size (how cost grows)")
+    p.add_argument("--peak-tflops", type=float, help="bf16 peak for MFU (default: the table's entry for the GPU)")
     p.add_argument("--num-classes", type=int, default=1000)
     p.add_argument("--precision", help="fp32 | bf16 | fp16 (default: bf16 on GPU, fp32 on CPU)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")

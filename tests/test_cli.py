@@ -43,4 +43,29 @@ def test_bench_interleaves_ours_and_timm_and_reports_the_ratio():
     for r in results:
         assert len(r.train_times) == 2 and len(r.infer_times) == 2 and r.peak_memory > 0
     table = format_results(results, settings)
-    assert "ratio ours / timm" in table and "train img/s" in table
+    assert "ratio ours / timm" in table and "train img/s" in table and "MFU" not in table  # no peak on CPU
+    ours = results[0]
+    ratio = ours.images_per_s(ours.train_times, 4) / results[1].images_per_s(results[1].train_times, 4)
+    assert f"{ratio:>11.2f}x" in table.splitlines()[4]
+
+
+def test_mfu_is_model_flops_over_the_device_peak():
+    from ablations.bench import BenchResult, peak_tflops
+
+    assert peak_tflops("NVIDIA H100 80GB HBM3") == 989 and peak_tflops("NVIDIA H100 PCIe") == 756
+    assert peak_tflops("NVIDIA A100-SXM4-80GB") == 312 and peak_tflops("NVIDIA H200") == 989
+    assert peak_tflops("NVIDIA GeForce RTX 4090") is None
+    result = BenchResult("m", params=1, macs=4_000_000_000, train_times=[0.1, 0.1, 0.1])  # 1000 img/s at batch 100
+    assert result.train_mfu(100, 312) == pytest.approx(1000 * 6 * 4e9 / 312e12)
+    table = format_results([result], BenchSettings(batch=100, device="cuda"), peak=312)
+    assert table.splitlines()[-2].endswith(f"{1000 * 6 * 4e9 / 312e12:.1%}")
+
+
+def test_bench_table_grows_with_image_size_and_shows_the_attention_share(capsys):
+    assert main(["bench", "C-T", "--set", "depths=[1,1]", "--set", "dims=[16,32]", "--set", "stem_dim=16",
+                     "--set", "head_dim=16", "--image-size", "32", "64", "--batch", "2", "--rounds", "1",
+                     "--warmup", "0", "--num-classes", "4"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("C-T")]
+    macs = [float(r.split()[-6]) for r in rows]
+    attn = [float(r.split()[-5].rstrip("%")) for r in rows]
+    assert len(rows) == 2 and macs[1] > 3.9 * macs[0] and attn[1] > attn[0] > 0  # attention grows faster than the rest

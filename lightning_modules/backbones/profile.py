@@ -16,6 +16,18 @@ def count_macs(model: nn.Module, image_size: tuple[int, int] | None = None, in_c
 
     Works on models built on the meta device, so large models are counted without allocating them.
     """
+    return sum(macs_by_op(model, image_size, in_chans).values())
+
+
+ATTENTION_OPS = ("scaled_dot_product", "bmm")  # token mixing: the part quadratic in the number of tokens
+
+
+def attention_macs(model: nn.Module, image_size: tuple[int, int] | None = None, in_chans: int | None = None) -> int:
+    """MACs of the attention products (QK^T and attention x V), which grow with the square of the tokens."""
+    return sum(m for op, m in macs_by_op(model, image_size, in_chans).items() if any(a in op for a in ATTENTION_OPS))
+
+
+def macs_by_op(model: nn.Module, image_size: tuple[int, int] | None = None, in_chans: int | None = None) -> dict[str, int]:
     height, width = image_size or model.image_size
     channels = in_chans or getattr(model.cfg, "in_chans", 3)
     param = next(model.parameters())
@@ -27,4 +39,4 @@ def count_macs(model: nn.Module, image_size: tuple[int, int] | None = None, in_c
             model(x)
     finally:
         model.train(was_training)
-    return counter.get_total_flops() // 2
+    return {str(op): flops // 2 for op, flops in counter.get_flop_counts()["Global"].items()}
