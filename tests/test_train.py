@@ -212,3 +212,19 @@ def test_device_path_trains_as_well_as_the_dataloader_path(tmp_path):
         assert train_main([*args, f"--data.init_args.device_data={device_data}", f"--run_dir={run_dir}"]) == 0
         accs[device_data] = json.loads((run_dir / "summary.json").read_text())["final"]["test/acc"]
     assert min(accs.values()) > 0.6 and abs(accs[True] - accs[False]) < 0.08, accs
+
+
+def test_training_steps_do_not_read_values_back_from_the_device(tmp_path, monkeypatch):
+    """A `.item()` per step stalls a GPU every step. Reads may happen per epoch (metrics, the loss check at the
+    epoch's end), so their count must not grow with the number of steps."""
+    calls = []
+    original = torch.Tensor.item
+    monkeypatch.setattr(torch.Tensor, "item", lambda self: calls.append(1) or original(self))
+    counts = {}
+    for train_size in (64, 192):  # 4 and 12 steps per epoch
+        calls.clear()
+        args = [arg for arg in SMALL_RUN if not arg.startswith("--data.init_args.train_size")]
+        assert train_main([*args, f"--data.init_args.train_size={train_size}", "--data.init_args.val_fraction=0.25",
+                           "--trainer.max_epochs=1", f"--run_dir={tmp_path / str(train_size)}"]) == 0
+        counts[train_size] = len(calls)
+    assert counts[64] == counts[192], counts
