@@ -220,6 +220,23 @@ def parse_order(order: str) -> list[tuple[str, str, str]]:
     return [(tokens[i], tokens[i + 1], tokens[i + 2]) for i in range(0, len(tokens) - 2, 2)]
 
 
+def _verdict(a: list[float], b: list[float], rel: str, higher_is_better: bool, level: float) -> dict:
+    if not a or not b:
+        return {"diff": np.nan, "low": np.nan, "high": np.nan, "verdict": "missing"}
+    diff, low, high = bootstrap_diff(a, b, level=level)
+    if not higher_is_better:
+        diff, low, high = -diff, -high, -low
+    if rel == "≈":
+        verdict = "holds" if low <= 0 <= high else "differs"
+    elif low > 0:
+        verdict = "holds"
+    elif high < 0:
+        verdict = "reversed"
+    else:
+        verdict = "holds (within noise)" if rel == "≥" else "within noise"
+    return {"diff": diff, "low": low, "high": high, "verdict": verdict}
+
+
 def check_order(per_run: pd.DataFrame, value: str, order: str, higher_is_better: bool = True,
                 level: float = 0.95) -> pd.DataFrame:
     """For each neighbouring pair of ``order``: does the relation hold, is it reversed, or within noise?
@@ -231,27 +248,27 @@ def check_order(per_run: pd.DataFrame, value: str, order: str, higher_is_better:
     for left, rel, right in parse_order(order):
         a = per_run.loc[per_run["layout"] == left, value].dropna().tolist()
         b = per_run.loc[per_run["layout"] == right, value].dropna().tolist()
-        if not a or not b:
-            rows.append({"pair": f"{left} {rel} {right}", "diff": np.nan, "low": np.nan, "high": np.nan,
-                         "verdict": "missing"})
-            continue
-        diff, low, high = bootstrap_diff(a, b, level=level)
-        if not higher_is_better:
-            diff, low, high = -diff, -high, -low
-        if rel == "≈":
-            verdict = "holds" if low <= 0 <= high else "differs"
-        elif low > 0:
-            verdict = "holds"
-        elif high < 0:
-            verdict = "reversed"
-        else:
-            verdict = "holds (within noise)" if rel == "≥" else "within noise"
-        rows.append({"pair": f"{left} {rel} {right}", "diff": diff, "low": low, "high": high, "verdict": verdict})
+        rows.append({"pair": f"{left} {rel} {right}", **_verdict(a, b, rel, higher_is_better, level)})
+    return pd.DataFrame(rows)
+
+
+def check_order_at_equal_loss(frame: pd.DataFrame, order: str, level: float = 0.95) -> pd.DataFrame:
+    """``check_order`` on test accuracy at equal clean training loss, each pair compared at the lowest loss
+    both of its layouts reached: neighbours can be compared even where the whole set of curves never overlaps
+    (a ViT that stays far above where the convnets end)."""
+    rows = []
+    for left, rel, right in parse_order(order):
+        pair = frame[frame["layout"].isin([left, right])]
+        loss = common_loss(pair) if pair["layout"].nunique() == 2 else float("nan")
+        per_run = equal_loss_table(pair, loss) if loss == loss else pd.DataFrame(columns=["layout", "test_acc_at_loss"])
+        a = per_run.loc[per_run["layout"] == left, "test_acc_at_loss"].dropna().tolist()
+        b = per_run.loc[per_run["layout"] == right, "test_acc_at_loss"].dropna().tolist()
+        rows.append({"pair": f"{left} {rel} {right}", "at_loss": loss, **_verdict(a, b, rel, True, level)})
     return pd.DataFrame(rows)
 
 
 __all__ = [
     "COLUMNS", "PAPER_CAPACITY", "PAPER_GENERALISATION", "accuracy_at_loss", "bootstrap_diff", "capacity",
-    "check_order", "common_loss", "equal_loss_table", "final_gap", "generalisation", "load_run", "load_runs",
+    "check_order", "check_order_at_equal_loss", "common_loss", "equal_loss_table", "final_gap", "generalisation", "load_run", "load_runs",
     "load_source", "load_wandb", "parse_order", "ranking", "summarise",
 ]

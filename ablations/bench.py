@@ -88,7 +88,7 @@ class Runner:
         fmt = torch.channels_last if settings.channels_last else torch.contiguous_format
         self.model = model.to(device, memory_format=fmt)
         self.forward = torch.compile(self.model) if settings.compile else self.model
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, fused=device.type == "cuda")
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, fused=device.type in ("cuda", "cpu"))
         self.x = torch.randn(settings.batch, 3, *settings.image_size, device=device).contiguous(memory_format=fmt)
         self.y = torch.randint(0, settings.num_classes, (settings.batch,), device=device)
         dtype = PRECISIONS[settings.precision]

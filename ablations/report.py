@@ -11,7 +11,8 @@ import pandas as pd
 from lightning_modules.callbacks import atomic_write
 
 from .analysis import (
-    PAPER_CAPACITY, PAPER_GENERALISATION, capacity, check_order, final_gap, generalisation, load_source, ranking,
+    PAPER_CAPACITY, PAPER_GENERALISATION, capacity, check_order, check_order_at_equal_loss, final_gap, generalisation,
+    load_source, ranking,
 )
 from .plots import PAPER_LAYOUTS, layout_order, save_figures
 
@@ -43,14 +44,15 @@ def layout_by_size(per_run: pd.DataFrame, value: str) -> pd.DataFrame:
     return table.reset_index()
 
 
-def _orderings(gen: pd.DataFrame, cap: pd.DataFrame) -> list[str]:
+def _orderings(frame: pd.DataFrame, gen: pd.DataFrame, cap: pd.DataFrame) -> list[str]:
     parts = []
-    for size, part in gen.groupby("data_size"):
-        checks = check_order(part, "test_acc_at_loss", PAPER_GENERALISATION)
-        loss = part["at_loss"].iloc[0]
-        where = f"at clean training loss {loss:.4f}" if loss == loss else "(no clean training loss all runs reached)"
-        parts += [f"Generalisation at data size {size:g}, test accuracy {where}; paper: `{PAPER_GENERALISATION}`",
-                  "", markdown_table(checks), ""]
+    for size, part in frame.groupby("data_size"):
+        parts += [f"Generalisation at data size {size:g}, paper: `{PAPER_GENERALISATION}`. Test accuracy at equal "
+                  "clean training loss, each pair at the lowest loss both reached:", "",
+                  markdown_table(check_order_at_equal_loss(part, PAPER_GENERALISATION)), "",
+                  "and the final gap (train − test accuracy; smaller generalises better):", "",
+                  markdown_table(check_order(gen[gen["data_size"] == size], "acc_gap", PAPER_GENERALISATION,
+                                             higher_is_better=False)), ""]
     checks = check_order(cap, "min_train_eval_loss", PAPER_CAPACITY, higher_is_better=False)
     parts += [f"Capacity at data size {cap['data_size'].max():g} (lowest clean training loss); paper: "
               f"`{PAPER_CAPACITY}`", "", markdown_table(checks), ""]
@@ -81,7 +83,7 @@ def build_report(frame: pd.DataFrame, title: str, intro: str, figures: dict[str,
              "## The paper's orderings", "",
              "`holds`: the bootstrap interval of the difference is on the paper's side of zero (for `≈`: contains "
              "zero); `reversed`: on the other side; `within noise`: it straddles zero.", "",
-             *(_orderings(gen, cap) if set(PAPER_LAYOUTS) & set(frame["layout"]) else
+             *(_orderings(frame, gen, cap) if set(PAPER_LAYOUTS) & set(frame["layout"]) else
                ["The sweep has none of the paper's layouts (" + ", ".join(PAPER_LAYOUTS) + ").", ""]),
              "## Figures", ""]
     captions = {"training_curves": "training loss and test accuracy against steps (the paper's Figure 1)",

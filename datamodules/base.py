@@ -90,7 +90,12 @@ class TransformedSubset(Dataset):
 
 
 class ImageDataModule(L.LightningDataModule):
-    """Base of all data modules. Subclasses set ``num_classes``, ``native_size``, ``mean``/``std`` and load sets."""
+    """Base of all data modules. Subclasses set ``num_classes``, ``native_size``, ``mean``/``std`` and load sets.
+
+    ``device_data`` (default on) holds data sets that come as in-memory uint8 arrays on the training device and
+    augments them there; it is off by itself for image folders and RandAugment, and ``False`` forces the
+    DataLoader path everywhere.
+    """
 
     num_classes: int
     native_size: tuple[int, int] | None  # None: images of varying size

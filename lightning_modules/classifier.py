@@ -35,7 +35,8 @@ class ImageClassifier(L.LightningModule):
     """AdamW with linear warm-up and cosine decay, label smoothing, MixUp/CutMix, stochastic depth.
 
     Defaults follow the paper's ImageNet recipe (Table 10): lr 1e-3 -> 1e-5, weight decay 0.05, label smoothing
-    0.1, MixUp 0.8; gradient clipping 1.0 is the Trainer's ``gradient_clip_val``. ``num_classes``, ``image_size``
+    0.1, MixUp 0.8; gradient clipping 1.0 is the Trainer's ``gradient_clip_val``. ``channels_last`` is off by
+    default: it sped CoAtNet-0 training up on CPU but can slow hybrid models down; ``ablate bench`` measures it. ``num_classes``, ``image_size``
     and ``in_chans`` come from the DataModule when trained through ``ablate train``.
     """
 
@@ -54,7 +55,8 @@ class ImageClassifier(L.LightningModule):
         mixup_alpha: float = 0.8,
         cutmix_alpha: float = 0.0,
         drop_path: float = 0.0,
-        compile: bool = False,
+        compile: bool | None = None,
+        channels_last: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -67,6 +69,8 @@ class ImageClassifier(L.LightningModule):
         with torch.device("meta"):  # a weightless twin: MACs without running the real model
             self.macs = count_macs(create_model(model, **build))
         self.params = count_params(self.backbone)
+        if channels_last:
+            self.backbone.to(memory_format=torch.channels_last)
         if compile:  # in place: state-dict keys stay those of the plain model, so checkpoints load uncompiled
             self.backbone.compile()
         mixers = [v2.MixUp(alpha=mixup_alpha, num_classes=num_classes)] if mixup_alpha > 0 else []
@@ -75,7 +79,16 @@ class ImageClassifier(L.LightningModule):
         self.train_loss = MeanMetric()
         self.eval_metrics = nn.ModuleDict({split: _eval_metrics(num_classes) for split in EVAL_SPLITS})
 
+    def setup(self, stage: str) -> None:
+        """``compile=None`` compiles where it pays: on GPUs (on CPUs inductor's training graphs ran slower than
+        eager for these models)."""
+        on_gpu = self.trainer.strategy.root_device.type == "cuda"
+        if self.hparams.compile is None and on_gpu and self.backbone._compiled_call_impl is None:
+            self.backbone.compile()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.backbone(x)
 
     # --- steps ------------------------------------------------------------------------------------------------

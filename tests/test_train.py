@@ -228,3 +228,15 @@ def test_training_steps_do_not_read_values_back_from_the_device(tmp_path, monkey
                            "--trainer.max_epochs=1", f"--run_dir={tmp_path / str(train_size)}"]) == 0
         counts[train_size] = len(calls)
     assert counts[64] == counts[192], counts
+
+
+def test_compile_by_default_on_gpus_only():
+    from types import SimpleNamespace
+
+    def placed(device, **kwargs):
+        module = ImageClassifier(model="C-T", model_args={"depths": [1, 1], "dims": [16, 32]}, image_size=16, **kwargs)
+        module.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)))
+        module.setup("fit")
+        return module.backbone._compiled_call_impl is not None
+
+    assert placed("cuda") and not placed("cpu") and placed("cpu", compile=True) and not placed("cuda", compile=False)
