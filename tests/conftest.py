@@ -2,6 +2,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.specs import tiny_spec
+
 
 @pytest.fixture(autouse=True)
 def _no_wandb_network(monkeypatch):
@@ -10,25 +12,8 @@ def _no_wandb_network(monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
 
 
-ROOT = Path(__file__).resolve().parents[1]
-
-STUDY_SPEC = f"""
-name: study
-config: {ROOT / 'ablations/configs/digits_tiny.yaml'}
-set:
-  model.init_args.model_args: {{depths: [1, 1], dims: [16, 32], stem_dim: 16, head_dim: 16}}
-  data: datamodules.SyntheticDataModule
-  data.init_args.image_size: 16
-  data.init_args.num_classes: 4
-  data.init_args.train_size: 96
-  data.init_args.test_size: 32
-  data.init_args.batch_size: 16
-  trainer.max_epochs: 3
-grid:
-  model.init_args.model: [C-T, T-T]
-  data.init_args.train_fraction: [0.5, 1.0]
-  seed_everything: [0, 1]
-"""
+STUDY_SPEC = tiny_spec("study", "  model.init_args.model: [C-T, T-T]\n  data.init_args.train_fraction: [0.5, 1.0]\n"
+                               "  seed_everything: [0, 1]\n", train_size=96, test_size=32, epochs=3)
 
 
 @pytest.fixture(scope="session")

@@ -10,25 +10,11 @@ import pytest
 
 from ablations.cli import main as cli_main
 from ablations.sweep import SweepSpec, read_status, run_sweep, sweep_status, try_lock
+from tests.specs import tiny_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TINY_SPEC = f"""
-name: tiny
-config: {ROOT / 'ablations/configs/digits_tiny.yaml'}
-set:
-  model.init_args.model_args: {{depths: [1, 1], dims: [16, 32], stem_dim: 16, head_dim: 16}}
-  data: datamodules.SyntheticDataModule
-  data.init_args.image_size: 16
-  data.init_args.num_classes: 4
-  data.init_args.train_size: 64
-  data.init_args.test_size: 16
-  data.init_args.batch_size: 16
-  trainer.max_epochs: 1
-grid:
-  model.init_args.model: [C-T, T-C]
-  seed_everything: [0, 1]
-"""
+TINY_SPEC = tiny_spec("tiny", "  model.init_args.model: [C-T, T-C]\n  seed_everything: [0, 1]\n")
 
 
 def write_spec(tmp_path, text=TINY_SPEC) -> Path:
