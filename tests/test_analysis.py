@@ -268,3 +268,19 @@ def test_equal_loss_ordering_compares_each_pair_where_both_curves_overlap():
     assert checks.loc["C-C > C-T", "at_loss"] == pytest.approx(0.21) and checks.loc["C-C > C-T", "verdict"] == "holds"
     assert checks.loc["C-T > VIT", "at_loss"] == pytest.approx(1.01) and checks.loc["C-T > VIT", "verdict"] == "holds"
     assert check_order_at_equal_loss(frame, "C-C > VIT2")["verdict"][0] == "missing"
+
+
+def test_report_from_a_wandb_project_needs_an_output_folder(tmp_path, monkeypatch, capsys):
+    import ablations.analysis
+    from ablations.cli import main as cli_main
+
+    test_load_runs_from_real_run_folders(tmp_path / "runs")
+    api = RecordedApi([RecordedRun(p) for p in sorted((tmp_path / "runs").iterdir())])
+    real = ablations.analysis.load_wandb
+    monkeypatch.setattr(ablations.analysis, "load_wandb", lambda project: real(project, api=api))
+    assert cli_main(["report", "wandb:entity/stacking-ablations", "--out", str(tmp_path / "report")]) == 0
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert text.startswith("# W&B project entity/stacking-ablations") and "| C-T | " in text
+    assert (tmp_path / "report" / "training_curves.png").exists()
+    assert cli_main(["report", "wandb:entity/stacking-ablations"]) == 2
+    assert "needs --out FOLDER" in capsys.readouterr().err
