@@ -17,6 +17,7 @@ expanding the same spec twice gives the same runs and re-running a sweep is idem
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -24,6 +25,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,7 +140,11 @@ def _lock_alive(lock: Path) -> bool:
     if job and owner.get("job") == job:
         return False  # our own SLURM job, requeued after preemption: its earlier process is gone
     if owner.get("host") != socket.gethostname():
-        return True  # another machine's lock: trust it
+        # another machine's lock: alive while its holder refreshes it (see `execute`), stale after LOCK_STALE_S
+        try:
+            return time.time() - lock.stat().st_mtime < LOCK_STALE_S
+        except FileNotFoundError:
+            return False
     try:
         os.kill(int(owner["pid"]), 0)
     except (ProcessLookupError, ValueError, KeyError):
@@ -146,6 +152,10 @@ def _lock_alive(lock: Path) -> bool:
     except PermissionError:
         return True
     return True
+
+
+LOCK_STALE_S = 15 * 60  # a lock from another host not refreshed for this long is taken over
+LOCK_REFRESH_S = 60
 
 
 def try_lock(run_dir: Path) -> bool:
@@ -213,8 +223,17 @@ def execute(spec: SweepSpec, run: Run, folder: Path, env: dict[str, str]) -> str
             with open(run_dir / "train.log", "a") as log:
                 log.write(f"--- attempt {attempts}: {' '.join(command)}\n")
                 log.flush()
-                proc = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env})
+                proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env})
+                while True:  # refresh the lock so that sweeps on other hosts see it is held
+                    try:
+                        proc.wait(timeout=LOCK_REFRESH_S)
+                        break
+                    except subprocess.TimeoutExpired:
+                        with contextlib.suppress(OSError):
+                            os.utime(run_dir / "lock")
             status = summary_status(run_dir) or "pending"
+            if status == "interrupted":  # preempted (SIGTERM/SIGUSR1): checkpoint saved; the next sweep resumes it
+                return status
             if proc.returncode != 0 and status != "failed":  # stopped before training: the log's error line says why
                 errors = [line.strip() for line in (run_dir / "train.log").read_text().splitlines()
                           if line.startswith("ablate train: error:")]

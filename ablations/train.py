@@ -26,7 +26,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from datamodules import ImageDataModule
-from lightning_modules.callbacks import EpochSeeder, FiniteLossCheck, Preemption, RunRecorder
+from lightning_modules.callbacks import EpochSeeder, FiniteLossCheck, Interrupted, Preemption, RunRecorder
 from lightning_modules.checkpoints import AtomicCheckpointIO, read_summary, resume_checkpoint
 from lightning_modules.classifier import ImageClassifier
 
@@ -256,11 +256,11 @@ def _train(argv: list[str] | None) -> int:
     resume = resume_checkpoint(run_dir / "checkpoints")  # last.ckpt, or the newest good one; damaged ones set aside
     try:
         trainer.fit(model, datamodule=data, ckpt_path=str(resume) if resume else None, weights_only=True)
-        if cli.preemption.stopped_by:
-            return EXIT_INTERRUPTED
         if trainer.interrupted or trainer.state.status.value != "finished":
             return 1
         final = trainer.test(model, datamodule=data, verbose=False)[0]
+    except Interrupted:
+        return EXIT_INTERRUPTED
     except (RuntimeError, MemoryError) as err:
         oom = OutOfMemory.wrap(err, getattr(data, "batch_size", None))
         if oom is None:

@@ -216,14 +216,21 @@ class RunRecorder(L.Callback):
         atomic_write(self.run_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, Interrupted):
+            return  # saved and recorded as interrupted
         self.write_summary(trainer, pl_module, "failed", reason=f"{type(exception).__name__}: {exception}")
+
+
+class Interrupted(Exception):
+    """Raised by ``Preemption`` after it has saved the run: ends ``trainer.fit`` without the epoch-end hooks."""
 
 
 class Preemption(L.Callback):
     """SIGTERM or SIGUSR1 (how SLURM announces preemption or the time limit) stops the run cleanly at the next
-    batch end: ``last.ckpt`` is saved (atomically), ``summary.json`` says ``interrupted`` with the signal, and
-    ``ablate train`` exits with code 3. Running the same command again resumes from that checkpoint; under SLURM
-    with auto-requeue (``--requeue``, Lightning's ``SLURMEnvironment``) the job is requeued first.
+    batch end: ``last.ckpt`` is saved (atomically), ``summary.json`` says ``interrupted`` with the signal,
+    ``Interrupted`` ends the fit, and ``ablate train`` exits with code 3. Running the same command again resumes
+    from that checkpoint, mid-epoch and exactly (``EpochSeeder``); under SLURM with auto-requeue (``--requeue``,
+    Lightning's ``SLURMEnvironment``) the job is requeued first.
 
     The handlers are installed at ``on_train_start``, after Lightning's own, which would otherwise end the run with
     an exception (SIGTERM) or save an ``hpc_ckpt`` outside the run folder (SIGUSR1)."""
@@ -256,10 +263,12 @@ class Preemption(L.Callback):
         if self.recorder is not None:
             self.recorder.write_summary(trainer, pl_module, "interrupted", reason=f"received {self.stopped_by}; "
                                         "run the same command again to resume from last.ckpt")
-        trainer.should_stop = True
         if trainer.is_global_zero:
             print(f"received {self.stopped_by}: saved {self.checkpoint}, stopping", file=sys.stderr, flush=True)
             self._requeue(trainer)
+        # not `trainer.should_stop`: that would run the epoch-end hooks on half an epoch (a metrics row, a
+        # checkpoint that claims the epoch finished)
+        raise Interrupted(self.stopped_by)
 
     @staticmethod
     def _requeue(trainer: L.Trainer) -> None:

@@ -47,7 +47,7 @@ def assert_same_as(straight: Path, run_dir: Path) -> None:
 
 
 @pytest.mark.parametrize("at,batch", [
-    ("validation", 1),  # during the last epoch's validation
+    ("validation", 0),  # during the last epoch's validation (after its first batch)
     ("checkpoint", 0),  # after the last epoch's metrics row, before its checkpoint: the epoch runs again, one row
     ("checkpoint_write", 0),  # half-way through writing the checkpoint file: the previous one is still whole
 ])

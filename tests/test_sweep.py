@@ -226,3 +226,17 @@ def test_ablate_demo_runs_the_study_and_prints_the_report(tmp_path, monkeypatch,
     assert cli_main(["demo", "--root", str(tmp_path / "runs"), "--parallel", "2"]) == 0
     out = capsys.readouterr().out
     assert "# Sweep tiny" in out and "2 of 2 runs completed" in out and "clean train loss" in out
+
+
+def test_a_lock_from_another_host_is_stale_once_no_longer_refreshed(tmp_path):
+    """A sweep refreshes its locks every minute; one left by a killed process on another node stops blocking."""
+    import time
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    lock = run_dir / "lock"
+    lock.write_text(json.dumps({"pid": 1, "host": "another-node", "job": None}))
+    assert read_status(run_dir) == "running" and not try_lock(run_dir)  # recently refreshed: held
+    old = time.time() - 16 * 60
+    os.utime(lock, (old, old))
+    assert read_status(run_dir) == "pending" and try_lock(run_dir)  # not refreshed for 16 min: taken over
