@@ -130,6 +130,8 @@ def check_devices(trainer: dict[str, Any], gpus: int) -> None:
     """Asking for more GPUs than are visible is a one-line error here, not a Lightning traceback."""
     accelerator = str(trainer.get("accelerator") or "auto")
     devices = trainer.get("devices", "auto")
+    if isinstance(devices, str) and "," in devices:  # Lightning reads "0,1" as GPU indices
+        devices = [int(d) for d in devices.split(",") if d.strip()]
     if accelerator not in ("gpu", "cuda") and not (accelerator == "auto" and gpus):
         return
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -199,7 +201,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _train(argv)
     except (ArgumentError, *USER_ERRORS) as err:
-        print(f"ablate train: error: {one_line(err)}", file=sys.stderr)
+        line = one_line(err)
+        if str(err).startswith("Problems parsing config"):  # YAML syntax: name the file(s) and where
+            files = [a.split("=", 1)[1] for a in (argv or sys.argv[1:]) if a.startswith("--config=")]
+            text = str(err).removeprefix("Problems parsing config:")
+            where = " ".join(part.strip() for part in text.splitlines()).replace('in "<unicode string>", ', "at ")
+            line = f"YAML error in --config {', '.join(files) or '(config)'}: {where}"
+        print(f"ablate train: error: {line}", file=sys.stderr)
         return 2
 
 
@@ -214,7 +222,8 @@ def one_line(err: BaseException) -> str:
 
         valid = ", ".join(n for n in datamodules.__all__ if n.endswith("DataModule") and n != "ImageDataModule")
         return f"unknown data set {given!r}; valid data sets: {valid} (or a dotted class path)"
-    skip = ("Expected a <class", "Given value", "Subtypes:", "Errors:", "Does not validate", "Problem with given")
+    skip = ("Expected a <class", "Given value", "Subtypes:", "Errors:", "Does not validate", "Problem with given",
+            "Not a valid subclass", "Subclass types expect", "a class path", "a dict with")
     reasons = [line.strip(" -") for line in text.splitlines()[1:] if line.strip() and not line.strip(" -").startswith(skip)]
     reason = reasons[-1] if reasons else (text.splitlines() or [type(err).__name__])[0]
     return f"{key}: {reason}" if key else reason
