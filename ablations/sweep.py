@@ -63,7 +63,10 @@ class SweepSpec:
         if not path.is_file():
             shipped = sorted(p.relative_to(PROJECT_ROOT) for p in (PROJECT_ROOT / "ablations" / "sweeps").glob("*.yaml"))
             raise FileNotFoundError(f"sweep spec {path} does not exist; shipped specs: {', '.join(map(str, shipped))}")
-        raw = yaml.safe_load(path.read_text()) or {}
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:  # syntax, or a python tag the safe loader refuses
+            raise ValueError(f"sweep spec {path} is not valid YAML: {' '.join(str(err).split())}") from None
         unknown = sorted(set(raw) - SPEC_KEYS)
         if unknown:
             raise ValueError(f"unknown key(s) {', '.join(unknown)} in sweep spec {path}; valid: {', '.join(sorted(SPEC_KEYS))}")

@@ -39,9 +39,11 @@ class RunFolderConfig(SaveConfigCallback):
         self.run_dir = run_dir
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if trainer.is_global_zero:
+        if trainer.is_global_zero:  # written beside, then renamed over: never half a config
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.parser.save(self.config, self.run_dir / "config.yaml", overwrite=True, multifile=False)
+            tmp = self.run_dir / f".config.yaml.{os.getpid()}.tmp"
+            self.parser.save(self.config, tmp, overwrite=True, multifile=False)
+            os.replace(tmp, self.run_dir / "config.yaml")
 
 
 def wandb_mode() -> str:

@@ -281,7 +281,10 @@ class Preemption(L.Callback):
         array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
         job = f"{array_job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array_job else os.environ.get("SLURM_JOB_ID")
         if job:
-            subprocess.call(["scontrol", "requeue", job])
+            try:
+                subprocess.call(["scontrol", "requeue", job])
+            except OSError as err:  # the checkpoint is saved either way; a manual resubmit resumes it
+                print(f"could not requeue SLURM job {job}: {err}", file=sys.stderr, flush=True)
 
 
 class EMA(WeightAveraging):

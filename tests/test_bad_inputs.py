@@ -153,3 +153,18 @@ def test_bad_sweep_spec_is_one_line(tmp_path, capsys, spec, needle):
     assert cli_main(["sweep", str(path), "--root", str(tmp_path / "runs")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("ablate sweep: error: ") and needle in err and "\n" not in err
+
+
+def test_yaml_cannot_execute_code(tmp_path, capsys):
+    """Configs and sweep specs are read with YAML's safe loader: a python tag is an error, never a call."""
+    marker = tmp_path / "pwned"
+    tag = f"!!python/object/apply:os.system ['touch {marker}']"
+    config = tmp_path / "config.yaml"
+    config.write_text(f"seed_everything: {tag}\n")
+    assert ablations.train.main([f"--config={config}", *SMALL_RUN, f"--run_dir={tmp_path / 'run'}"]) == 2
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"name: x\nconfig: {config}\ngrid: {{seed_everything: [{tag}]}}\n")
+    assert cli_main(["sweep", str(spec), "--root", str(tmp_path / "runs")]) == 2
+    assert not marker.exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "could not determine a constructor for the tag" in err[-1] and f"sweep spec {spec}" in err[-1]
