@@ -135,9 +135,9 @@ class ImageFolderDataModule(ImageDataModule):
         if not classes:
             raise FileNotFoundError(f"{root / 'train'} has no class folders")
         extensions = datasets.folder.IMG_EXTENSIONS
-        for name in classes:  # stops at each folder's first image: cheap even for ImageNet's 1000
+        for name in classes:  # stops at each folder's first image (subfolders too): cheap even for ImageNet's 1000
             folder = root / "train" / name
-            if not any(f.name.lower().endswith(extensions) for f in os.scandir(folder) if f.is_file()):
+            if not any(f.lower().endswith(extensions) for _, _, files in os.walk(folder) for f in files):
                 raise FileNotFoundError(f"class folder {folder} has no images ({', '.join(extensions)}); "
                                         "add images or remove the folder")
         self.num_classes = len(classes)
