@@ -119,7 +119,7 @@ def summary_status(run_dir: Path) -> str | None:
     """The status summary.json records, or None when there is none (or it cannot be read)."""
     try:
         return json.loads((run_dir / "summary.json").read_text()).get("status")
-    except (FileNotFoundError, json.JSONDecodeError):
+    except (FileNotFoundError, ValueError):  # truncated or binary: not a record of anything
         return None
 
 

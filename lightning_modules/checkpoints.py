@@ -75,9 +75,11 @@ def set_aside(path: Path, why: BaseException | str) -> Path:
 
 def resume_checkpoint(folder: Path) -> Path | None:
     """The checkpoint to resume from: ``last.ckpt`` if it reads back, else the newest other good one, else None.
-    Damaged ones are set aside on the way."""
+    Damaged ones are set aside on the way; temporaries of interrupted writes are removed."""
     if not folder.is_dir():
         return None
+    for partial in folder.glob(".*.ckpt.*.tmp"):  # a write cut short by a kill: never complete, never used
+        partial.unlink(missing_ok=True)
     last = folder / "last.ckpt"
     others = sorted((p for p in folder.glob("*.ckpt") if p.name != "last.ckpt"), key=lambda p: p.stat().st_mtime,
                     reverse=True)

@@ -60,8 +60,11 @@ def test_sigkill_at_any_point_then_resume_equals_uninterrupted(straight, tmp_pat
     assert summary(run_dir)["status"] == "running"  # never marked completed
     for path in (run_dir / "checkpoints").glob("*.ckpt"):
         load_checked(path)  # whatever is under a checkpoint's name is complete
+    if at == "checkpoint_write":  # half a checkpoint is on disk, under a temporary name only
+        assert len(list((run_dir / "checkpoints").glob(".*.ckpt.*.tmp"))) == 1
     assert train_main([*RUN, *killer, f"--run_dir={run_dir}"]) == 0  # the same command resumes
     assert_same_as(straight, run_dir)
+    assert not list(run_dir.rglob("*.tmp")) and not list(run_dir.rglob("*.corrupt-*"))  # nothing half-written left
 
 
 @pytest.mark.parametrize("name", ["SIGTERM", "SIGUSR1"])
@@ -172,3 +175,14 @@ def test_unreadable_summary_is_not_completed(tmp_path, capsys):
     assert read_summary(tmp_path) is None
     assert "summary.json is unreadable" in capsys.readouterr().err
     assert not (tmp_path / "summary.json").exists() and len(list(tmp_path.glob("summary.json.corrupt-*"))) == 1
+
+
+def test_analysis_never_counts_an_unreadable_summary_as_completed(tmp_path):
+    from ablations.analysis import load_runs
+
+    run = tmp_path / "sweep" / "run"
+    run.mkdir(parents=True)
+    (run / "metrics.csv").write_text("epoch,test/acc\n0,0.5\n")
+    (run / "summary.json").write_text('{"status": "compl')
+    with pytest.raises(FileNotFoundError, match="no completed runs"):
+        load_runs(tmp_path / "sweep")
