@@ -9,6 +9,7 @@ Every option is a config key (``--print_config`` prints a YAML that runs again u
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -272,6 +273,11 @@ def _train(argv: list[str] | None) -> int:
         final = trainer.test(model, datamodule=data, verbose=False)[0]
     except Interrupted:
         return EXIT_INTERRUPTED
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise RunFolderError(f"run folder {run_dir} ran out of space ({err.strerror}); free space and run the same "
+                             "command again to resume from its last complete checkpoint") from None
     except (RuntimeError, MemoryError) as err:
         oom = OutOfMemory.wrap(err, getattr(data, "batch_size", None))
         if oom is None:

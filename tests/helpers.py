@@ -1,5 +1,6 @@
 """Callbacks that tests inject through ``--trainer.callbacks+=tests.helpers.X``."""
 
+import errno
 import io as io_module
 import json
 import os
@@ -84,3 +85,14 @@ class RankReport(L.Callback):
                   "val_correct": int(acc.tp.sum()), "epoch": trainer.current_epoch}
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / f"rank{trainer.global_rank}-epoch{trainer.current_epoch}.json").write_text(json.dumps(report))
+
+
+class DiskFullOnSave(L.Callback):
+    """The disk fills up during training: every checkpoint write fails with ENOSPC after a few bytes."""
+
+    def setup(self, trainer, pl_module, stage):
+        def no_space(checkpoint, f):
+            f.write(b"PK")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        trainer.strategy.checkpoint_io.write = no_space

@@ -92,6 +92,8 @@ CATALOGUE = [
      "training loss became nan at epoch 0"),
     ("batch too large for memory", ["--trainer.callbacks+=tests.helpers.OutOfMemoryAt"],
      "batch_size=16 does not fit in memory; try --data.init_args.batch_size=8"),
+    ("disk full while training", ["--trainer.callbacks+=tests.helpers.DiskFullOnSave"],
+     "ran out of space (No space left on device); free space and run the same command again"),
     ("run folder not writable", lambda t: [*SMALL_RUN, f"--run_dir={_a_file(t)}/run"], "is not writable"),
 ]
 
