@@ -69,6 +69,7 @@ class EpochSeeder(L.Callback):
         self.seed = seed
         self._trainer: L.Trainer | None = None
         self._metric_states: dict[str, Any] = {}
+        self._fresh_iterator = False
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._trainer = trainer
@@ -78,6 +79,17 @@ class EpochSeeder(L.Callback):
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)
+        if self._fresh_iterator:  # first epoch after a resume: as an uninterrupted run, iterate after seeding
+            self._fresh_iterator = False
+            self._restart_iterator(trainer)
+
+    @staticmethod
+    def _restart_iterator(trainer: L.Trainer) -> None:
+        """Lightning creates the training iterator of a resumed fit once, before the sampler is told the epoch;
+        with loader workers that iterator has already drawn epoch 0's indices. A new one follows ``set_epoch``."""
+        fetcher = trainer.fit_loop._data_fetcher
+        if fetcher is not None:
+            iter(fetcher)
 
     def state_dict(self) -> dict[str, Any]:
         """The running state of the module's metrics, so that an epoch's mean survives a mid-epoch save."""
@@ -98,14 +110,18 @@ class EpochSeeder(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
         states, self._metric_states = self._metric_states, {}
-        if not 0 < done < trainer.num_training_batches:
-            return  # a fresh run, or a checkpoint from an epoch's end
+        mid_epoch = 0 < done < trainer.num_training_batches
+        self._fresh_iterator = trainer.current_epoch > 0 and not mid_epoch  # resumed at an epoch's end
+        if not mid_epoch:
+            return
         from datamodules.base import SeededShuffle
 
         loader = trainer.train_dataloader
         sampler = getattr(loader, "sampler", None)
         if isinstance(sampler, SeededShuffle) and trainer.world_size == 1:
+            sampler.set_epoch(trainer.current_epoch)
             sampler.skip = done * loader.batch_size
+            self._restart_iterator(trainer)
         modules = dict(pl_module.named_modules())
         for name, state in states.items():
             if name in modules:

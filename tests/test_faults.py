@@ -46,14 +46,17 @@ def assert_same_as(straight: Path, run_dir: Path) -> None:
     assert (a["test/loss"], a["test/acc"]) == (b["test/loss"], b["test/acc"])
 
 
-@pytest.mark.parametrize("at,batch", [
-    ("validation", 0),  # during the last epoch's validation (after its first batch)
-    ("checkpoint", 0),  # after the last epoch's metrics row, before its checkpoint: the epoch runs again, one row
-    ("checkpoint_write", 0),  # half-way through writing the checkpoint file: the previous one is still whole
+@pytest.mark.parametrize("at,batch,extra", [
+    pytest.param("validation", 0, [], id="validation"),  # during the last epoch's validation, after its first batch
+    # after the last epoch's metrics row, before its checkpoint: the epoch runs again and its row is written once
+    pytest.param("checkpoint", 0, [], id="checkpoint"),
+    # half-way through writing the checkpoint file: the previous one is still whole; with loader workers, whose
+    # iterator must be made after the resumed epoch is known
+    pytest.param("checkpoint_write", 0, ["--data.init_args.num_workers=2"], id="checkpoint_write-workers"),
 ])
-def test_sigkill_at_any_point_then_resume_equals_uninterrupted(straight, tmp_path, at, batch):
+def test_sigkill_at_any_point_then_resume_equals_uninterrupted(straight, tmp_path, at, batch, extra):
     run_dir = tmp_path / "run"
-    killer = ["--trainer.callbacks+=tests.helpers.KillOnce", "--trainer.callbacks.epoch=1", f"--trainer.callbacks.at={at}",
+    killer = [*extra, "--trainer.callbacks+=tests.helpers.KillOnce", "--trainer.callbacks.epoch=1", f"--trainer.callbacks.at={at}",
               f"--trainer.callbacks.batch={batch}", f"--trainer.callbacks.marker={tmp_path / 'killed'}"]
     first = run_cli(*RUN, *killer, f"--run_dir={run_dir}", check=False)
     assert first.returncode == -signal.SIGKILL and (tmp_path / "killed").read_text() == at
