@@ -15,6 +15,8 @@ import yaml
 
 from lightning_modules.backbones import MODELS
 
+from .sweep import summary_status
+
 COLUMNS = [
     "run", "layout", "model", "budget", "data_size", "seed", "params", "flops", "epoch", "step",
     "train_loss", "train_eval_loss", "train_eval_acc", "val_loss", "val_acc", "test_loss", "test_acc",
@@ -90,7 +92,7 @@ def load_runs(folder: str | Path, completed_only: bool = True) -> pd.DataFrame:
     run_dirs = [folder] if (folder / "metrics.csv").exists() else sorted(p for p in folder.iterdir() if (p / "metrics.csv").exists())
     frames = []
     for run_dir in run_dirs:
-        status = json.loads((run_dir / "summary.json").read_text()).get("status") if (run_dir / "summary.json").exists() else None
+        status = summary_status(run_dir)  # None when missing or unreadable: never counted as completed
         if completed_only and status != "completed":
             continue
         frames.append(load_run(run_dir))

@@ -17,6 +17,7 @@ expanding the same spec twice gives the same runs and re-running a sweep is idem
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -24,6 +25,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,7 +63,10 @@ class SweepSpec:
         if not path.is_file():
             shipped = sorted(p.relative_to(PROJECT_ROOT) for p in (PROJECT_ROOT / "ablations" / "sweeps").glob("*.yaml"))
             raise FileNotFoundError(f"sweep spec {path} does not exist; shipped specs: {', '.join(map(str, shipped))}")
-        raw = yaml.safe_load(path.read_text()) or {}
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:  # syntax, or a python tag the safe loader refuses
+            raise ValueError(f"sweep spec {path} is not valid YAML: {' '.join(str(err).split())}") from None
         unknown = sorted(set(raw) - SPEC_KEYS)
         if unknown:
             raise ValueError(f"unknown key(s) {', '.join(unknown)} in sweep spec {path}; valid: {', '.join(sorted(SPEC_KEYS))}")
@@ -114,7 +119,7 @@ def summary_status(run_dir: Path) -> str | None:
     """The status summary.json records, or None when there is none (or it cannot be read)."""
     try:
         return json.loads((run_dir / "summary.json").read_text()).get("status")
-    except (FileNotFoundError, json.JSONDecodeError):
+    except (FileNotFoundError, ValueError):  # truncated or binary: not a record of anything
         return None
 
 
@@ -138,7 +143,11 @@ def _lock_alive(lock: Path) -> bool:
     if job and owner.get("job") == job:
         return False  # our own SLURM job, requeued after preemption: its earlier process is gone
     if owner.get("host") != socket.gethostname():
-        return True  # another machine's lock: trust it
+        # another machine's lock: alive while its holder refreshes it (see `execute`), stale after LOCK_STALE_S
+        try:
+            return time.time() - lock.stat().st_mtime < LOCK_STALE_S
+        except FileNotFoundError:
+            return False
     try:
         os.kill(int(owner["pid"]), 0)
     except (ProcessLookupError, ValueError, KeyError):
@@ -146,6 +155,10 @@ def _lock_alive(lock: Path) -> bool:
     except PermissionError:
         return True
     return True
+
+
+LOCK_STALE_S = 15 * 60  # a lock from another host not refreshed for this long is taken over
+LOCK_REFRESH_S = 60
 
 
 def try_lock(run_dir: Path) -> bool:
@@ -213,8 +226,17 @@ def execute(spec: SweepSpec, run: Run, folder: Path, env: dict[str, str]) -> str
             with open(run_dir / "train.log", "a") as log:
                 log.write(f"--- attempt {attempts}: {' '.join(command)}\n")
                 log.flush()
-                proc = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env})
+                proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env})
+                while True:  # refresh the lock so that sweeps on other hosts see it is held
+                    try:
+                        proc.wait(timeout=LOCK_REFRESH_S)
+                        break
+                    except subprocess.TimeoutExpired:
+                        with contextlib.suppress(OSError):
+                            os.utime(run_dir / "lock")
             status = summary_status(run_dir) or "pending"
+            if status == "interrupted":  # preempted (SIGTERM/SIGUSR1): checkpoint saved; the next sweep resumes it
+                return status
             if proc.returncode != 0 and status != "failed":  # stopped before training: the log's error line says why
                 errors = [line.strip() for line in (run_dir / "train.log").read_text().splitlines()
                           if line.startswith("ablate train: error:")]

@@ -9,10 +9,13 @@ Every option is a config key (``--print_config`` prints a YAML that runs again u
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import shutil
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from datamodules import ImageDataModule
-from lightning_modules.callbacks import EpochSeeder, FiniteLossCheck, RunRecorder
+from lightning_modules.callbacks import EpochSeeder, FiniteLossCheck, Interrupted, Preemption, RunRecorder
+from lightning_modules.checkpoints import AtomicCheckpointIO, read_summary, resume_checkpoint
 from lightning_modules.classifier import ImageClassifier
 
 
@@ -36,9 +40,11 @@ class RunFolderConfig(SaveConfigCallback):
         self.run_dir = run_dir
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if trainer.is_global_zero:
+        if trainer.is_global_zero:  # written beside, then renamed over: never half a config
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.parser.save(self.config, self.run_dir / "config.yaml", overwrite=True, multifile=False)
+            tmp = self.run_dir / f".config.yaml.{os.getpid()}.tmp"
+            self.parser.save(self.config, tmp, overwrite=True, multifile=False)
+            os.replace(tmp, self.run_dir / "config.yaml")
 
 
 def wandb_mode() -> str:
@@ -59,15 +65,23 @@ class AblateCLI(LightningCLI):
             self.run_dir, echo=not sys.stderr.isatty(),
             extra={"model": model.hparams.model, "run_dir": str(self.run_dir), "seed": config.seed_everything},
         )
+        self.preemption = Preemption(self.run_dir / "checkpoints" / "last.ckpt", self.recorder)
         callbacks = [
             RunFolderConfig(self.parser, config, run_dir=self.run_dir),
             EpochSeeder(config.seed_everything),
             FiniteLossCheck(),
+            # saved at the end of the training epoch, after RunRecorder has written the epoch's metrics row: a kill
+            # in between repeats the epoch on resume and its row is replaced, never lost or doubled
             ModelCheckpoint(dirpath=self.run_dir / "checkpoints", filename="best", monitor="val/acc", mode="max",
-                            save_last=True, every_n_train_steps=config.checkpoint_every_n_steps),
+                            save_last=True, every_n_train_steps=config.checkpoint_every_n_steps,
+                            save_on_train_epoch_end=True),
             self.recorder,
+            self.preemption,
         ]
         trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        check_devices(trainer_config, torch.cuda.device_count())
+        plugins = trainer_config.get("plugins") or []
+        trainer_config["plugins"] = [*(plugins if isinstance(plugins, list) else [plugins]), AtomicCheckpointIO()]
         trainer_config.update(device_defaults(trainer_config, torch.cuda.is_available(), torch.cuda.device_count()))
         if config.wandb.enabled:
             trainer_config["logger"] = self._wandb_logger()
@@ -115,6 +129,55 @@ def device_defaults(trainer: dict[str, Any], cuda: bool, gpus: int) -> dict[str,
     return out
 
 
+def check_devices(trainer: dict[str, Any], gpus: int) -> None:
+    """Asking for more GPUs than are visible is a one-line error here, not a Lightning traceback."""
+    accelerator = str(trainer.get("accelerator") or "auto")
+    devices = trainer.get("devices", "auto")
+    if isinstance(devices, str) and "," in devices:  # Lightning reads "0,1" as GPU indices
+        devices = [int(d) for d in devices.split(",") if d.strip()]
+    if accelerator not in ("gpu", "cuda") and not (accelerator == "auto" and gpus):
+        return
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    seen = f"{gpus} GPU(s) are visible" + (f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else "")
+    if accelerator in ("gpu", "cuda") and gpus == 0:
+        raise ValueError(f"--trainer.accelerator={accelerator} asks for GPUs but {seen}; use --trainer.accelerator=cpu")
+    if isinstance(devices, (list, tuple)):
+        missing = [d for d in devices if int(d) >= gpus]
+        if missing:
+            raise ValueError(f"--trainer.devices={list(devices)} names GPU(s) {missing} but {seen}; valid indices 0..{gpus - 1}")
+    elif str(devices) not in ("auto", "-1") and int(devices) > gpus:
+        raise ValueError(f"--trainer.devices={devices} asks for {devices} GPUs but {seen}; use at most {gpus}")
+
+
+class RunFolderError(OSError):
+    """The run folder cannot hold the run (unwritable, or too little free space)."""
+
+
+MIN_FREE_BYTES = 100 * 2**20  # below this a run would fail at its first checkpoint
+
+
+def free_bytes(folder: Path) -> int:
+    return shutil.disk_usage(folder).free
+
+
+def preflight(run_dir: Path, params: int) -> None:
+    """Fail in a second, not after hours: the run folder must be writable and have room for a few checkpoints
+    (weights + AdamW's two moments in fp32, x3 for last/best/the temporary copy), at least ``MIN_FREE_BYTES``."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=run_dir, prefix=".write-test.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise RunFolderError(f"run folder {run_dir} is not writable ({err.strerror or err}); "
+                              "choose another with --run_dir or --runs_root") from None
+    need = max(MIN_FREE_BYTES, 3 * 3 * 4 * int(params or 0))
+    free = free_bytes(run_dir)
+    if free < need:
+        raise RunFolderError(f"run folder {run_dir} has {free / 2**20:.0f} MiB free, a run needs at least "
+                      f"{need / 2**20:.0f} MiB for its checkpoints; free space or choose another --run_dir")
+
+
 def _config_hash(config: dict[str, Any]) -> str:
     keep = {k: v for k, v in config.items() if k not in ("run_dir", "runs_root", "config", "wandb")}
     return hashlib.sha1(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:8]
@@ -125,18 +188,29 @@ def run_name(config) -> str:
     return f"{config.model.init_args.model}-{data}-{_config_hash(config.as_dict())}"
 
 
-USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, NotADirectoryError, PermissionError)
+USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, NotADirectoryError, PermissionError, RunFolderError,
+               MemoryError)
+EXIT_INTERRUPTED = 3  # SIGTERM/SIGUSR1: last.ckpt saved, summary "interrupted"; the same command resumes
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Train, then test; a bad value or a failed run ends with one line on stderr and exit code 2."""
+    """Train, then test; a bad value or a failed run ends with one line on stderr and exit code 2, a run stopped
+    by SIGTERM/SIGUSR1 with code 3 after saving ``last.ckpt`` (the same command resumes it)."""
     # `ablate train ...` hands LightningCLI its arguments while sys.argv still holds them: DDP relaunches each rank
     # from sys.argv, so it stays, and the warning about having both is noise.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+    # EpochSeeder makes the training loader resume mid-epoch (its sampler skips the batches already trained)
+    warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
     try:
         return _train(argv)
     except (ArgumentError, *USER_ERRORS) as err:
-        print(f"ablate train: error: {one_line(err)}", file=sys.stderr)
+        line = one_line(err)
+        if str(err).startswith("Problems parsing config"):  # YAML syntax: name the file(s) and where
+            files = [a.split("=", 1)[1] for a in (argv or sys.argv[1:]) if a.startswith("--config=")]
+            text = str(err).removeprefix("Problems parsing config:")
+            where = " ".join(part.strip() for part in text.splitlines()).replace('in "<unicode string>", ', "at ")
+            line = f"YAML error in --config {', '.join(files) or '(config)'}: {where}"
+        print(f"ablate train: error: {line}", file=sys.stderr)
         return 2
 
 
@@ -151,10 +225,30 @@ def one_line(err: BaseException) -> str:
 
         valid = ", ".join(n for n in datamodules.__all__ if n.endswith("DataModule") and n != "ImageDataModule")
         return f"unknown data set {given!r}; valid data sets: {valid} (or a dotted class path)"
-    skip = ("Expected a <class", "Given value", "Subtypes:", "Errors:", "Does not validate", "Problem with given")
+    skip = ("Expected a <class", "Given value", "Subtypes:", "Errors:", "Does not validate", "Problem with given",
+            "Not a valid subclass", "Subclass types expect", "a class path", "a dict with")
     reasons = [line.strip(" -") for line in text.splitlines()[1:] if line.strip() and not line.strip(" -").startswith(skip)]
     reason = reasons[-1] if reasons else (text.splitlines() or [type(err).__name__])[0]
     return f"{key}: {reason}" if key else reason
+
+
+class OutOfMemory(MemoryError):
+    """A batch that does not fit, as one line that suggests a batch that might."""
+
+    @classmethod
+    def wrap(cls, err: BaseException, batch_size: int | None) -> "OutOfMemory | None":
+        """CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError ("DefaultCPUAllocator: can't allocate")."""
+        text = str(err)
+        if not (isinstance(err, (torch.OutOfMemoryError, MemoryError))
+                or (isinstance(err, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text.lower()))):
+            return None
+        if batch_size and batch_size > 1:
+            hint = (f"batch_size={batch_size} does not fit in memory; try --data.init_args.batch_size={batch_size // 2}"
+                    " (per device)")
+        else:
+            hint = "the model does not fit in memory even at batch_size=1; choose a smaller model or image size"
+        first = (text.strip().splitlines() or [type(err).__name__])[0][:160]
+        return cls(f"out of memory: {hint} ({type(err).__name__}: {first})")
 
 
 def _train(argv: list[str] | None) -> int:
@@ -166,15 +260,30 @@ def _train(argv: list[str] | None) -> int:
         trainer_defaults={"enable_progress_bar": sys.stderr.isatty(), "enable_model_summary": sys.stderr.isatty()},
     )
     trainer, model, data, run_dir = cli.trainer, cli.model, cli.datamodule, cli.run_dir
-    summary = run_dir / "summary.json"
-    if summary.exists() and json.loads(summary.read_text()).get("status") == "completed":
+    summary = read_summary(run_dir)  # an unreadable one is set aside: the run is not completed
+    if summary is not None and summary.get("status") == "completed":
         print(f"{run_dir} is already completed; delete its summary.json to run it again", file=sys.stderr)
         return 0
-    last = run_dir / "checkpoints" / "last.ckpt"
-    trainer.fit(model, datamodule=data, ckpt_path=str(last) if last.exists() else None)
-    if trainer.interrupted or trainer.state.status.value != "finished":
-        return 1
-    final = trainer.test(model, datamodule=data, verbose=False)[0]
+    preflight(run_dir, getattr(model, "params", 0))
+    resume = resume_checkpoint(run_dir / "checkpoints")  # last.ckpt, or the newest good one; damaged ones set aside
+    try:
+        trainer.fit(model, datamodule=data, ckpt_path=str(resume) if resume else None, weights_only=True)
+        if trainer.interrupted or trainer.state.status.value != "finished":
+            return 1
+        final = trainer.test(model, datamodule=data, verbose=False)[0]
+    except Interrupted:
+        return EXIT_INTERRUPTED
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise RunFolderError(f"run folder {run_dir} ran out of space ({err.strerror}); free space and run the same "
+                             "command again to resume from its last complete checkpoint") from None
+    except (RuntimeError, MemoryError) as err:
+        oom = OutOfMemory.wrap(err, getattr(data, "batch_size", None))
+        if oom is None:
+            raise
+        cli.recorder.write_summary(trainer, model, "failed", reason=str(oom))
+        raise oom from None
     cli.recorder.write_summary(trainer, model, "completed", final={k: float(v) for k, v in final.items()})
     return 0
 

@@ -52,6 +52,7 @@ class SeededShuffle(Sampler):
 
     def __init__(self, size: int, seed: int):
         self.size, self.seed, self.epoch = size, seed, 0
+        self.skip = 0  # positions already trained when resuming mid-epoch; applies to the next pass only
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -69,7 +70,8 @@ class SeededShuffle(Sampler):
         gen = torch.Generator().manual_seed(self.epoch_seed())
         order = torch.randperm(self.size, generator=gen).tolist()
         seeds = torch.randint(0, 2**31 - 1, (self.size,), generator=gen).tolist()
-        yield from zip(order, seeds)
+        skip, self.skip = self.skip, 0
+        yield from zip(order[skip:], seeds[skip:])
 
 
 class TransformedSubset(Dataset):

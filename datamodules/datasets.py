@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import cached_property
 from pathlib import Path
 
@@ -83,6 +84,18 @@ class CIFAR100DataModule(CIFAR10DataModule):
     folder = "cifar-100-python"
 
 
+def load_image(path: str):
+    """PIL's loader, with a damaged or non-image file named in one line instead of a decoder traceback."""
+    from PIL import UnidentifiedImageError
+
+    try:
+        image = datasets.folder.default_loader(path)
+        image.load()
+        return image
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise ValueError(f"corrupt image file {path} ({err}); remove or replace it") from None
+
+
 class LabelledFiles(Dataset):
     """Image files with integer labels, decoded on access (PIL), as ``ImageFolder`` does."""
 
@@ -95,7 +108,7 @@ class LabelledFiles(Dataset):
 
     def __getitem__(self, i: int):
         path, target = self.samples[i]
-        return datasets.folder.default_loader(path), target
+        return load_image(path), target
 
 
 class ImageFolderDataModule(ImageDataModule):
@@ -121,12 +134,18 @@ class ImageFolderDataModule(ImageDataModule):
         classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
         if not classes:
             raise FileNotFoundError(f"{root / 'train'} has no class folders")
+        extensions = datasets.folder.IMG_EXTENSIONS
+        for name in classes:  # stops at each folder's first image (subfolders too): cheap even for ImageNet's 1000
+            folder = root / "train" / name
+            if not any(f.lower().endswith(extensions) for _, _, files in os.walk(folder) for f in files):
+                raise FileNotFoundError(f"class folder {folder} has no images ({', '.join(extensions)}); "
+                                        "add images or remove the folder")
         self.num_classes = len(classes)
         self.class_to_idx = {c: i for i, c in enumerate(classes)}  # ImageFolder's own order: sorted folder names
         self.native_size = None  # photos of any size, cropped to image_size
 
     def load_train(self) -> Dataset:
-        return datasets.ImageFolder(Path(self.data_dir) / "train")
+        return datasets.ImageFolder(Path(self.data_dir) / "train", loader=load_image)
 
     def load_test(self) -> Dataset:
         val = Path(self.data_dir) / "val"

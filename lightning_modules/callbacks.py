@@ -6,6 +6,9 @@ import csv
 import json
 import os
 import random
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -55,16 +58,78 @@ class EpochSeeder(L.Callback):
 
     Data order, augmentation, MixUp and stochastic depth of epoch k then do not depend on what ran before, so a
     run resumed from the checkpoint at the end of epoch k-1 repeats epoch k exactly as an uninterrupted run does.
+
+    A checkpoint saved mid-epoch (preemption, ``--checkpoint_every_n_steps``) resumes exactly too: the sampler
+    skips the batches already trained in that epoch (Lightning restarts a plain DataLoader from its first batch)
+    and the epoch's running metrics (the mean training loss) are restored from the checkpoint. With
+    ``num_workers=0`` each sample's seed also resets the global RNG, so MixUp and stochastic depth follow.
     """
 
     def __init__(self, seed: int):
         self.seed = seed
+        self._trainer: L.Trainer | None = None
+        self._metric_states: dict[str, Any] = {}
+        self._fresh_iterator = False
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._trainer = trainer
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         seed = (self.seed * 1_000_003 + trainer.current_epoch * 7919 + trainer.global_rank) % 2**31
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)
+        if self._fresh_iterator:  # first epoch after a resume: as an uninterrupted run, iterate after seeding
+            self._fresh_iterator = False
+            self._restart_iterator(trainer)
+
+    @staticmethod
+    def _restart_iterator(trainer: L.Trainer) -> None:
+        """Lightning creates the training iterator of a resumed fit once, before the sampler is told the epoch;
+        with loader workers that iterator has already drawn epoch 0's indices. A new one follows ``set_epoch``."""
+        fetcher = trainer.fit_loop._data_fetcher
+        if fetcher is not None:
+            iter(fetcher)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The running state of the module's metrics, so that an epoch's mean survives a mid-epoch save."""
+        from torchmetrics import Metric
+
+        module = self._trainer.lightning_module if self._trainer is not None else None
+        states: dict[str, Any] = {}
+        for name, metric in (module.named_modules() if module is not None else ()):
+            if isinstance(metric, Metric) and metric._update_count and all(
+                    torch.is_tensor(getattr(metric, k)) for k in metric._defaults):
+                states[name] = {"count": metric._update_count,
+                                **{k: getattr(metric, k).detach().cpu().clone() for k in metric._defaults}}
+        return {"metrics": states}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._metric_states = state_dict.get("metrics", {})
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        states, self._metric_states = self._metric_states, {}
+        mid_epoch = 0 < done < trainer.num_training_batches
+        self._fresh_iterator = trainer.current_epoch > 0 and not mid_epoch  # resumed at an epoch's end
+        if not mid_epoch:
+            return
+        from datamodules.base import SeededShuffle
+
+        loader = trainer.train_dataloader
+        sampler = getattr(loader, "sampler", None)
+        if isinstance(sampler, SeededShuffle) and trainer.world_size == 1:
+            sampler.set_epoch(trainer.current_epoch)
+            sampler.skip = done * loader.batch_size
+            self._restart_iterator(trainer)
+        modules = dict(pl_module.named_modules())
+        for name, state in states.items():
+            if name in modules:
+                metric = modules[name]
+                for key, value in state.items():
+                    if key != "count":
+                        setattr(metric, key, value.to(getattr(metric, key).device))
+                metric._update_count, metric._computed = state["count"], None
 
 
 class FiniteLossCheck(L.Callback):
@@ -167,7 +232,75 @@ class RunRecorder(L.Callback):
         atomic_write(self.run_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, Interrupted):
+            return  # saved and recorded as interrupted
         self.write_summary(trainer, pl_module, "failed", reason=f"{type(exception).__name__}: {exception}")
+
+
+class Interrupted(Exception):
+    """Raised by ``Preemption`` after it has saved the run: ends ``trainer.fit`` without the epoch-end hooks."""
+
+
+class Preemption(L.Callback):
+    """SIGTERM or SIGUSR1 (how SLURM announces preemption or the time limit) stops the run cleanly at the next
+    batch end: ``last.ckpt`` is saved (atomically), ``summary.json`` says ``interrupted`` with the signal,
+    ``Interrupted`` ends the fit, and ``ablate train`` exits with code 3. Running the same command again resumes
+    from that checkpoint, mid-epoch and exactly (``EpochSeeder``); under SLURM with auto-requeue (``--requeue``,
+    Lightning's ``SLURMEnvironment``) the job is requeued first.
+
+    The handlers are installed at ``on_train_start``, after Lightning's own, which would otherwise end the run with
+    an exception (SIGTERM) or save an ``hpc_ckpt`` outside the run folder (SIGUSR1)."""
+
+    SIGNALS = ("SIGTERM", "SIGUSR1")
+
+    def __init__(self, checkpoint: str | Path, recorder: "RunRecorder | None" = None):
+        self.checkpoint = Path(checkpoint)
+        self.recorder = recorder
+        self.received: str | None = None
+        self.stopped_by: str | None = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = signal.Signals(signum).name
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for name in self.SIGNALS:
+                signal.signal(getattr(signal, name), self._handle)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        # every rank must stop at the same batch: one small all-reduce of the flag (a no-op on one process)
+        received = trainer.strategy.reduce_boolean_decision(self.received is not None, all=False)
+        if not received or self.stopped_by:
+            return
+        self.stopped_by = self.received or "SIGTERM"
+        trainer.save_checkpoint(self.checkpoint)
+        if self.recorder is not None:
+            self.recorder.write_summary(trainer, pl_module, "interrupted", reason=f"received {self.stopped_by}; "
+                                        "run the same command again to resume from last.ckpt")
+        if trainer.is_global_zero:
+            print(f"received {self.stopped_by}: saved {self.checkpoint}, stopping", file=sys.stderr, flush=True)
+            self._requeue(trainer)
+        # not `trainer.should_stop`: that would run the epoch-end hooks on half an epoch (a metrics row, a
+        # checkpoint that claims the epoch finished)
+        raise Interrupted(self.stopped_by)
+
+    @staticmethod
+    def _requeue(trainer: L.Trainer) -> None:
+        """As Lightning's SLURM handler does: requeue this job when SLURM auto-requeue is on."""
+        from lightning.fabric.plugins.environments import SLURMEnvironment
+
+        environment = trainer._accelerator_connector.cluster_environment
+        if not (isinstance(environment, SLURMEnvironment) and environment.auto_requeue):
+            return
+        array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
+        job = f"{array_job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array_job else os.environ.get("SLURM_JOB_ID")
+        if job:
+            try:
+                subprocess.call(["scontrol", "requeue", job])
+            except OSError as err:  # the checkpoint is saved either way; a manual resubmit resumes it
+                print(f"could not requeue SLURM job {job}: {err}", file=sys.stderr, flush=True)
 
 
 class EMA(WeightAveraging):

@@ -1,23 +1,69 @@
 """Callbacks that tests inject through ``--trainer.callbacks+=tests.helpers.X``."""
 
+import errno
+import io as io_module
 import json
 import os
-import signal
+import signal as signal_module
 from pathlib import Path
 
 import lightning as L
+import torch
 
 
 class KillOnce(L.Callback):
-    """SIGKILL this process at (epoch, batch) the first time; the marker file makes the re-run go through."""
+    """Send ``signal`` (default SIGKILL) to this process the first time it reaches ``at`` in ``epoch``; the
+    marker file makes the re-run go through. ``at``:
 
-    def __init__(self, epoch: int, batch: int, marker: str):
-        self.epoch, self.batch, self.marker = epoch, batch, Path(marker)
+    - ``train``: after training batch ``batch``;
+    - ``validation``: after validation batch ``batch`` of the first validation loader;
+    - ``checkpoint``: when a checkpoint is about to be written (at an epoch's end: after its metrics row);
+    - ``checkpoint_write``: half-way through writing a checkpoint file (half its bytes are on disk).
+    """
+
+    def __init__(self, epoch: int, batch: int = 0, marker: str = "killed", at: str = "train", signal: str = "SIGKILL"):
+        self.epoch, self.batch, self.marker, self.at = epoch, batch, Path(marker), at
+        self.signal = getattr(signal_module, signal)
+
+    def _fire(self, trainer, where: str) -> None:
+        if self.at == where and trainer.current_epoch == self.epoch and not self.marker.exists():
+            self.marker.write_text(where)
+            os.kill(os.getpid(), self.signal)
+
+    def setup(self, trainer, pl_module, stage):
+        if self.at == "checkpoint_write":
+            io = trainer.strategy.checkpoint_io
+            original = io.write
+
+            def half_then_die(checkpoint, f):
+                if trainer.current_epoch == self.epoch and not self.marker.exists():
+                    buffer = io_module.BytesIO()
+                    original(checkpoint, buffer)
+                    f.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+                    f.flush()
+                    os.fsync(f.fileno())
+                    self._fire(trainer, "checkpoint_write")
+                original(checkpoint, f)
+
+            io.write = half_then_die
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.current_epoch == self.epoch and batch_idx == self.batch and not self.marker.exists():
-            self.marker.write_text("killed")
-            os.kill(os.getpid(), signal.SIGKILL)
+        if batch_idx == self.batch:
+            self._fire(trainer, "train")
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if batch_idx == self.batch and dataloader_idx == 0 and not trainer.sanity_checking:
+            self._fire(trainer, "validation")
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        self._fire(trainer, "checkpoint")
+
+
+class OutOfMemoryAt(L.Callback):
+    """Raise CUDA's out-of-memory error in the first training batch, as a batch too large for the GPU would."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 79.15 GiB total)")
 
 
 class RankReport(L.Callback):
@@ -39,3 +85,14 @@ class RankReport(L.Callback):
                   "val_correct": int(acc.tp.sum()), "epoch": trainer.current_epoch}
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / f"rank{trainer.global_rank}-epoch{trainer.current_epoch}.json").write_text(json.dumps(report))
+
+
+class DiskFullOnSave(L.Callback):
+    """The disk fills up during training: every checkpoint write fails with ENOSPC after a few bytes."""
+
+    def setup(self, trainer, pl_module, stage):
+        def no_space(checkpoint, f):
+            f.write(b"PK")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        trainer.strategy.checkpoint_io.write = no_space

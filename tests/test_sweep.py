@@ -211,7 +211,7 @@ def test_ablate_demo_runs_the_study_and_prints_the_report(tmp_path, monkeypatch,
                                                                                            "seed_everything: [0]")))
     assert cli_main(["demo", "--root", str(tmp_path / "runs"), "--parallel", "2"]) == 0
     out = capsys.readouterr().out
-    assert "# Sweep tiny" in out and "2 of 2 runs completed" in out and "clean train loss" in out
+    assert "# Sweep tiny" in out and "2 of 2 runs completed" in out and "## Final test accuracy" in out
 
 
 def test_runs_per_gpu_places_k_workers_on_each_gpu(monkeypatch):
@@ -236,3 +236,39 @@ def test_runs_per_gpu_places_k_workers_on_each_gpu(monkeypatch):
 def test_sweep_flags_below_one_are_refused(tmp_path, capsys):
     assert cli_main(["sweep", str(write_spec(tmp_path)), "--runs-per-gpu", "0"]) == 2
     assert "--runs-per-gpu 0 must be at least 1" in capsys.readouterr().err
+
+
+def test_a_lock_from_another_host_is_stale_once_no_longer_refreshed(tmp_path):
+    """A sweep refreshes its locks every minute; one left by a killed process on another node stops blocking."""
+    import time
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    lock = run_dir / "lock"
+    lock.write_text(json.dumps({"pid": 1, "host": "another-node", "job": None}))
+    assert read_status(run_dir) == "running" and not try_lock(run_dir)  # recently refreshed: held
+    old = time.time() - 16 * 60
+    os.utime(lock, (old, old))
+    assert read_status(run_dir) == "pending" and try_lock(run_dir)  # not refreshed for 16 min: taken over
+
+
+def test_an_interrupted_run_is_left_for_the_next_sweep_not_failed(tmp_path, monkeypatch):
+    """`ablate train` stopped by SIGTERM/SIGUSR1 exits with code 3 and says interrupted: the sweep neither retries
+    it nor marks it failed, and refreshes the run's lock while the process runs."""
+    import ablations.sweep as sweep
+
+    spec = SweepSpec.load(write_spec(tmp_path))
+    run = spec.expand()[0]
+    script = ("import json, sys, time, pathlib; time.sleep(0.6); d = pathlib.Path(sys.argv[1]); "
+              "(d / 'summary.json').write_text(json.dumps({'status': 'interrupted', 'reason': 'received SIGTERM'})); "
+              "sys.exit(3)")
+    monkeypatch.setattr(sweep, "train_command", lambda spec, run, run_dir, gpus=1: [sys.executable, "-c", script, str(run_dir)])
+    monkeypatch.setattr(sweep, "LOCK_REFRESH_S", 0.1)
+    touched = []
+    real_utime = os.utime
+    monkeypatch.setattr(sweep.os, "utime", lambda path, *a, **k: (touched.append(path), real_utime(path, *a, **k)))
+    assert sweep.execute(spec, run, tmp_path / "runs", env={}) == "interrupted"
+    run_dir = tmp_path / "runs" / run.id
+    assert (run_dir / "attempts").read_text() == "1" and not (run_dir / "lock").exists()
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
+    assert touched and all(Path(p) == run_dir / "lock" for p in touched)
