@@ -18,19 +18,24 @@ def normalise(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> to
     return (images.float() / 255 - mean) / std
 
 
+def crop_flip_draws(batch: int, pad: int, device: torch.device, generator: torch.Generator | None = None):
+    """The random numbers of one ``crop_flip`` batch: vertical and horizontal offsets and the flips."""
+    dy = torch.randint(0, 2 * pad + 1, (batch, 1), device=device, generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (batch, 1), device=device, generator=generator)
+    return dy, dx, torch.rand(batch, device=device, generator=generator) < 0.5
+
+
 def crop_flip(images: torch.Tensor, pad: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """A random ``pad``-reflect-padded crop of the original size and a random horizontal flip, per image."""
     batch, _, height, width = images.shape
     device = images.device
+    dy, dx, flip = crop_flip_draws(batch, pad, device, generator)
     if pad:
         padded = F.pad(images, (pad, pad, pad, pad), mode="reflect")
-        dy = torch.randint(0, 2 * pad + 1, (batch, 1), device=device, generator=generator)
-        dx = torch.randint(0, 2 * pad + 1, (batch, 1), device=device, generator=generator)
         rows = (dy + torch.arange(height, device=device))[:, None, :, None]  # (B, 1, H, 1)
         cols = (dx + torch.arange(width, device=device))[:, None, None, :]  # (B, 1, 1, W)
         images = padded[torch.arange(batch, device=device)[:, None, None, None],
                         torch.arange(images.shape[1], device=device)[None, :, None, None], rows, cols]
-    flip = torch.rand(batch, device=device, generator=generator) < 0.5
     return torch.where(flip[:, None, None, None], images.flip(-1), images)
 
 
@@ -71,8 +76,15 @@ class DeviceBatches:
         generator = None
         if self.pad is not None:
             generator = torch.Generator(self.images.device).manual_seed(self.sampler.epoch_seed() + 7919 * self.rank)
+        skip = 0
+        if self.sampler is not None:  # resumed mid-epoch: the batches already trained are passed over
+            skip, self.sampler.skip = getattr(self.sampler, "skip", 0) // self.batch_size, 0
         for b in range(len(self)):
             idx = indices[b * self.batch_size:(b + 1) * self.batch_size]
+            if b < skip:
+                if generator is not None:  # draw its random numbers all the same, so later batches match
+                    crop_flip_draws(len(idx), self.pad, self.images.device, generator)
+                continue
             images = normalise(self.images[idx], self.mean, self.std)
             if self.pad is not None:
                 images = crop_flip(images, self.pad, generator)

@@ -255,3 +255,19 @@ def test_device_path_applies_where_data_fit_in_memory(tmp_path):
     folder = ImageFolderDataModule(data_dir=str(tmp_path), image_size=16, val_fraction=0.0)
     folder.setup()
     assert not folder.on_device  # files decoded per image
+
+
+def test_device_batches_resumed_mid_epoch_continue_where_the_epoch_stopped():
+    """A mid-epoch resume sets ``sampler.skip``: the remaining batches, augmentation included, are those an
+    uninterrupted epoch would have produced."""
+    data = SyntheticDataModule(train_size=80, batch_size=16, val_fraction=0.0, augmentation="crop_flip")
+    data.setup()
+    loader = data.train_dataloader()
+    loader.sampler.set_epoch(3)
+    full = list(loader)
+    loader.sampler.skip = 2 * 16
+    resumed = list(loader)
+    assert len(resumed) == len(full) - 2
+    for (xa, ya), (xb, yb) in zip(resumed, full[2:]):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert len(list(loader)) == len(full)  # the skip applies to one pass only
