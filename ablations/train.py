@@ -66,13 +66,15 @@ class AblateCLI(LightningCLI):
             extra={"model": model.hparams.model, "run_dir": str(self.run_dir), "seed": config.seed_everything},
         )
         self.preemption = Preemption(self.run_dir / "checkpoints" / "last.ckpt", self.recorder)
+        # without a validation split (val_fraction 0) best.ckpt is the last epoch: the test set never chooses
+        monitor = "val/acc" if getattr(self.datamodule, "val_fraction", 1) > 0 else None
         callbacks = [
             RunFolderConfig(self.parser, config, run_dir=self.run_dir),
             EpochSeeder(config.seed_everything),
             FiniteLossCheck(),
             # saved at the end of the training epoch, after RunRecorder has written the epoch's metrics row: a kill
             # in between repeats the epoch on resume and its row is replaced, never lost or doubled
-            ModelCheckpoint(dirpath=self.run_dir / "checkpoints", filename="best", monitor="val/acc", mode="max",
+            ModelCheckpoint(dirpath=self.run_dir / "checkpoints", filename="best", monitor=monitor, mode="max",
                             save_last=True, every_n_train_steps=config.checkpoint_every_n_steps,
                             save_on_train_epoch_end=True),
             self.recorder,

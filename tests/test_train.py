@@ -240,3 +240,11 @@ def test_compile_by_default_on_gpus_only():
         return module.backbone._compiled_call_impl is not None
 
     assert placed("cuda") and not placed("cpu") and placed("cpu", compile=True) and not placed("cuda", compile=False)
+
+
+def test_a_run_without_a_validation_split_completes(tmp_path):
+    run_dir = tmp_path / "run"
+    assert train_main([*SMALL_RUN, "--data.init_args.val_fraction=0.0", "--trainer.max_epochs=1", f"--run_dir={run_dir}"]) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and "test/acc" in summary["final"]
+    assert (run_dir / "checkpoints" / "best.ckpt").exists()
