@@ -61,8 +61,9 @@ class EpochSeeder(L.Callback):
 
     A checkpoint saved mid-epoch (preemption, ``--checkpoint_every_n_steps``) resumes exactly too: the sampler
     skips the batches already trained in that epoch (Lightning restarts a plain DataLoader from its first batch)
-    and the epoch's running metrics (the mean training loss) are restored from the checkpoint. With
-    ``num_workers=0`` each sample's seed also resets the global RNG, so MixUp and stochastic depth follow.
+    and the epoch's running metrics (the mean training loss) are restored from the checkpoint. Before every
+    training step the global RNG (CPU and CUDA) is seeded from (seed, step, rank), so MixUp, CutMix and stochastic
+    depth draw the same numbers in a resumed run whatever the data path or the number of loader workers.
     """
 
     def __init__(self, seed: int):
@@ -82,6 +83,9 @@ class EpochSeeder(L.Callback):
         if self._fresh_iterator:  # first epoch after a resume: as an uninterrupted run, iterate after seeding
             self._fresh_iterator = False
             self._restart_iterator(trainer)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        torch.manual_seed((self.seed * 1_000_003 + trainer.global_step * 104_729 + trainer.global_rank) % 2**63)
 
     @staticmethod
     def _restart_iterator(trainer: L.Trainer) -> None:

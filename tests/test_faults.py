@@ -190,3 +190,20 @@ def test_analysis_never_counts_an_unreadable_summary_as_completed(tmp_path):
     (run / "summary.json").write_text('{"status": "compl')
     with pytest.raises(FileNotFoundError, match="no completed runs"):
         load_runs(tmp_path / "sweep")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("data", [["--data.init_args.device_data=true"],
+                                  ["--data.init_args.device_data=false", "--data.init_args.num_workers=2"]],
+                         ids=["device-path", "loader-workers"])
+def test_mid_epoch_resume_is_exact_with_mixup_and_stochastic_depth(tmp_path, data):
+    """The randomness of the training step (MixUp's mixing weights and partners, stochastic depth's dropped paths)
+    is seeded per step, so a preempted run that resumes mid-epoch draws what the uninterrupted one drew."""
+    run = [*RUN, *data, "--model.init_args.mixup_alpha=0.8", "--model.init_args.drop_path=0.2"]
+    assert train_main([*run, f"--run_dir={tmp_path / 'straight'}"]) == 0
+    signaller = ["--trainer.callbacks+=tests.helpers.KillOnce", "--trainer.callbacks.epoch=1",
+                 "--trainer.callbacks.batch=2", "--trainer.callbacks.signal=SIGUSR1",
+                 f"--trainer.callbacks.marker={tmp_path / 'signalled'}"]
+    assert train_main([*run, *signaller, f"--run_dir={tmp_path / 'run'}"]) == 3
+    assert train_main([*run, *signaller, f"--run_dir={tmp_path / 'run'}"]) == 0
+    assert_same_as(tmp_path / "straight", tmp_path / "run")
