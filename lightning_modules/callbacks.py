@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import lightning as L
 from lightning.pytorch.callbacks import WeightAveraging
@@ -26,13 +26,17 @@ METRIC_COLUMNS = (
 )
 
 
-def atomic_write(path: Path, text: str) -> None:
-    """Write to a temporary file beside ``path`` and rename it over: readers never see half a file."""
+def atomic_write(path: Path, content: str | Callable[[BinaryIO], None]) -> None:
+    """Write ``content`` (text, or a function that writes to a binary file) to a temporary file beside ``path``,
+    fsync, and rename it over: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            if callable(content):
+                content(f)
+            else:
+                f.write(content.encode())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
