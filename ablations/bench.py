@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_modules.backbones import count_macs, count_params, create_model
-from lightning_modules.backbones.profile import attention_macs
+from lightning_modules.backbones import count_params, create_model
+from lightning_modules.backbones.profile import attention_macs, macs_by_op
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -178,9 +178,9 @@ def run_bench(model: str, settings: BenchSettings, overrides: dict[str, Any] | N
     for source, name, label in entries:
         net = build(source, name, settings, overrides if source == "ours" else {})
         with torch.device("cpu"):
-            macs = count_macs(net, settings.image_size, 3)
-            attn = attention_macs(net, settings.image_size, 3)
-        results.append(BenchResult(label, count_params(net), macs, attn, settings.image_size))
+            by_op = macs_by_op(net, settings.image_size, 3)  # one counting pass for the total and its attention part
+        results.append(BenchResult(label, count_params(net), sum(by_op.values()), attention_macs(by_op),
+                                   settings.image_size))
         runners.append(Runner(net, settings))
 
     show = sys.stderr.isatty() if progress is None else progress

@@ -97,10 +97,11 @@ def build_report(frame: pd.DataFrame, title: str, intro: str, figures: dict[str,
 def write_report(source: str | Path, out: str | Path | None = None) -> Path:
     """Write ``report.md`` and its PNGs into ``out`` (default: the sweep folder itself)."""
     source = str(source)
+    manifest = None
     if source.startswith("wandb:"):
         if out is None:
             raise ValueError(f"report of {source!r} needs --out FOLDER to write into")
-        title, intro = f"W&B project {source.removeprefix('wandb:')}", "Finished runs read through the W&B API."
+        title = f"W&B project {source.removeprefix('wandb:')}"
     else:
         manifest_path = Path(source) / "manifest.json"
         if not manifest_path.exists():
@@ -112,7 +113,9 @@ def write_report(source: str | Path, out: str | Path | None = None) -> Path:
         frame = load_source(source)
     except FileNotFoundError:
         frame = None
-    if not source.startswith("wandb:"):
+    if manifest is None:
+        intro = "Finished runs read through the W&B API."
+    else:
         done = 0 if frame is None else frame["run"].nunique()
         intro = (f"{done} of {len(manifest['runs'])} runs completed; base config `{manifest['config']}`, "
                  f"budget `{manifest.get('budget')}`.")

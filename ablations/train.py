@@ -27,7 +27,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from datamodules import ImageDataModule
-from lightning_modules.callbacks import EpochSeeder, FiniteLossCheck, Interrupted, Preemption, RunRecorder
+from lightning_modules.callbacks import EpochSeeder, atomic_write, FiniteLossCheck, Interrupted, Preemption, RunRecorder
 from lightning_modules.checkpoints import AtomicCheckpointIO, read_summary, resume_checkpoint
 from lightning_modules.classifier import ImageClassifier
 
@@ -41,10 +41,7 @@ class RunFolderConfig(SaveConfigCallback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if trainer.is_global_zero:  # written beside, then renamed over: never half a config
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            tmp = self.run_dir / f".config.yaml.{os.getpid()}.tmp"
-            self.parser.save(self.config, tmp, overwrite=True, multifile=False)
-            os.replace(tmp, self.run_dir / "config.yaml")
+            atomic_write(self.run_dir / "config.yaml", self.parser.dump(self.config))
 
 
 def wandb_mode() -> str:

@@ -22,9 +22,10 @@ def count_macs(model: nn.Module, image_size: tuple[int, int] | None = None, in_c
 ATTENTION_OPS = ("scaled_dot_product", "bmm")  # token mixing: the part quadratic in the number of tokens
 
 
-def attention_macs(model: nn.Module, image_size: tuple[int, int] | None = None, in_chans: int | None = None) -> int:
-    """MACs of the attention products (QK^T and attention x V), which grow with the square of the tokens."""
-    return sum(m for op, m in macs_by_op(model, image_size, in_chans).items() if any(a in op for a in ATTENTION_OPS))
+def attention_macs(by_op: dict[str, int]) -> int:
+    """MACs of the attention products (QK^T and attention x V) in a ``macs_by_op`` count: the part that grows
+    with the square of the tokens."""
+    return sum(m for op, m in by_op.items() if any(a in op for a in ATTENTION_OPS))
 
 
 def macs_by_op(model: nn.Module, image_size: tuple[int, int] | None = None, in_chans: int | None = None) -> dict[str, int]:
