@@ -13,6 +13,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -22,6 +23,7 @@ from typing import Any
 
 import lightning as L
 import torch
+import yaml
 from jsonargparse import ArgumentError
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
@@ -30,18 +32,70 @@ from datamodules import ImageDataModule
 from lightning_modules.callbacks import EpochSeeder, atomic_write, FiniteLossCheck, Interrupted, Preemption, RunRecorder
 from lightning_modules.checkpoints import AtomicCheckpointIO, read_summary, resume_checkpoint
 from lightning_modules.classifier import ImageClassifier
+from lightning_modules.ranges import DESCRIPTIONS, NonNegativeFinite, PositiveInt
+
+from . import runlock
 
 
 class RunFolderConfig(SaveConfigCallback):
-    """Saves the resolved config as ``<run_dir>/config.yaml`` (overwriting on resume: same command, same file)."""
+    """Saves the resolved config as ``<run_dir>/config.yaml`` when training first starts, and never again: a resume
+    has the same result-affecting settings (``claim_run_folder``), and the file stays the record of the first."""
 
     def __init__(self, *args, run_dir: Path, **kwargs):
         super().__init__(*args, overwrite=True, **kwargs)
         self.run_dir = run_dir
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if trainer.is_global_zero:  # written beside, then renamed over: never half a config
-            atomic_write(self.run_dir / "config.yaml", self.parser.dump(self.config))
+        path = self.run_dir / "config.yaml"
+        if trainer.is_global_zero and not path.exists():  # written beside, then renamed over: never half a config
+            atomic_write(path, self.parser.dump(self.config))
+
+
+# --- what a run's result depends on ---------------------------------------------------------------------------
+# Every setting changes a run's result except these: where the run is written, how it is shown and logged, and how
+# fast data is fed. One list for the run-folder hash, the sweep's run ids and the resume check; a new option
+# counts as result-affecting until it is named here. Keys without ``init_args``; a key covers its sub-keys.
+NOT_RESULT = (
+    "config", "print_config", "run_dir", "runs_root", "wandb", "checkpoint_every_n_steps",
+    "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.logger", "trainer.log_every_n_steps",
+    "trainer.default_root_dir", "trainer.profiler", "trainer.num_sanity_val_steps",
+    "data.num_workers", "data.pin_memory",
+)
+
+
+def affects_result(key: str) -> bool:
+    """Whether the option ``key`` (dotted, with or without ``init_args``) can change a run's result."""
+    plain = key.replace(".init_args.", ".").removeprefix("--")
+    return not any(plain == k or plain.startswith(k + ".") for k in NOT_RESULT)
+
+
+def result_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The result-affecting settings of a resolved config (nested, as ``config.yaml`` holds it), flat by dotted key."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict) and value:
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), inner)
+        else:
+            flat[prefix] = value
+
+    walk("", config)
+    return {key: value for key, value in flat.items() if affects_result(key)}
+
+
+def settings_hash(settings: dict[str, Any]) -> str:
+    return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def settings_diff(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """``key before -> after`` for every setting that differs (``unset`` where one side lacks it)."""
+    keys = sorted(k for k in before.keys() | after.keys() if before.get(k, "unset") != after.get(k, "unset"))
+    return [f"{k} {before.get(k, 'unset')} -> {after.get(k, 'unset')}" for k in keys]
+
+
+class AlreadyCompleted(Exception):
+    """The run folder holds this run, completed: nothing to do."""
 
 
 def wandb_mode() -> str:
@@ -53,11 +107,51 @@ def wandb_mode() -> str:
     return "online" if has_key else "offline"
 
 
+_HELD: list[int] = []  # run-folder locks this process holds; released when `main` returns (or by the OS at exit)
+
+
 class AblateCLI(LightningCLI):
+
+    def _set_seed(self) -> None:
+        """Lightning's seeding without its "Seed set to" line (the seed is in config.yaml): a refused command
+        prints only its error."""
+        from lightning.fabric.utilities.seed import seed_everything
+
+        seed = self.config.seed_everything
+        if seed is not False:
+            self.config.seed_everything = seed_everything(None if seed is True else seed, workers=True, verbose=False)
+
+    def settings(self) -> dict[str, Any]:
+        """This command's result-affecting settings, read back from the YAML that config.yaml is written as."""
+        return result_settings(yaml.safe_load(self.parser.dump(self.config)))
+
+    def before_instantiate_classes(self) -> None:
+        """Refuse what can be refused before anything is built: trainer ranges, a run folder in use, a resume with
+        other settings; and stop here when the run is already completed."""
+        config = self.config
+        check_trainer(config.trainer)
+        settings = self.settings()
+        name = f"{config.model.init_args.model}-{config.data.class_path.rsplit('.', 1)[-1].replace('DataModule', '').lower()}"
+        self.run_dir = Path(config.run_dir or Path(config.runs_root) / f"{name}-{settings_hash(settings)}")
+        if not is_rank_zero():
+            return
+        writable(self.run_dir)
+        _HELD.append(runlock.acquire(self.run_dir))
+        saved = self.run_dir / "config.yaml"
+        if saved.exists():
+            differ = settings_diff(result_settings(yaml.safe_load(saved.read_text()) or {}), settings)
+            if differ:
+                raise RunFolderError(
+                    f"run folder {self.run_dir} holds a run with other settings ({'; '.join(differ)}); a resume must "
+                    "repeat them: choose a new --run_dir for these settings")
+        summary = read_summary(self.run_dir)  # an unreadable one is set aside: the run is not completed
+        if summary is not None and summary.get("status") == "completed":
+            raise AlreadyCompleted(f"{self.run_dir} is already completed; delete its summary.json to run it again")
+
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         """The Trainer gets the run-folder callbacks; they need the parsed config and the built model."""
         config, model = self.config, self.model
-        self.run_dir = Path(config.run_dir or Path(config.runs_root) / run_name(config))
+        preflight(self.run_dir, getattr(model, "params", 0))
         self.recorder = RunRecorder(
             self.run_dir, echo=not sys.stderr.isatty(),
             extra={"model": model.hparams.model, "run_dir": str(self.run_dir), "seed": config.seed_everything},
@@ -71,9 +165,10 @@ class AblateCLI(LightningCLI):
             FiniteLossCheck(),
             # saved at the end of the training epoch, after RunRecorder has written the epoch's metrics row: a kill
             # in between repeats the epoch on resume and its row is replaced, never lost or doubled
+            # one name per checkpoint, replaced in place: never a best-v1.ckpt beside best.ckpt
             ModelCheckpoint(dirpath=self.run_dir / "checkpoints", filename="best", monitor=monitor, mode="max",
                             save_last=True, every_n_train_steps=config.checkpoint_every_n_steps,
-                            save_on_train_epoch_end=True),
+                            save_on_train_epoch_end=True, enable_version_counter=False),
             self.recorder,
             self.preemption,
         ]
@@ -93,7 +188,7 @@ class AblateCLI(LightningCLI):
         logger = WandbLogger(
             project=config.wandb.project, group=config.wandb.group, name=self.run_dir.name,
             job_type=str(getattr(model.backbone, "layout", model.hparams.model)), tags=config.wandb.tags,
-            save_dir=str(self.run_dir), mode=wandb_mode(), id=_config_hash(config.as_dict()), resume="allow",
+            save_dir=str(self.run_dir), mode=wandb_mode(), id=settings_hash(self.settings()), resume="allow",
         )
         logger.log_hyperparams({**config.as_dict(), "params": model.params, "flops": model.macs})
         return logger
@@ -106,7 +201,7 @@ class AblateCLI(LightningCLI):
         parser.add_argument("--wandb.project", type=str, default="stacking-ablations")
         parser.add_argument("--wandb.group", type=str | None, default=None, help="experiment or sweep name")
         parser.add_argument("--wandb.tags", type=list[str], default=[])
-        parser.add_argument("--checkpoint_every_n_steps", type=int | None, default=None,
+        parser.add_argument("--checkpoint_every_n_steps", type=PositiveInt | None, default=None,
                             help="also save last.ckpt every N steps (long epochs)")
         parser.link_arguments("seed_everything", "data.init_args.seed")  # one seed: init, subset, order, augmentation
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
@@ -148,8 +243,37 @@ def check_devices(trainer: dict[str, Any], gpus: int) -> None:
         raise ValueError(f"--trainer.devices={devices} asks for {devices} GPUs but {seen}; use at most {gpus}")
 
 
+# Lightning declares the Trainer's options with wide types; these are the ranges a finite, scheduled run needs.
+TRAINER_RANGES = {"max_epochs": PositiveInt, "accumulate_grad_batches": PositiveInt,
+                  "check_val_every_n_epoch": PositiveInt, "gradient_clip_val": NonNegativeFinite}
+
+
+def check_trainer(trainer) -> None:
+    """``--trainer.max_epochs 0`` would mark an untrained model completed, ``-1`` train forever: refused in one line."""
+    for key, kind in TRAINER_RANGES.items():
+        value = trainer.get(key)
+        if value is None and key != "max_epochs":
+            continue
+        try:
+            ok = not isinstance(value, bool) and kind(value) is not None and (kind is not PositiveInt or value == int(value))
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(invalid(f"trainer.{key}", value, DESCRIPTIONS[kind.__name__]))
+
+
+def invalid(option: str, value: Any, valid: str) -> str:
+    """The one line for a bad value: the option as typed, the value, and what would be valid."""
+    return f"--{option} {value} is not valid; expected {valid}"
+
+
+def is_rank_zero() -> bool:
+    """The process that owns the run folder: not a DDP rank that Lightning, torchrun or SLURM started beside it."""
+    return all(os.environ.get(var, "0") == "0" for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "NODE_RANK"))
+
+
 class RunFolderError(OSError):
-    """The run folder cannot hold the run (unwritable, or too little free space)."""
+    """The run folder cannot hold the run (unwritable, too little free space, in use, another run's)."""
 
 
 MIN_FREE_BYTES = 100 * 2**20  # below this a run would fail at its first checkpoint
@@ -159,9 +283,7 @@ def free_bytes(folder: Path) -> int:
     return shutil.disk_usage(folder).free
 
 
-def preflight(run_dir: Path, params: int) -> None:
-    """Fail in a second, not after hours: the run folder must be writable and have room for a few checkpoints
-    (weights + AdamW's two moments in fp32, x3 for last/best/the temporary copy), at least ``MIN_FREE_BYTES``."""
+def writable(run_dir: Path) -> None:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=run_dir, prefix=".write-test.")
@@ -170,6 +292,12 @@ def preflight(run_dir: Path, params: int) -> None:
     except OSError as err:
         raise RunFolderError(f"run folder {run_dir} is not writable ({err.strerror or err}); "
                               "choose another with --run_dir or --runs_root") from None
+
+
+def preflight(run_dir: Path, params: int) -> None:
+    """Fail in a second, not after hours: the run folder must be writable and have room for a few checkpoints
+    (weights + AdamW's two moments in fp32, x3 for last/best/the temporary copy), at least ``MIN_FREE_BYTES``."""
+    writable(run_dir)
     need = max(MIN_FREE_BYTES, 3 * 3 * 4 * int(params or 0))
     free = free_bytes(run_dir)
     if free < need:
@@ -177,18 +305,8 @@ def preflight(run_dir: Path, params: int) -> None:
                       f"{need / 2**20:.0f} MiB for its checkpoints; free space or choose another --run_dir")
 
 
-def _config_hash(config: dict[str, Any]) -> str:
-    keep = {k: v for k, v in config.items() if k not in ("run_dir", "runs_root", "config", "wandb")}
-    return hashlib.sha1(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:8]
-
-
-def run_name(config) -> str:
-    data = config.data.class_path.rsplit(".", 1)[-1].replace("DataModule", "").lower()
-    return f"{config.model.init_args.model}-{data}-{_config_hash(config.as_dict())}"
-
-
 USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, NotADirectoryError, PermissionError, RunFolderError,
-               MemoryError)
+               runlock.RunFolderBusy, MemoryError)
 EXIT_INTERRUPTED = 3  # SIGTERM/SIGUSR1: last.ckpt saved, summary "interrupted"; the same command resumes
 
 
@@ -200,23 +318,55 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     # EpochSeeder makes the training loader resume mid-epoch (its sampler skips the batches already trained)
     warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
         return _train(argv)
+    except AlreadyCompleted as done:
+        print(done, file=sys.stderr)
+        return 0
     except (ArgumentError, *USER_ERRORS) as err:
         line = one_line(err)
         if str(err).startswith("Problems parsing config"):  # YAML syntax: name the file(s) and where
-            files = [a.split("=", 1)[1] for a in (argv or sys.argv[1:]) if a.startswith("--config=")]
+            files = [a.split("=", 1)[1] if "=" in a else (args[i + 1] if i + 1 < len(args) else "")
+                     for i, a in enumerate(args) if a == "--config" or a.startswith("--config=")]
             text = str(err).removeprefix("Problems parsing config:")
             where = " ".join(part.strip() for part in text.splitlines()).replace('in "<unicode string>", ', "at ")
             line = f"YAML error in --config {', '.join(files) or '(config)'}: {where}"
         print(f"ablate train: error: {line}", file=sys.stderr)
         return 2
+    finally:
+        while _HELD:
+            runlock.release(_HELD.pop())
+
+
+LINKED = {"data.init_args.seed": "seed_everything"}  # set through the option a user types (add_arguments_to_parser)
+
+
+def out_of_range(text: str) -> str | None:
+    """``--<option> <value> is not valid; expected <range>`` from jsonargparse's report of a value its type refused
+    (a range of ``lightning_modules.ranges``, a Literal, a number that does not parse), else None."""
+    keys = re.findall(r'Parser key "([^"]+)"', text)
+    kind = re.search(r"Not of type (\w+)", text)
+    literal = re.search(r"Expected a typing\.Literal\[(.*?)\]\. Got value: (.*)", text)
+    if not keys or not (kind or literal):
+        return None
+    option = LINKED.get(".init_args.".join(keys), ".init_args.".join(keys))
+    if literal:
+        choices = ", ".join(c.strip(" '\"") for c in literal.group(1).split(","))
+        return invalid(option, literal.group(2).strip(), f"one of {choices}")
+    given = (re.findall(r"Not of type \w+: (.+?) does not conform", text) or re.findall(r": '(.*)'$", text, re.M)
+             or re.findall(r"^\s*Given value: (.*)$", text, re.M) or ["?"])[-1]
+    given = re.sub(r"^NestedArg\(key='[^']*', val='(.*)'\)$", r"\1", given.strip())
+    return invalid(option, given, DESCRIPTIONS.get(kind.group(1), kind.group(1)))
 
 
 def one_line(err: BaseException) -> str:
     """The line that names the bad value. jsonargparse nests a constructor's error, or a bad key, in a report of
     union subtypes; the innermost reason is the line a user needs (an unknown data set also lists the valid ones)."""
     text = str(err)
+    ranged = out_of_range(text)
+    if ranged:
+        return ranged
     key = text.split('"')[1] if text.startswith('Parser key "') else None
     if key == "data" and ("Expected a dot import path" in text or "either not accessible or invalid" in text):
         given = text.rsplit("Given value:", 1)[-1].strip()
@@ -259,11 +409,6 @@ def _train(argv: list[str] | None) -> int:
         trainer_defaults={"enable_progress_bar": sys.stderr.isatty(), "enable_model_summary": sys.stderr.isatty()},
     )
     trainer, model, data, run_dir = cli.trainer, cli.model, cli.datamodule, cli.run_dir
-    summary = read_summary(run_dir)  # an unreadable one is set aside: the run is not completed
-    if summary is not None and summary.get("status") == "completed":
-        print(f"{run_dir} is already completed; delete its summary.json to run it again", file=sys.stderr)
-        return 0
-    preflight(run_dir, getattr(model, "params", 0))
     resume = resume_checkpoint(run_dir / "checkpoints")  # last.ckpt, or the newest good one; damaged ones set aside
     try:
         trainer.fit(model, datamodule=data, ckpt_path=str(resume) if resume else None, weights_only=True)

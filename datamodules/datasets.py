@@ -11,6 +11,8 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import datasets
 
+from lightning_modules.ranges import PositiveInt
+
 from .base import ImageDataModule
 
 
@@ -122,7 +124,7 @@ class ImageFolderDataModule(ImageDataModule):
     mean = (0.485, 0.456, 0.406)
     std = (0.229, 0.224, 0.225)
 
-    def __init__(self, *args, image_size: int = 224, **kwargs):
+    def __init__(self, *args, image_size: PositiveInt = 224, **kwargs):
         super().__init__(*args, image_size=image_size, **kwargs)
         root = Path(self.data_dir)
         for split in ("train", "val"):
@@ -175,7 +177,7 @@ class DigitsDataModule(ImageDataModule):
     std = (0.35,)
     test_seed = 1234
 
-    def __init__(self, *args, image_size: int = 32, **kwargs):
+    def __init__(self, *args, image_size: PositiveInt = 32, **kwargs):
         super().__init__(*args, image_size=image_size, **kwargs)
 
     @cached_property
@@ -199,7 +201,8 @@ class DigitsDataModule(ImageDataModule):
 class SyntheticDataModule(ImageDataModule):
     """Random but learnable images (a fixed pattern per class plus noise) for smoke tests and benchmarks."""
 
-    def __init__(self, *args, num_classes: int = 10, image_size: int = 32, train_size: int = 512, test_size: int = 128,
+    def __init__(self, *args, num_classes: PositiveInt = 10, image_size: PositiveInt = 32, train_size: PositiveInt = 512,
+                 test_size: PositiveInt = 128,
                  **kwargs):
         super().__init__(*args, image_size=image_size, **kwargs)
         self.num_classes = num_classes

@@ -14,6 +14,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchvision.transforms import v2
 
 from .backbones import count_macs, count_params, create_model
+from .ranges import NonNegativeFinite, PositiveFinite, PositiveInt, Probability
 
 EVAL_SPLITS = ("val", "train_eval", "test")  # the order of the DataModule's validation loaders
 
@@ -44,21 +45,23 @@ class ImageClassifier(L.LightningModule):
         self,
         model: str = "cctt_tiny",
         model_args: dict[str, Any] | None = None,
-        num_classes: int = 10,
-        image_size: int | tuple[int, int] = 32,
-        in_chans: int = 3,
-        lr: float = 1e-3,
-        min_lr: float = 1e-5,
-        weight_decay: float = 0.05,
-        warmup_epochs: float = 1.0,
-        label_smoothing: float = 0.1,
-        mixup_alpha: float = 0.8,
-        cutmix_alpha: float = 0.0,
-        drop_path: float = 0.0,
+        num_classes: PositiveInt = 10,
+        image_size: PositiveInt | tuple[PositiveInt, PositiveInt] = 32,
+        in_chans: PositiveInt = 3,
+        lr: PositiveFinite = 1e-3,
+        min_lr: NonNegativeFinite = 1e-5,
+        weight_decay: NonNegativeFinite = 0.05,
+        warmup_epochs: NonNegativeFinite = 1.0,
+        label_smoothing: Probability = 0.1,
+        mixup_alpha: NonNegativeFinite = 0.8,
+        cutmix_alpha: NonNegativeFinite = 0.0,
+        drop_path: Probability = 0.0,
         compile: bool | None = None,
         channels_last: bool = False,
     ):
         super().__init__()
+        if min_lr > lr:  # the schedule's floor above its peak would raise the rate as it "decays"
+            raise ValueError(f"--model.init_args.min_lr {min_lr} is above --model.init_args.lr {lr}; valid: min_lr <= lr")
         self.save_hyperparameters()
         size = tuple(image_size) if isinstance(image_size, (list, tuple)) else (image_size, image_size)
         overrides = dict(model_args or {})

@@ -1,0 +1,36 @@
+"""The valid range of each numeric option, as types that jsonargparse checks while parsing.
+
+An option annotated with one of these is refused before anything is built, and ``ablate train`` names the option,
+the value and the range in one line (``DESCRIPTIONS``). Every float range excludes NaN and infinities: a NaN fails
+every comparison, and each range has a finite upper bound.
+"""
+
+from __future__ import annotations
+
+import math
+
+from jsonargparse.typing import NonNegativeInt, PositiveInt, restricted_number_type
+
+INF = math.inf
+
+
+def _floats(name: str, *restrictions: tuple[str, float]) -> type:
+    return restricted_number_type(name, float, list(restrictions), join="and")
+
+
+PositiveFinite = _floats("PositiveFinite", (">", 0), ("<", INF))
+NonNegativeFinite = _floats("NonNegativeFinite", (">=", 0), ("<", INF))
+Fraction = _floats("Fraction", (">", 0), ("<=", 1))  # a share of a data set that keeps some of it
+Probability = _floats("Probability", (">=", 0), ("<", 1))  # a share that cannot be all of it
+
+DESCRIPTIONS = {
+    "PositiveInt": "an integer > 0",
+    "NonNegativeInt": "an integer >= 0",
+    "PositiveFinite": "a finite number > 0",
+    "NonNegativeFinite": "a finite number >= 0",
+    "Fraction": "a number in (0, 1]",
+    "Probability": "a number in [0, 1)",
+}
+
+__all__ = ["DESCRIPTIONS", "Fraction", "NonNegativeFinite", "NonNegativeInt", "PositiveFinite", "PositiveInt",
+           "Probability"]
