@@ -342,22 +342,39 @@ def main(argv: list[str] | None = None) -> int:
 LINKED = {"data.init_args.seed": "seed_everything"}  # set through the option a user types (add_arguments_to_parser)
 
 
+PLAIN_TYPES = {"bool": "true or false", "NoneType": "null", "float": "a number", "int": "an integer",
+               "str": "a string", "tuple": "a list", "list": "a list", "dict": "a mapping"}
+
+
 def out_of_range(text: str) -> str | None:
-    """``--<option> <value> is not valid; expected <range>`` from jsonargparse's report of a value its type refused
-    (a range of ``lightning_modules.ranges``, a Literal, a number that does not parse), else None."""
+    """``--<option> <value> is not valid; expected <what>`` from jsonargparse's report of a value that the option's
+    type refused (a range of ``lightning_modules.ranges``, a Literal, a bool, a number that does not parse), else
+    None. The innermost ``Parser key`` is the option; what follows it says what was expected and given."""
     keys = re.findall(r'Parser key "([^"]+)"', text)
-    kind = re.search(r"Not of type (\w+)", text)
-    literal = re.search(r"Expected a typing\.Literal\[(.*?)\]\. Got value: (.*)", text)
-    if not keys or not (kind or literal):
+    if not keys or "is not accepted" in text:
         return None
-    option = LINKED.get(".init_args.".join(keys), ".init_args.".join(keys))
-    if literal:
-        choices = ", ".join(c.strip(" '\"") for c in literal.group(1).split(","))
-        return invalid(option, literal.group(2).strip(), f"one of {choices}")
-    given = (re.findall(r"Not of type \w+: (.+?) does not conform", text) or re.findall(r": '(.*)'$", text, re.M)
-             or re.findall(r"^\s*Given value: (.*)$", text, re.M) or ["?"])[-1]
+    lines = text[text.rindex('Parser key "'):].splitlines()
+    depth = len(text[:text.rindex('Parser key "')].rsplit("\n", 1)[-1])  # the innermost key's indentation
+    block = [line for line in lines[1:] if line.strip()]
+    cut = next((i for i, line in enumerate(block) if len(line) - len(line.lstrip()) <= depth), len(block))
+    inner = "\n".join(block[:cut])
+    expected = []
+    for kind, literal, plain in re.findall(r"Not of type (\w+)|Expected a typing\.Literal\[(.*?)\]|Expected a <class '(\w+)'>",
+                                           inner):
+        if kind:
+            expected.append(DESCRIPTIONS.get(kind, kind))
+        elif literal:
+            expected.append("one of " + ", ".join(c.strip(" '\"") for c in literal.split(",")))
+        else:
+            expected.append(PLAIN_TYPES.get(plain, plain))
+    if not expected:
+        return None
+    given = (re.findall(r"^\s*Given value: (.*)$", inner, re.M) or re.findall(r"Got value: (.*)$", inner, re.M)
+             or re.findall(r"Not of type \w+: (.+?) does not conform", inner) or re.findall(r": '(.*)'$", inner, re.M)
+             or ["?"])[0]
     given = re.sub(r"^NestedArg\(key='[^']*', val='(.*)'\)$", r"\1", given.strip())
-    return invalid(option, given, DESCRIPTIONS.get(kind.group(1), kind.group(1)))
+    option = ".init_args.".join(keys)
+    return invalid(LINKED.get(option, option), given, " or ".join(dict.fromkeys(expected)))
 
 
 def one_line(err: BaseException) -> str:
@@ -376,7 +393,8 @@ def one_line(err: BaseException) -> str:
         return f"unknown data set {given!r}; valid data sets: {valid} (or a dotted class path)"
     skip = ("Expected a <class", "Given value", "Subtypes:", "Errors:", "Does not validate", "Problem with given",
             "Not a valid subclass", "Subclass types expect", "a class path", "a dict with")
-    reasons = [line.strip(" -") for line in text.splitlines()[1:] if line.strip() and not line.strip(" -").startswith(skip)]
+    reasons = [line.strip().removeprefix("- ") for line in text.splitlines()[1:]
+               if line.strip() and not line.strip().removeprefix("- ").startswith(skip)]
     reason = reasons[-1] if reasons else (text.splitlines() or [type(err).__name__])[0]
     return f"{key}: {reason}" if key else reason
 
