@@ -381,9 +381,6 @@ def one_line(err: BaseException) -> str:
     """The line that names the bad value. jsonargparse nests a constructor's error, or a bad key, in a report of
     union subtypes; the innermost reason is the line a user needs (an unknown data set also lists the valid ones)."""
     text = str(err)
-    ranged = out_of_range(text)
-    if ranged:
-        return ranged
     key = text.split('"')[1] if text.startswith('Parser key "') else None
     if key == "data" and ("Expected a dot import path" in text or "either not accessible or invalid" in text):
         given = text.rsplit("Given value:", 1)[-1].strip()
@@ -391,6 +388,9 @@ def one_line(err: BaseException) -> str:
 
         valid = ", ".join(n for n in datamodules.__all__ if n.endswith("DataModule") and n != "ImageDataModule")
         return f"unknown data set {given!r}; valid data sets: {valid} (or a dotted class path)"
+    ranged = out_of_range(text)
+    if ranged:
+        return ranged
     skip = ("Expected a <class", "Given value", "Subtypes:", "Errors:", "Does not validate", "Problem with given",
             "Not a valid subclass", "Subclass types expect", "a class path", "a dict with")
     reasons = [line.strip().removeprefix("- ") for line in text.splitlines()[1:]

@@ -142,6 +142,13 @@ class ImageFolderDataModule(ImageDataModule):
             if not any(f.lower().endswith(extensions) for _, _, files in os.walk(folder) for f in files):
                 raise FileNotFoundError(f"class folder {folder} has no images ({', '.join(extensions)}); "
                                         "add images or remove the folder")
+        if not (root / "val" / "val_annotations.txt").exists():  # val/<class>/: the same classes as train/, or refused
+            val_classes = sorted(p.name for p in (root / "val").iterdir() if p.is_dir())
+            if val_classes != classes:
+                only_train = sorted(set(classes) - set(val_classes)) or "none"
+                only_val = sorted(set(val_classes) - set(classes)) or "none"
+                raise ValueError(f"--data.init_args.data_dir {root}: train/ and val/ hold different classes (only in "
+                                 f"train/: {only_train}; only in val/: {only_val}); valid: the same class folders in both")
         self.num_classes = len(classes)
         self.class_to_idx = {c: i for i, c in enumerate(classes)}  # ImageFolder's own order: sorted folder names
         self.native_size = None  # photos of any size, cropped to image_size

@@ -16,13 +16,14 @@ MODEL_ARGS = "--model.init_args.model_args={depths: [1, 1], dims: [16, 32], stem
 NO_DATA = [a for a in SMALL_RUN if not a.startswith("--data")]
 
 
-def image_folder(root: Path, corrupt: bool = False, empty_class: bool = False) -> Path:
-    """train/ and val/ with two classes of 16x16 PNGs; optionally one damaged file, or one class without images."""
+def image_folder(root: Path, corrupt: bool = False, empty_class: bool = False, val_classes=("cat", "dog")) -> Path:
+    """train/ and val/ with two classes of 16x16 PNGs; optionally one damaged file, one class without images, or
+    other classes in val/."""
     from PIL import Image
 
     rng = np.random.default_rng(0)
     for split in ("train", "val"):
-        for cls in ("cat", "dog"):
+        for cls in ("cat", "dog") if split == "train" else val_classes:
             folder = root / split / cls
             folder.mkdir(parents=True)
             for i in range(6 if split == "train" else 2):
@@ -76,7 +77,7 @@ CATALOGUE = [
     ("mean/std lengths", ["--data.init_args.mean=[0.5]", "--data.init_args.std=[0.5, 0.5]"],
      "need one value per channel"),
     ("option typo", ["--data.init_args.batchsize=3"], "Option 'batchsize' is not accepted"),
-    ("wrong type", ["--trainer.max_epochs=many"], "max_epochs"),
+    ("wrong type", ["--trainer.max_epochs=many"], "--trainer.max_epochs many is not valid; expected an integer"),
     ("EMA decay", ["--trainer.callbacks+=lightning_modules.callbacks.EMA", "--trainer.callbacks.decay=1.5"],
      "EMA decay=1.5 must be in (0, 1), e.g. 0.9999"),
     ("GPU asked, none present", ["--trainer.accelerator=gpu"],
@@ -92,6 +93,50 @@ CATALOGUE = [
                                         f"--data.init_args.data_dir={t / 'imagenet'}"], "imagenet/train does not exist"),
     ("empty class folder", lambda t: folder_args(t, empty_class=True), "images/train/bird has no images"),
     ("corrupt image file", lambda t: folder_args(t, corrupt=True), "corrupt image file "),
+    ("image folders with different classes", lambda t: folder_args(t, val_classes=("cat", "owl")),
+     "train/ and val/ hold different classes (only in train/: ['dog']; only in val/: ['owl'])"),
+    # every numeric option at 0, negative, NaN, inf, a wrong type; every enumerated option with a bogus value
+    ("learning rate NaN", ["--model.init_args.lr=nan"], "--model.init_args.lr nan is not valid; expected a finite number > 0"),
+    ("learning rate negative", ["--model.init_args.lr=-1"], "--model.init_args.lr -1 is not valid"),
+    ("learning rate inf", ["--model.init_args.lr=inf"], "--model.init_args.lr inf is not valid"),
+    ("learning rate 0", ["--model.init_args.lr=0"], "--model.init_args.lr 0 is not valid"),
+    ("min_lr above lr", ["--model.init_args.min_lr=0.1"], "--model.init_args.min_lr 0.1 is above --model.init_args.lr 0.003"),
+    ("min_lr not a number", ["--model.init_args.min_lr=abc"], "--model.init_args.min_lr abc is not valid; expected a finite number >= 0"),
+    ("weight decay negative", ["--model.init_args.weight_decay=-0.1"], "--model.init_args.weight_decay -0.1 is not valid"),
+    ("warm-up inf", ["--model.init_args.warmup_epochs=inf"], "--model.init_args.warmup_epochs inf is not valid"),
+    ("label smoothing 1.5", ["--model.init_args.label_smoothing=1.5"],
+     "--model.init_args.label_smoothing 1.5 is not valid; expected a number in [0, 1)"),
+    ("MixUp alpha negative", ["--model.init_args.mixup_alpha=-1"],
+     "--model.init_args.mixup_alpha -1 is not valid; expected a finite number >= 0"),
+    ("CutMix alpha NaN", ["--model.init_args.cutmix_alpha=nan"], "--model.init_args.cutmix_alpha nan is not valid"),
+    ("drop path 1.5", ["--model.init_args.drop_path=1.5"], "--model.init_args.drop_path 1.5 is not valid; expected a number in [0, 1)"),
+    ("compile not a bool", ["--model.init_args.compile=maybe"], "--model.init_args.compile maybe is not valid; expected true or false"),
+    ("model image size 0", ["--model.init_args.image_size=0"], "--model.init_args.image_size 0 is not valid"),
+    ("batch size 0", ["--data.init_args.batch_size=0"], "--data.init_args.batch_size 0 is not valid; expected an integer > 0"),
+    ("batch size negative", ["--data.init_args.batch_size=-1"], "--data.init_args.batch_size -1 is not valid"),
+    ("batch size not an integer", ["--data.init_args.batch_size=1.5"], "--data.init_args.batch_size 1.5 is not valid"),
+    ("eval batch size 0", ["--data.init_args.eval_batch_size=0"], "--data.init_args.eval_batch_size 0 is not valid"),
+    ("fraction not a number", ["--data.init_args.train_fraction=abc"],
+     "--data.init_args.train_fraction abc is not valid; expected a number in (0, 1]"),
+    ("fraction NaN", ["--data.init_args.train_fraction=nan"], "--data.init_args.train_fraction nan is not valid"),
+    ("validation fraction negative", ["--data.init_args.val_fraction=-0.1"], "--data.init_args.val_fraction -0.1 is not valid"),
+    ("clean-subset size 0", ["--data.init_args.train_eval_samples=0"], "--data.init_args.train_eval_samples 0 is not valid"),
+    ("loader workers negative", ["--data.init_args.num_workers=-1"],
+     "--data.init_args.num_workers -1 is not valid; expected an integer >= 0"),
+    ("std 0", ["--data.init_args.std=[0.0]"], "--data.init_args.std [0.0] is not valid; expected a finite number > 0"),
+    ("synthetic classes 0", ["--data.init_args.num_classes=0"], "--data.init_args.num_classes 0 is not valid"),
+    ("synthetic train size negative", ["--data.init_args.train_size=-5"], "--data.init_args.train_size -5 is not valid"),
+    ("data image size inf", ["--data.init_args.image_size=inf"], "--data.init_args.image_size inf is not valid"),
+    ("device data not a bool", ["--data.init_args.device_data=perhaps"], "--data.init_args.device_data perhaps is not valid"),
+    ("validation split of no images", ["--data.init_args.train_samples=5"],
+     "--data.init_args.val_fraction 0.1 of 5 training images leaves 0 for validation"),
+    ("seed negative", ["--seed_everything=-3"], "--seed_everything -3 is not valid; expected an integer >= 0"),
+    ("epochs 0", ["--trainer.max_epochs=0"], "--trainer.max_epochs 0 is not valid; expected an integer > 0"),
+    ("epochs -1", ["--trainer.max_epochs=-1"], "--trainer.max_epochs -1 is not valid; expected an integer > 0"),
+    ("gradient clip NaN", ["--trainer.gradient_clip_val=nan"], "--trainer.gradient_clip_val nan is not valid"),
+    ("gradient accumulation 0", ["--trainer.accumulate_grad_batches=0"], "--trainer.accumulate_grad_batches 0 is not valid"),
+    ("precision bogus", ["--trainer.precision=bogus"], "--trainer.precision bogus is not valid; expected an integer or one of"),
+    ("checkpoint interval 0", ["--checkpoint_every_n_steps=0"], "--checkpoint_every_n_steps 0 is not valid"),
     ("non-finite loss", ["--model.init_args.lr=1e30", "--model.init_args.warmup_epochs=0"],
      "training loss became nan at epoch 0"),
     ("batch too large for memory", ["--trainer.callbacks+=tests.helpers.OutOfMemoryAt"],
