@@ -418,14 +418,37 @@ class OutOfMemory(MemoryError):
         return cls(f"out of memory: {hint} ({type(err).__name__}: {first})")
 
 
-def _train(argv: list[str] | None) -> int:
-    cli = AblateCLI(
+def _cli(cls: type[AblateCLI], argv: list[str] | None) -> AblateCLI:
+    return cls(
         ImageClassifier, ImageDataModule, subclass_mode_model=True, subclass_mode_data=True, run=False,
         save_config_callback=None, args=argv, auto_configure_optimizers=False,
         parser_kwargs={"default_env": False, "prog": "ablate train", "exit_on_error": False},
         seed_everything_default=0,
         trainer_defaults={"enable_progress_bar": sys.stderr.isatty(), "enable_model_summary": sys.stderr.isatty()},
     )
+
+
+class _Parser(Exception):
+    def __init__(self, parser):
+        self.parser = parser
+
+
+class _ParserOnly(AblateCLI):
+    def parse_arguments(self, parser, args) -> None:
+        raise _Parser(parser)
+
+
+def training_parser():
+    """`ablate train`'s parser, built as for a run but nothing parsed or built: for checking a sweep's overrides."""
+    try:
+        _cli(_ParserOnly, [])
+    except _Parser as built:
+        return built.parser
+    raise RuntimeError("LightningCLI parsed without calling parse_arguments")
+
+
+def _train(argv: list[str] | None) -> int:
+    cli = _cli(AblateCLI, argv)
     trainer, model, data, run_dir = cli.trainer, cli.model, cli.datamodule, cli.run_dir
     resume = resume_checkpoint(run_dir / "checkpoints")  # last.ckpt, or the newest good one; damaged ones set aside
     try:
