@@ -44,6 +44,7 @@ def assert_same_as(straight: Path, run_dir: Path) -> None:
     assert summary(run_dir)["status"] == "completed"
     a, b = summary(straight)["final"], summary(run_dir)["final"]
     assert (a["test/loss"], a["test/acc"]) == (b["test/loss"], b["test/acc"])
+    assert not list(run_dir.rglob("*-v[0-9]*.ckpt"))  # checkpoints replaced in place, never forked into -v1
 
 
 @pytest.mark.parametrize("at,batch,extra", [
