@@ -303,3 +303,13 @@ def test_an_interrupted_run_is_left_for_the_next_sweep_not_failed(tmp_path, monk
     assert (run_dir / "held").read_text() == "True"  # the child got the sweep's lock instead of being refused
     assert (run_dir / "attempts").read_text() == "1" and not runlock_held(run_dir)
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
+
+
+def test_run_ids_do_not_depend_on_how_a_run_is_watched(tmp_path):
+    """W&B, progress bars and loader workers in a spec's `set:` leave every run id as it was; the lr does not."""
+    plain = [r.id for r in SweepSpec.load(write_spec(tmp_path)).expand()]
+    watched = TINY_SPEC.replace("set:\n", "set:\n  wandb.enabled: true\n  wandb.project: other\n"
+                                "  trainer.enable_progress_bar: true\n  data.init_args.num_workers: 2\n")
+    assert [r.id for r in SweepSpec.load(write_spec(tmp_path, watched)).expand()] == plain
+    other_lr = TINY_SPEC.replace("set:\n", "set:\n  model.init_args.lr: 0.01\n")
+    assert not set(r.id for r in SweepSpec.load(write_spec(tmp_path, other_lr)).expand()) & set(plain)
