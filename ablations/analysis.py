@@ -54,12 +54,30 @@ def _tidy(metrics: pd.DataFrame, identity: dict) -> pd.DataFrame:
 
 
 def load_run(run_dir: str | Path) -> pd.DataFrame:
-    """One run folder's curves, with its identity columns repeated on every row."""
+    """One run folder's curves, with its identity columns repeated on every row. Raises ``UnreadableRun`` saying
+    why when a file is missing or damaged, or when ``metrics.csv`` holds other epochs than ``summary.json`` records
+    (a truncated copy would otherwise enter the tables as a shorter run)."""
     run_dir = Path(run_dir)
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    summary = json.loads((run_dir / "summary.json").read_text())
-    identity = _identity(run_dir.name, config, summary.get("params"), summary.get("flops"))
-    return _tidy(pd.read_csv(run_dir / "metrics.csv"), identity)
+    try:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        summary = json.loads((run_dir / "summary.json").read_text())
+        metrics = pd.read_csv(run_dir / "metrics.csv")
+        identity = _identity(run_dir.name, config, summary.get("params"), summary.get("flops"))
+    except FileNotFoundError as err:
+        raise UnreadableRun(f"{Path(err.filename).name} missing") from None
+    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError, pd.errors.ParserError) as err:
+        raise UnreadableRun(f"{type(err).__name__}: {' '.join(str(err).split())[:120]}") from None
+    epochs = metrics["epoch"].tolist() if "epoch" in metrics else []
+    if epochs != list(range(int(summary.get("epochs") or 0))):
+        raise UnreadableRun(f"metrics.csv holds {len(epochs)} epoch row(s), summary.json records {summary.get('epochs')}")
+    incomplete = [c for c in ("train/loss", "train_eval/loss") if c not in metrics or metrics[c].isna().any()]
+    if incomplete:
+        raise UnreadableRun(f"metrics.csv lacks {', '.join(incomplete)} in some epoch rows")
+    return _tidy(metrics, identity)
+
+
+class UnreadableRun(ValueError):
+    """A run folder whose files do not read back as one complete run."""
 
 
 def load_wandb(project: str, api=None, filters: dict | None = None) -> pd.DataFrame:
@@ -86,19 +104,37 @@ def load_wandb(project: str, api=None, filters: dict | None = None) -> pd.DataFr
     return pd.concat(frames, ignore_index=True)
 
 
-def load_runs(folder: str | Path, completed_only: bool = True) -> pd.DataFrame:
-    """Every run under a sweep folder (or the one run folder given) as one tidy frame."""
+def read_runs(folder: str | Path, completed_only: bool = True) -> tuple[pd.DataFrame | None, dict[str, str]]:
+    """Every run under a sweep folder (or the one run folder given) as one tidy frame (None when there is none),
+    and ``{run: why}`` for each completed run that could not be read: listed, never silently left out."""
     folder = Path(folder)
-    run_dirs = [folder] if (folder / "metrics.csv").exists() else sorted(p for p in folder.iterdir() if (p / "metrics.csv").exists())
-    frames = []
+    is_run = lambda p: (p / "summary.json").exists() or (p / "metrics.csv").exists()  # noqa: E731
+    run_dirs = [folder] if is_run(folder) else sorted(p for p in folder.iterdir() if p.is_dir() and is_run(p))
+    frames, unreadable = [], {}
     for run_dir in run_dirs:
         status = summary_status(run_dir)  # None when missing or unreadable: never counted as completed
+        if status is None and (run_dir / "summary.json").exists():
+            unreadable[run_dir.name] = "summary.json unreadable"
+            continue
         if completed_only and status != "completed":
             continue
-        frames.append(load_run(run_dir))
-    if not frames:
-        raise FileNotFoundError(f"no {'completed ' if completed_only else ''}runs with metrics.csv under {folder}")
-    return pd.concat(frames, ignore_index=True)
+        try:
+            frames.append(load_run(run_dir))
+        except UnreadableRun as err:
+            unreadable[run_dir.name] = str(err)
+    return (pd.concat(frames, ignore_index=True) if frames else None), unreadable
+
+
+def load_runs(folder: str | Path, completed_only: bool = True) -> pd.DataFrame:
+    """Every run under a sweep folder (or the one run folder given) as one tidy frame; runs that cannot be read
+    are in ``frame.attrs["unreadable"]`` (``{run: why}``)."""
+    frame, unreadable = read_runs(folder, completed_only)
+    if frame is None:
+        why = "; ".join(f"{run}: {reason}" for run, reason in unreadable.items())
+        raise FileNotFoundError(f"no {'completed ' if completed_only else ''}runs with metrics.csv under {folder}"
+                                + (f" (unreadable: {why})" if why else ""))
+    frame.attrs["unreadable"] = unreadable
+    return frame
 
 
 def load_source(source: str | Path, completed_only: bool = True) -> pd.DataFrame:
@@ -272,5 +308,6 @@ def check_order_at_equal_loss(frame: pd.DataFrame, order: str, level: float = 0.
 __all__ = [
     "COLUMNS", "PAPER_CAPACITY", "PAPER_GENERALISATION", "accuracy_at_loss", "bootstrap_diff", "capacity",
     "check_order", "check_order_at_equal_loss", "common_loss", "equal_loss_table", "final_gap", "generalisation", "load_run", "load_runs",
+    "read_runs", "UnreadableRun",
     "load_source", "load_wandb", "parse_order", "ranking", "summarise",
 ]

@@ -12,7 +12,7 @@ from lightning_modules.callbacks import atomic_write
 
 from .analysis import (
     PAPER_CAPACITY, PAPER_GENERALISATION, capacity, check_order, check_order_at_equal_loss, final_gap, generalisation,
-    load_source, ranking,
+    load_source, ranking, read_runs,
 )
 from .plots import PAPER_LAYOUTS, layout_order, save_figures
 
@@ -109,16 +109,21 @@ def write_report(source: str | Path, out: str | Path | None = None) -> Path:
         manifest = json.loads(manifest_path.read_text())
         title = f"Sweep {manifest['name']}"
     out = Path(out if out is not None else source)
-    try:
-        frame = load_source(source)
-    except FileNotFoundError:
-        frame = None
+    unreadable: dict[str, str] = {}
     if manifest is None:
+        try:
+            frame = load_source(source)
+        except FileNotFoundError:
+            frame = None
         intro = "Finished runs read through the W&B API."
     else:
-        done = 0 if frame is None else frame["run"].nunique()
+        frame, unreadable = read_runs(source)
+        done = 0 if frame is None else frame["run"].nunique()  # the runs in every table below
         intro = (f"{done} of {len(manifest['runs'])} runs completed; base config `{manifest['config']}`, "
                  f"budget `{manifest.get('budget')}`.")
+        if unreadable:  # counted apart from the completed runs, each named with the reason
+            intro += (f" {len(unreadable)} run(s) could not be read and are left out of every table: "
+                      + "; ".join(f"`{run}` ({why})" for run, why in sorted(unreadable.items())) + ".")
     if frame is None:
         text = f"# {title}\n\n{intro}\n"
     else:

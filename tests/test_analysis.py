@@ -284,3 +284,25 @@ def test_report_from_a_wandb_project_needs_an_output_folder(tmp_path, monkeypatc
     assert (tmp_path / "report" / "training_curves.png").exists()
     assert cli_main(["report", "wandb:entity/stacking-ablations"]) == 2
     assert "needs --out FOLDER" in capsys.readouterr().err
+
+
+def test_a_report_lists_runs_it_cannot_read_and_its_counts_match_its_tables(tiny_study, tmp_path):
+    """A copy of a finished sweep with one truncated metrics.csv and one config.yaml missing: both are named with
+    the reason, counted apart, and every table holds exactly the runs the header counts as completed."""
+    import re
+    import shutil
+
+    from ablations.report import write_report
+
+    copy = tmp_path / "study"
+    shutil.copytree(tiny_study, copy, ignore=shutil.ignore_patterns("*.ckpt", "*.png", "report.md"))
+    runs = sorted(p.name for p in copy.iterdir() if (p / "summary.json").exists())
+    truncated, no_config = copy / runs[0] / "metrics.csv", copy / runs[1] / "config.yaml"
+    truncated.write_text(truncated.read_text()[: len(truncated.read_text()) // 2])
+    no_config.unlink()
+    text = write_report(copy).read_text()
+    assert f"6 of {len(runs)} runs completed" in text
+    assert re.search(rf"2 run\(s\) could not be read and are left out of every table: `{runs[0]}` \(metrics.csv holds "
+                     rf"[12] epoch row\(s\), summary.json records 3\); `{runs[1]}` \(config.yaml missing\)", text)
+    final_table = text.split("## Final test accuracy")[1].split("##")[0]
+    assert sum(int(n) for n in re.findall(r"\(n=(\d+)\)", final_table)) == 6
