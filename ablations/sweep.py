@@ -187,15 +187,17 @@ def check_overrides(spec: SweepSpec, runs: list[Run]) -> None:
 
     from jsonargparse import ArgumentError
 
-    from .train import one_line, training_parser
+    from .train import check_trainer, one_line, training_parser
 
     parser = training_parser()
     base = [f"--config={spec.config}"]
 
     def parse(overrides: dict[str, Any], where: str) -> Any:
         try:
-            return parser.parse_args(base + override_args(overrides))
-        except ArgumentError as err:
+            config = parser.parse_args(base + override_args(overrides))
+            check_trainer(config.trainer)
+            return config
+        except (ArgumentError, ValueError) as err:
             raise ValueError(f"sweep {spec.name}: {where}: {one_line(err)}") from None
 
     options = [*flat_keys(parse(spec.fixed, "set").as_dict()), *flat_keys(parser.get_defaults().as_dict())]

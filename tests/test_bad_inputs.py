@@ -14,6 +14,7 @@ from tests.test_train import SMALL_RUN
 
 MODEL_ARGS = "--model.init_args.model_args={depths: [1, 1], dims: [16, 32], stem_dim: 16, head_dim: 16"
 NO_DATA = [a for a in SMALL_RUN if not a.startswith("--data")]
+DIGITS = Path(__file__).resolve().parents[1] / "ablations" / "configs" / "digits_tiny.yaml"
 
 
 def image_folder(root: Path, corrupt: bool = False, empty_class: bool = False, val_classes=("cat", "dog")) -> Path:
@@ -85,6 +86,8 @@ CATALOGUE = [
     ("YAML unknown key", lambda t: [config_file(t, "trainr:\n  max_epochs: 1\n"), *SMALL_RUN], "trainr"),
     ("YAML syntax", lambda t: [config_file(t, "model: [unclosed\n"), *SMALL_RUN],
      "config.yaml: while parsing a flow sequence at line 1, column 8 did not find expected ',' or ']'"),
+    ("YAML syntax, --config PATH", lambda t: ["--config", config_file(t, "model: [unclosed\n").split("=", 1)[1], *SMALL_RUN],
+     "config.yaml: while parsing a flow sequence at line 1"),
     ("config file missing", lambda t: [f"--config={t / 'nope.yaml'}", *SMALL_RUN], "nope.yaml"),
     ("CIFAR missing, download off", lambda t: [*NO_DATA, "--data=datamodules.CIFAR10DataModule",
                                                f"--data.init_args.data_dir={t / 'data'}"],
@@ -197,13 +200,34 @@ def test_cpu_processes_are_not_gpus():
     ("name: x\nconfig: c.yaml\ngird: {}\n", "unknown key(s) gird in sweep spec"),
     ("name: x\nconfig: c.yaml\nbudget: huge\ngrid: {layout: [C-C-T-T]}\n", "the layout axis needs a budget; budget='huge'"),
     ("name: x\nconfig: missing.yaml\ngrid: {seed_everything: [0]}\n", "base config missing.yaml of sweep spec"),
+    # every spec key with a wrong type, an empty axis, a negative retry count
+    (f"name: x\nconfig: {DIGITS}\ngrid: {{seed_everything: []}}\n", "grid axis seed_everything is empty, so the sweep would have no runs"),
+    (f"name: x\nconfig: {DIGITS}\ngrid: {{}}\n", "grid is empty; expected at least one axis"),
+    (f"name: x\nconfig: {DIGITS}\ngrid: [seed_everything, 0]\n", "grid ['seed_everything', 0] is not valid; expected a mapping"),
+    (f"name: x\nconfig: {DIGITS}\nmax_retries: -1\ngrid: {{seed_everything: [0]}}\n", "max_retries -1 is not valid; expected an integer >= 0"),
+    (f"name: x\nconfig: {DIGITS}\nmax_retries: two\ngrid: {{seed_everything: [0]}}\n", "max_retries 'two' is not valid; expected an integer >= 0"),
+    (f"name: x\nconfig: {DIGITS}\nmax_retries: true\ngrid: {{seed_everything: [0]}}\n", "max_retries True is not valid"),
+    (f"name: [x]\nconfig: {DIGITS}\ngrid: {{seed_everything: [0]}}\n", "name ['x'] is not valid; expected a string"),
+    (f"name: x\nconfig: 3\ngrid: {{seed_everything: [0]}}\n", "config 3 is not valid; expected a path"),
+    (f"name: x\nconfig: {DIGITS}\nset: [a, b]\ngrid: {{seed_everything: [0]}}\n", "set ['a', 'b'] is not valid; expected a mapping"),
+    (f"name: x\nconfig: {DIGITS}\nbudget: 5\ngrid: {{seed_everything: [0]}}\n", "budget 5 is not valid; expected a budget name"),
+    ("- a list\n", "must be a mapping of budget, config, grid, max_retries, name, set"),
+    # overrides checked by `ablate train`'s parser before any run: a typo named with the closest option, bad values
+    (f"name: x\nconfig: {DIGITS}\ngrid: {{data.init_args.train_fraktion: [0.2, 0.3]}}\n",
+     "sweep x: grid key data.init_args.train_fraktion is not an `ablate train` option; the closest option is "
+     "data.init_args.train_fraction"),
+    (f"name: x\nconfig: {DIGITS}\ngrid: {{model.init_args.lr: [0.001, -1]}}\n",
+     "sweep x: grid: --model.init_args.lr -1 is not valid; expected a finite number > 0"),
+    (f"name: x\nconfig: {DIGITS}\nset: {{trainer.max_epochs: 0}}\ngrid: {{seed_everything: [0]}}\n",
+     "sweep x: set: --trainer.max_epochs 0 is not valid; expected an integer > 0"),
 ])
 def test_bad_sweep_spec_is_one_line(tmp_path, capsys, spec, needle):
     path = tmp_path / "spec.yaml"
     path.write_text(spec)
     assert cli_main(["sweep", str(path), "--root", str(tmp_path / "runs")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("ablate sweep: error: ") and needle in err and "\n" not in err
+    assert err.startswith("ablate sweep: error: ") and needle in err and "\n" not in err, err
+    assert not (tmp_path / "runs").exists()  # refused before any run folder, manifest or training
 
 
 def test_yaml_cannot_execute_code(tmp_path, capsys):
@@ -219,3 +243,12 @@ def test_yaml_cannot_execute_code(tmp_path, capsys):
     assert not marker.exists()
     err = capsys.readouterr().err.strip().splitlines()
     assert "could not determine a constructor for the tag" in err[-1] and f"sweep spec {spec}" in err[-1]
+
+
+def test_a_refused_command_prints_only_its_error():
+    """As a user sees it, in a fresh process: no "Seed set to", no GPU lines, no tip before the one error line."""
+    from tests.test_train import run_cli
+
+    proc = run_cli("--config=ablations/configs/digits_tiny.yaml", "--trainer.max_epochs=0", check=False)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == "ablate train: error: --trainer.max_epochs 0 is not valid; expected an integer > 0\n"
