@@ -45,41 +45,40 @@ def test_bad_specs_name_the_problem(tmp_path, text, needle):
         SweepSpec.load(write_spec(tmp_path, text))
 
 
-def runlock_held(run_dir):
-    from ablations import runlock
-
-    return runlock.is_held(run_dir)
-
-
-HOLD = "import sys, time; from ablations import runlock; runlock.acquire(sys.argv[1]); print('held', flush=True); time.sleep(600)"
-
-
-def test_a_run_folder_is_owned_by_one_live_process_and_freed_when_it_dies(tmp_path, capsys):
-    """The lock is an flock the OS drops with its holder: while held the run is running and a training on the folder
-    is refused in one line naming the holder; once the holder is SIGKILLed the folder is free at once."""
+def test_two_trainings_on_one_run_folder_the_second_is_refused_naming_the_first(tmp_path, capsys):
+    """While `ablate train` trains into a folder, a second one (here with another lr) is refused in one line naming
+    the first's pid and host, and touches nothing; once the first is SIGKILLed the OS has freed the folder."""
+    import signal
     import socket
+    import time
 
     from ablations import runlock
     from ablations.train import main as train_main
     from tests.test_train import SMALL_RUN
 
     run_dir = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    first = subprocess.Popen([sys.executable, "-m", "ablations.cli", "train", *SMALL_RUN, "--trainer.max_epochs=500",
+                              f"--run_dir={run_dir}"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env={**os.environ, "WANDB_MODE": "disabled"})
     try:
-        assert holder.stdout.readline().strip() == "held"
-        assert read_status(run_dir) == "running" and runlock.try_acquire(run_dir) is None
+        deadline = time.time() + 300
+        while time.time() < deadline and not (run_dir / "metrics.csv").exists():
+            time.sleep(0.2)
+        config = (run_dir / "config.yaml").read_text()
+        assert read_status(run_dir) == "running"
         assert train_main([*SMALL_RUN, "--model.init_args.lr=0.01", f"--run_dir={run_dir}"]) == 2
         assert capsys.readouterr().err.strip() == (
-            f"ablate train: error: run folder {run_dir} is in use by pid {holder.pid} on host {socket.gethostname()} "
+            f"ablate train: error: run folder {run_dir} is in use by pid {first.pid} on host {socket.gethostname()} "
             "(its lock file lock); wait for that run to end, or choose another --run_dir")
-        assert not (run_dir / "config.yaml").exists() and not (run_dir / "summary.json").exists()
+        assert (run_dir / "config.yaml").read_text() == config
     finally:
-        holder.kill()
-        holder.wait()
-    assert read_status(run_dir) == "pending"
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    assert read_status(run_dir) != "running"  # no stale lock: freed with its holder
     fd = runlock.try_acquire(run_dir)
     assert fd is not None
     runlock.release(fd)
+    assert not list(run_dir.rglob("*-v[0-9]*.ckpt"))
 
 
 def test_parallel_sweep_runs_every_run_once_and_rerun_is_idempotent(tmp_path, capsys):
@@ -301,7 +300,7 @@ def test_an_interrupted_run_is_left_for_the_next_sweep_not_failed(tmp_path, monk
     assert sweep.execute(spec, run, tmp_path / "runs", env={"PYTHONPATH": str(ROOT)}) == "interrupted"
     run_dir = tmp_path / "runs" / run.id
     assert (run_dir / "held").read_text() == "True"  # the child got the sweep's lock instead of being refused
-    assert (run_dir / "attempts").read_text() == "1" and not runlock_held(run_dir)
+    assert (run_dir / "attempts").read_text() == "1" and read_status(run_dir) == "pending"
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
 
 
