@@ -14,7 +14,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchvision.transforms import v2
 
 from .backbones import count_macs, count_params, create_model
-from .ranges import NonNegativeFinite, PositiveFinite, PositiveInt, Probability
+from .ranges import NonNegativeFinite, PositiveFinite, PositiveInt, Probability, plain
 
 EVAL_SPLITS = ("val", "train_eval", "test")  # the order of the DataModule's validation loaders
 
@@ -63,6 +63,7 @@ class ImageClassifier(L.LightningModule):
         if min_lr > lr:  # the schedule's floor above its peak would raise the rate as it "decays"
             raise ValueError(f"--model.init_args.min_lr {min_lr} is above --model.init_args.lr {lr}; valid: min_lr <= lr")
         self.save_hyperparameters()
+        self.save_hyperparameters(plain(dict(self.hparams)))  # plain numbers: checkpoints load with weights_only
         size = tuple(image_size) if isinstance(image_size, (list, tuple)) else (image_size, image_size)
         overrides = dict(model_args or {})
         if drop_path:

@@ -23,6 +23,18 @@ NonNegativeFinite = _floats("NonNegativeFinite", (">=", 0), ("<", INF))
 Fraction = _floats("Fraction", (">", 0), ("<=", 1))  # a share of a data set that keeps some of it
 Probability = _floats("Probability", (">=", 0), ("<", 1))  # a share that cannot be all of it
 
+def plain(value):
+    """``value`` with every range-typed number made a plain ``int`` or ``float`` (recursively): checkpoints are read
+    with ``weights_only=True``, which refuses any class it does not know, these included."""
+    if isinstance(value, dict):
+        return {key: plain(inner) for key, inner in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain(inner) for inner in value) if type(value) in (list, tuple) else value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return int(value)
+    return float(value) if isinstance(value, float) else value
+
+
 DESCRIPTIONS = {
     "PositiveInt": "an integer > 0",
     "NonNegativeInt": "an integer >= 0",
@@ -33,4 +45,4 @@ DESCRIPTIONS = {
 }
 
 __all__ = ["DESCRIPTIONS", "Fraction", "NonNegativeFinite", "NonNegativeInt", "PositiveFinite", "PositiveInt",
-           "Probability"]
+           "Probability", "plain"]

@@ -235,6 +235,7 @@ def test_a_resume_with_other_settings_is_refused_and_config_yaml_is_never_rewrit
                "--checkpoint_every_n_steps=100"]
     assert train_main([*RUN, *stopper, *watched, f"--run_dir={run_dir}"]) == 0
     assert_same_as(straight, run_dir)
+    assert not list(run_dir.rglob("*.corrupt-*"))  # resumed from its own last.ckpt, not started again
     assert (run_dir / "config.yaml").read_text() == config
 
 
