@@ -39,7 +39,7 @@ from . import runlock
 
 class RunFolderConfig(SaveConfigCallback):
     """Saves the resolved config as ``<run_dir>/config.yaml`` when training first starts, and never again: a resume
-    has the same result-affecting settings (``claim_run_folder``), and the file stays the record of the first."""
+    has the same result-affecting settings (``AblateCLI.before_instantiate_classes``): the file stays the first's."""
 
     def __init__(self, *args, run_dir: Path, **kwargs):
         super().__init__(*args, overwrite=True, **kwargs)
@@ -111,7 +111,6 @@ _HELD: list[int] = []  # run-folder locks this process holds; released when `mai
 
 
 class AblateCLI(LightningCLI):
-
     def _set_seed(self) -> None:
         """Lightning's seeding without its "Seed set to" line (the seed is in config.yaml): a refused command
         prints only its error."""
@@ -249,10 +248,11 @@ TRAINER_RANGES = {"max_epochs": PositiveInt, "accumulate_grad_batches": Positive
 
 
 def check_trainer(trainer) -> None:
-    """``--trainer.max_epochs 0`` would mark an untrained model completed, ``-1`` train forever: refused in one line."""
+    """``--trainer.max_epochs 0`` would mark an untrained model completed, ``-1`` train forever: refused in one line
+    (unset keeps Lightning's default)."""
     for key, kind in TRAINER_RANGES.items():
         value = trainer.get(key)
-        if value is None and key != "max_epochs":
+        if value is None:
             continue
         try:
             ok = not isinstance(value, bool) and kind(value) is not None and (kind is not PositiveInt or value == int(value))
