@@ -200,20 +200,26 @@ def check_overrides(spec: SweepSpec, runs: list[Run]) -> None:
         except (ArgumentError, ValueError) as err:
             raise ValueError(f"sweep {spec.name}: {where}: {one_line(err)}") from None
 
-    options = [*flat_keys(parse(spec.fixed, "set").as_dict()), *flat_keys(parser.get_defaults().as_dict())]
+    options = [*flat_keys(parse({}, "config").as_dict()), *flat_keys(parser.get_defaults().as_dict())]
     known = {key.replace(".init_args.", "."): key for key in options}  # as typed with or without init_args
-    pairs = {(key, json.dumps(value, sort_keys=True, default=str)): (key, value)
-             for run in runs for key, value in run.overrides.items() if spec.fixed.get(key, object()) != value}
-    for key, value in pairs.values():
+
+    def check(key: str, overrides: dict[str, Any], where: str) -> None:
         plain = key.replace(".init_args.", ".")
         if not any(k == plain or k.startswith(plain + ".") for k in known):  # no option, nor a parent of options
             try:
-                parse({**spec.fixed, key: value}, f"grid key {key}")  # an option of a data or model class the grid picks
+                parse(overrides, where)  # an option of a data or model class that the overrides pick
             except ValueError:
                 close = difflib.get_close_matches(plain, sorted(known), n=1, cutoff=0.6)
                 hint = f"; the closest option is {known[close[0]]}" if close else ""
-                raise ValueError(f"sweep {spec.name}: grid key {key} is not an `ablate train` option{hint}") from None
-        parse({**spec.fixed, key: value}, "grid")
+                raise ValueError(f"sweep {spec.name}: {where} key {key} is not an `ablate train` option{hint}") from None
+        parse(overrides, where)
+
+    for key in spec.fixed:
+        check(key, spec.fixed, "set")
+    pairs = {(key, json.dumps(value, sort_keys=True, default=str)): (key, value)
+             for run in runs for key, value in run.overrides.items() if spec.fixed.get(key, object()) != value}
+    for key, value in pairs.values():
+        check(key, {**spec.fixed, key: value}, "grid")
 
 
 def flat_keys(config: dict[str, Any], prefix: str = "") -> list[str]:

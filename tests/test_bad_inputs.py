@@ -216,6 +216,9 @@ def test_cpu_processes_are_not_gpus():
     (f"name: x\nconfig: {DIGITS}\ngrid: {{data.init_args.train_fraktion: [0.2, 0.3]}}\n",
      "sweep x: grid key data.init_args.train_fraktion is not an `ablate train` option; the closest option is "
      "data.init_args.train_fraction"),
+    (f"name: x\nconfig: {DIGITS}\nset: {{data.init_args.batchsize: 8}}\ngrid: {{seed_everything: [0]}}\n",
+     "sweep x: set key data.init_args.batchsize is not an `ablate train` option; the closest option is "
+     "data.init_args.batch_size"),
     (f"name: x\nconfig: {DIGITS}\ngrid: {{model.init_args.lr: [0.001, -1]}}\n",
      "sweep x: grid: --model.init_args.lr -1 is not valid; expected a finite number > 0"),
     (f"name: x\nconfig: {DIGITS}\nset: {{trainer.max_epochs: 0}}\ngrid: {{seed_everything: [0]}}\n",
