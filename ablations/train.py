@@ -260,6 +260,15 @@ def check_trainer(trainer) -> None:
             ok = False
         if not ok:
             raise ValueError(invalid(f"trainer.{key}", value, DESCRIPTIONS[kind.__name__]))
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    names = {"accelerator": ("auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators())),
+             "strategy": ("auto", *StrategyRegistry.available_strategies())}
+    for key, valid in names.items():  # a name (not an instance) that Lightning would refuse after the set-up
+        value = trainer.get(key)
+        if isinstance(value, str) and value not in valid:
+            raise ValueError(invalid(f"trainer.{key}", value, "one of " + ", ".join(valid)))
 
 
 def invalid(option: str, value: Any, valid: str) -> str:

@@ -139,6 +139,8 @@ CATALOGUE = [
     ("gradient clip NaN", ["--trainer.gradient_clip_val=nan"], "--trainer.gradient_clip_val nan is not valid"),
     ("gradient accumulation 0", ["--trainer.accumulate_grad_batches=0"], "--trainer.accumulate_grad_batches 0 is not valid"),
     ("precision bogus", ["--trainer.precision=bogus"], "--trainer.precision bogus is not valid; expected an integer or one of"),
+    ("accelerator bogus", ["--trainer.accelerator=tpu9"], "--trainer.accelerator tpu9 is not valid; expected one of auto, gpu, cpu"),
+    ("strategy bogus", ["--trainer.strategy=dpp"], "--trainer.strategy dpp is not valid; expected one of auto, ddp, "),
     ("checkpoint interval 0", ["--checkpoint_every_n_steps=0"], "--checkpoint_every_n_steps 0 is not valid"),
     ("non-finite loss", ["--model.init_args.lr=1e30", "--model.init_args.warmup_epochs=0"],
      "training loss became nan at epoch 0"),
