@@ -82,6 +82,8 @@ class SweepSpec:
             if key in raw and not (isinstance(raw[key], kind) and not isinstance(raw[key], bool) or
                                    (key in ("set", "budget") and raw[key] is None)):
                 raise ValueError(f"sweep spec {path}: {key} {raw[key]!r} is not valid; expected {valid}")
+        if "/" in raw["name"] or raw["name"] in ("", ".", ".."):  # the sweep's folder under --root, nowhere else
+            raise ValueError(f"sweep spec {path}: name {raw['name']!r} is not valid; expected a folder name without '/'")
         if raw.get("max_retries", 0) < 0:
             raise ValueError(f"sweep spec {path}: max_retries {raw['max_retries']} is not valid; expected an integer >= 0")
         if not raw["grid"]:

@@ -211,6 +211,8 @@ def test_cpu_processes_are_not_gpus():
     (f"name: x\nconfig: {DIGITS}\nmax_retries: true\ngrid: {{seed_everything: [0]}}\n", "max_retries True is not valid"),
     (f"name: [x]\nconfig: {DIGITS}\ngrid: {{seed_everything: [0]}}\n", "name ['x'] is not valid; expected a string"),
     (f"name: x\nconfig: 3\ngrid: {{seed_everything: [0]}}\n", "config 3 is not valid; expected a path"),
+    (f"name: ../elsewhere\nconfig: {DIGITS}\ngrid: {{seed_everything: [0]}}\n",
+     "name '../elsewhere' is not valid; expected a folder name without '/'"),
     (f"name: x\nconfig: {DIGITS}\nset: [a, b]\ngrid: {{seed_everything: [0]}}\n", "set ['a', 'b'] is not valid; expected a mapping"),
     (f"name: x\nconfig: {DIGITS}\nbudget: 5\ngrid: {{seed_everything: [0]}}\n", "budget 5 is not valid; expected a budget name"),
     ("- a list\n", "must be a mapping of budget, config, grid, max_retries, name, set"),
