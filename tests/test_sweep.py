@@ -238,8 +238,11 @@ def test_demo_spec_exports_the_layout_axis_as_model_names(tmp_path):
 
 @pytest.mark.parametrize("name,runs", [("demo", 20), ("cifar100", 60), ("imagenet", 10)])
 def test_shipped_specs_load(name, runs):
+    from ablations.sweep import check_overrides
+
     spec = SweepSpec.load(ROOT / "ablations" / "sweeps" / f"{name}.yaml")
     assert len(spec.expand()) == runs and Path(spec.config).is_file()
+    check_overrides(spec, spec.expand())  # every override is an `ablate train` option with a valid value
 
 
 def test_submitit_local_executor_runs_a_two_run_array(tmp_path):
