@@ -4,6 +4,7 @@ figures, as one Markdown file. SOURCE is a sweep folder or ``wandb:ENTITY/PROJEC
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -121,9 +122,11 @@ def write_report(source: str | Path, out: str | Path | None = None) -> Path:
         done = 0 if frame is None else frame["run"].nunique()  # the runs in every table below
         intro = (f"{done} of {len(manifest['runs'])} runs completed; base config `{manifest['config']}`, "
                  f"budget `{manifest.get('budget')}`.")
-        if unreadable:  # counted apart from the completed runs, each named with the reason
-            intro += (f" {len(unreadable)} run(s) could not be read and are left out of every table: "
-                      + "; ".join(f"`{run}` ({why})" for run, why in sorted(unreadable.items())) + ".")
+        if unreadable:  # counted apart from the completed runs, each named with the reason, here and on stderr
+            listed = "; ".join(f"`{run}` ({why})" for run, why in sorted(unreadable.items()))
+            intro += f" {len(unreadable)} run(s) could not be read and are left out of every table: {listed}."
+            print(f"ablate report: warning: {len(unreadable)} run(s) could not be read: {listed.replace('`', '')}",
+                  file=sys.stderr)
     if frame is None:
         text = f"# {title}\n\n{intro}\n"
     else:

@@ -10,6 +10,7 @@ Every option is a config key (``--print_config`` prints a YAML that runs again u
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -447,8 +448,10 @@ class _ParserOnly(AblateCLI):
         raise _Parser(parser)
 
 
+@functools.cache
 def training_parser():
-    """`ablate train`'s parser, built as for a run but nothing parsed or built: for checking a sweep's overrides."""
+    """`ablate train`'s parser, built as for a run but nothing parsed or built: for checking a sweep's overrides
+    (built once per process: it introspects every Trainer, model and data signature)."""
     try:
         _cli(_ParserOnly, [])
     except _Parser as built:

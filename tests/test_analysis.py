@@ -286,7 +286,7 @@ def test_report_from_a_wandb_project_needs_an_output_folder(tmp_path, monkeypatc
     assert "needs --out FOLDER" in capsys.readouterr().err
 
 
-def test_a_report_lists_runs_it_cannot_read_and_its_counts_match_its_tables(tiny_study, tmp_path):
+def test_a_report_lists_runs_it_cannot_read_and_its_counts_match_its_tables(tiny_study, tmp_path, capsys):
     """A copy of a finished sweep with one truncated metrics.csv and one config.yaml missing: both are named with
     the reason, counted apart, and every table holds exactly the runs the header counts as completed."""
     import re
@@ -304,5 +304,6 @@ def test_a_report_lists_runs_it_cannot_read_and_its_counts_match_its_tables(tiny
     assert f"6 of {len(runs)} runs completed" in text
     assert re.search(rf"2 run\(s\) could not be read and are left out of every table: `{runs[0]}` \(metrics.csv holds "
                      rf"[12] epoch row\(s\), summary.json records 3\); `{runs[1]}` \(config.yaml missing\)", text)
+    assert capsys.readouterr().err.startswith(f"ablate report: warning: 2 run(s) could not be read: {runs[0]} (")
     final_table = text.split("## Final test accuracy")[1].split("##")[0]
     assert sum(int(n) for n in re.findall(r"\(n=(\d+)\)", final_table)) == 6
