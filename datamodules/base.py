@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
-from lightning_modules.ranges import Fraction, NonNegativeInt, PositiveFinite, PositiveInt, Probability
+from lightning_modules.ranges import Finite, Fraction, NonNegativeInt, PositiveFinite, PositiveInt, Probability
 
 from .device import DeviceBatches
 
@@ -121,7 +121,7 @@ class ImageDataModule(L.LightningDataModule):
         augmentation: Augmentation = "crop_flip",
         seed: NonNegativeInt = 0,
         track_test: bool = True,
-        mean: tuple[float, ...] | None = None,
+        mean: tuple[Finite, ...] | None = None,
         std: tuple[PositiveFinite, ...] | None = None,
         num_workers: NonNegativeInt = 0,
         pin_memory: bool = False,

@@ -142,13 +142,15 @@ class ImageFolderDataModule(ImageDataModule):
             if not any(f.lower().endswith(extensions) for _, _, files in os.walk(folder) for f in files):
                 raise FileNotFoundError(f"class folder {folder} has no images ({', '.join(extensions)}); "
                                         "add images or remove the folder")
-        if not (root / "val" / "val_annotations.txt").exists():  # val/<class>/: the same classes as train/, or refused
+        if not (root / "val" / "val_annotations.txt").exists():
+            # val/<class>/: a class train/ lacks would have its images dropped from the test set without a word.
+            # (A train/ class missing from val/ drops nothing: the test set just has none of it.)
             val_classes = sorted(p.name for p in (root / "val").iterdir() if p.is_dir())
-            if val_classes != classes:
+            if set(val_classes) - set(classes):
                 only_train = sorted(set(classes) - set(val_classes)) or "none"
                 only_val = sorted(set(val_classes) - set(classes)) or "none"
                 raise ValueError(f"--data.init_args.data_dir {root}: train/ and val/ hold different classes (only in "
-                                 f"train/: {only_train}; only in val/: {only_val}); valid: the same class folders in both")
+                                 f"train/: {only_train}; only in val/: {only_val}); valid: every val/ class folder also in train/")
         self.num_classes = len(classes)
         self.class_to_idx = {c: i for i, c in enumerate(classes)}  # ImageFolder's own order: sorted folder names
         self.native_size = None  # photos of any size, cropped to image_size

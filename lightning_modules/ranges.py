@@ -18,6 +18,7 @@ def _floats(name: str, *restrictions: tuple[str, float]) -> type:
     return restricted_number_type(name, float, list(restrictions), join="and")
 
 
+Finite = _floats("Finite", (">", -INF), ("<", INF))
 PositiveFinite = _floats("PositiveFinite", (">", 0), ("<", INF))
 NonNegativeFinite = _floats("NonNegativeFinite", (">=", 0), ("<", INF))
 Fraction = _floats("Fraction", (">", 0), ("<=", 1))  # a share of a data set that keeps some of it
@@ -38,11 +39,12 @@ def plain(value):
 DESCRIPTIONS = {
     "PositiveInt": "an integer > 0",
     "NonNegativeInt": "an integer >= 0",
+    "Finite": "a finite number",
     "PositiveFinite": "a finite number > 0",
     "NonNegativeFinite": "a finite number >= 0",
     "Fraction": "a number in (0, 1]",
     "Probability": "a number in [0, 1)",
 }
 
-__all__ = ["DESCRIPTIONS", "Fraction", "NonNegativeFinite", "NonNegativeInt", "PositiveFinite", "PositiveInt",
+__all__ = ["DESCRIPTIONS", "Finite", "Fraction", "NonNegativeFinite", "NonNegativeInt", "PositiveFinite", "PositiveInt",
            "Probability", "plain"]

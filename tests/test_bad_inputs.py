@@ -259,3 +259,61 @@ def test_a_refused_command_prints_only_its_error():
     proc = run_cli("--config=ablations/configs/digits_tiny.yaml", "--trainer.max_epochs=0", check=False)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr == "ablate train: error: --trainer.max_epochs 0 is not valid; expected an integer > 0\n"
+
+
+def _numeric_parameters():
+    """(option, type) for every numeric parameter of the LightningModule and the DataModules, from their signatures."""
+    import inspect
+    import typing
+
+    from datamodules import CIFAR10DataModule, DigitsDataModule, ImageDataModule, ImageFolderDataModule, SyntheticDataModule
+    from lightning_modules.classifier import ImageClassifier
+
+    classes = [("model", ImageClassifier), *(("data", c) for c in (ImageDataModule, SyntheticDataModule, DigitsDataModule,
+                                                                   ImageFolderDataModule, CIFAR10DataModule))]
+    for prefix, cls in classes:
+        hints = typing.get_type_hints(cls.__init__)
+        for name in inspect.signature(cls.__init__).parameters:
+            if name in hints and _numbers_in(hints[name]):
+                yield f"{prefix}.init_args.{name}", hints[name], cls
+
+
+def _numbers_in(hint) -> list:
+    import typing
+
+    args = typing.get_args(hint)
+    if args:
+        return [t for a in args if a is not Ellipsis for t in _numbers_in(a)]
+    return [hint] if isinstance(hint, type) and issubclass(hint, (int, float)) and hint is not bool else []
+
+
+def test_every_numeric_option_declares_a_range():
+    """A new numeric option typed plain `int` or `float` fails here: its range belongs in its annotation."""
+    plain = [option for option, hint, _ in _numeric_parameters() if {int, float} & set(_numbers_in(hint))]
+    assert not plain, f"numeric options without a declared range: {plain}"
+
+
+LINK_TARGETS = {"model.init_args.num_classes", "model.init_args.in_chans", "data.init_args.seed"}  # set through links
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf", "abc"])
+def test_every_numeric_option_refuses_negative_nan_inf_and_text_while_parsing(value):
+    """Every scalar numeric option of the model and data modules, through `ablate train`'s parser (nothing built):
+    one line naming the option, the value and what is valid."""
+    from jsonargparse import ArgumentError
+
+    from ablations.train import one_line, training_parser
+
+    parser = training_parser()
+    checked = set()
+    for option, hint, cls in _numeric_parameters():
+        if option in LINK_TARGETS or option in checked or "tuple" in str(hint).split("|")[0]:
+            continue
+        checked.add(option)
+        data = f"--data={cls.__module__}.{cls.__name__}" if option.startswith("data") and cls.__name__ != "ImageDataModule" else ""
+        args = [a for a in SMALL_RUN if not (data and a.startswith("--data"))] + ([data] if data else [])
+        with pytest.raises(ArgumentError) as err:
+            parser.parse_args([*args, f"--{option}={value}"])
+        line = one_line(err.value)
+        assert line.startswith(f"--{option} {value} is not valid; expected ") and "\n" not in line, line
+    assert len(checked) >= 20, sorted(checked)
