@@ -2,7 +2,9 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+# pinned versions (constraints.txt) apply to every install; a change to either file reinstalls
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
+PIP    := $(BIN)/python -m pip install --quiet -c constraints.txt
 
 # The project's own environment takes torch/torchvision from the package registry (CPU and GPU alike).
 # Some machines point pip's find-links at a CPU-only torch wheel that PyPI's torchvision cannot import against;
@@ -11,17 +13,17 @@ NO_WHEELS := $(CURDIR)/$(VENV)/no-find-links
 export PIP_FIND_LINKS := $(NO_WHEELS)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test lab bench gpu-check clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "Python >= 3.10 is needed, found " + sys.version.split()[0] + "; run make PYTHON=python3.11")'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@mkdir -p $(NO_WHEELS)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	@$(BIN)/python -c 'import torch, torchvision, lightning; print("torch", torch.__version__, "torchvision", torchvision.__version__, "lightning", lightning.__version__)'
+	$(PIP) -e '.[dev]'
+	@$(BIN)/python .ci/check_pins.py
 	@rm -f $(VENV)/.installed-* && touch $@
 
 demo: $(STAMP)
@@ -29,6 +31,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# The analysis notebook on the demo's results (`make demo` first); SOURCE=wandb:ENTITY/PROJECT or another folder.
+SOURCE ?= runs/demo
+lab: $(STAMP)
+	@test -x $(BIN)/jupyter-lab || $(PIP) jupyterlab
+	ABLATE_SOURCE=$(SOURCE) $(BIN)/jupyter lab notebooks/analysis.ipynb
 
 bench: $(STAMP)
 	$(BIN)/ablate bench coatnet_0 --set downsample=dw --timm coatnet_0_224 --batch 16 --rounds 10 --channels-last

@@ -177,8 +177,7 @@ def run_bench(model: str, settings: BenchSettings, overrides: dict[str, Any] | N
     runners, results = [], []
     for source, name, label in entries:
         net = build(source, name, settings, overrides if source == "ours" else {})
-        with torch.device("cpu"):
-            by_op = macs_by_op(net, settings.image_size, 3)  # one counting pass for the total and its attention part
+        by_op = macs_by_op(net, settings.image_size, 3)  # on a meta copy: one pass for the total and attention
         results.append(BenchResult(label, count_params(net), sum(by_op.values()), attention_macs(by_op),
                                    settings.image_size))
         runners.append(Runner(net, settings))
