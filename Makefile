@@ -41,5 +41,15 @@ lab: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/ablate bench coatnet_0 --set downsample=dw --timm coatnet_0_224 --batch 16 --rounds 10 --channels-last
 
+# The GPU path on this node's GPU (about 8 minutes; see ablations/gpu_check.py). With the project's .venv, or from
+# the source tree with a Python that has torch, Lightning, timm, torchmetrics and torchvision: wheels of the rest
+# (jsonargparse, docstring-parser, typeshed-client, submitit) placed in .whl/ are installed into .whl/site first.
+GPU_PY  ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+GPU_OUT ?= gpu-check
+WHEELS  := $(wildcard .whl/*.whl)
+gpu-check:
+	$(if $(WHEELS),$(GPU_PY) -m pip install --quiet --no-index --no-deps --no-compile --upgrade --target .whl/site $(WHEELS))
+	PYTHONPATH=$(CURDIR)$(if $(WHEELS),:$(CURDIR)/.whl/site) $(GPU_PY) -m ablations.gpu_check --out $(GPU_OUT)
+
 clean:
 	rm -rf $(VENV) .pytest_cache
