@@ -42,6 +42,7 @@ class BenchSettings:
     channels_last: bool = False
     compile: bool = False
     compile_backend: str = "inductor"
+    infer: bool = True  # also time inference (a second compiled graph)
     num_classes: int = 1000
     rounds: int = 5
     warmup: int = 2
@@ -213,13 +214,15 @@ def run_bench(model: str, settings: BenchSettings, overrides: dict[str, Any] | N
         for _ in range(settings.warmup):
             for runner in runners:
                 runner.train_step()
-                runner.infer_step()
+                if settings.infer:
+                    runner.infer_step()
                 bar.update()
         for round_idx in range(settings.rounds):
             pairs = list(zip(runners, results))
             for runner, result in pairs[::-1] if round_idx % 2 else pairs:  # alternate who goes first
                 result.train_times.append(runner.timed(runner.train_step))
-                result.infer_times.append(runner.timed(runner.infer_step))
+                if settings.infer:
+                    result.infer_times.append(runner.timed(runner.infer_step))
                 bar.update()
     for runner, result in zip(runners, results):  # measured untimed, so the probes cost no throughput
         with PeakMemory(settings.device) as peak:

@@ -71,7 +71,7 @@ class Plan:
 
     @classmethod
     def smoke(cls) -> "Plan":
-        return cls(device="cpu", budget="tiny", layouts=("VIT_REL", "C-C-T-T"), small_batch=8, num_classes=10, big_model="C-T",
+        return cls(device="cpu", budget="tiny", layouts=("C-C-T-T",), small_batch=8, num_classes=10, big_model="C-T",
                    big_overrides=(("depths", [1, 1]), ("dims", [16, 32]), ("stem_dim", 16), ("head_dim", 16),
                                   ("downsample", "dw")),
                    big_size=32, big_batch=4, timm_name="resnet10t", precision="fp32", backend="eager", rounds=1,
@@ -183,49 +183,73 @@ def _driver_version() -> str:
 
 
 # --- 2. compiled training steps ---------------------------------------------------------------------------
-def compile_steps(plan: Plan, step: Step) -> None:
+def _compile_cases(plan: Plan) -> dict[str, tuple[dict[str, Any], int, int]]:
+    cases = {name: ({}, plan.small_size, plan.small_batch) for name in _models(plan)}
+    cases[plan.big_model] = (dict(plan.big_overrides), plan.big_size, plan.big_batch)
+    return cases
+
+
+def compile_one(plan: Plan, name: str) -> dict[str, float]:
+    """One compiled (fullgraph) training step of ``name``, then two under ``error_on_recompile``."""
     from lightning_modules.backbones import create_model
 
-    cases = [(name, {}, plan.small_size, plan.small_batch) for name in _models(plan)]
-    cases.append((plan.big_model, dict(plan.big_overrides), plan.big_size, plan.big_batch))
-    step.lines += ["| model | input | batch | first step (compile) s | next steps ms | result |", "|---|---|---|---|---|---|"]
+    overrides, size, batch = _compile_cases(plan)[name]
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(plan.precision)
-    for name, overrides, size, batch in cases:
-        torch._dynamo.reset()  # each model compiles from scratch, as in its own training process
+    model = create_model(name, num_classes=plan.num_classes, image_size=(size, size), **overrides)
+    model = model.to(plan.device).train()
+    compiled = torch.compile(model, fullgraph=True, backend=plan.backend)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    x = torch.randn(batch, 3, size, size, device=plan.device)
+    y = torch.randint(0, plan.num_classes, (batch,), device=plan.device)
+
+    def train_step() -> float:
+        _sync(plan)
+        start = time.perf_counter()
+        with torch.autocast(torch.device(plan.device).type, dtype=dtype, enabled=dtype is not None):
+            loss = F.cross_entropy(compiled(x), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        _sync(plan)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss {loss.item()} is not finite")
+        return time.perf_counter() - start
+
+    first = train_step()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        later = [train_step() for _ in range(2)]
+    return {"compile_s": round(first, 2), "step_ms": round(1e3 * min(later), 3)}
+
+
+def compile_steps(plan: Plan, out: Path, step: Step, timeout: float, smoke: bool) -> None:
+    """Every model in its own process, all at once: compiling is mostly single-threaded Python, so six models
+    take the time of the slowest rather than the sum (the graphs land in inductor's cache for the later steps)."""
+    cases = _compile_cases(plan)
+    procs = {}
+    for name in cases:
+        log = open(out / f"compile-{name}.log", "w")
+        command = [sys.executable, "-m", "ablations.gpu_check", "--compile-one", name, "--out", str(out)]
+        procs[name] = (subprocess.Popen(command + (["--smoke"] if smoke else []), stdout=subprocess.PIPE,
+                                        stderr=log, text=True, env=_env(), cwd=PROJECT_ROOT), log)
+    deadline = time.monotonic() + timeout
+    step.lines += ["| model | input | batch | first step (compile) s | next steps ms | result |", "|---|---|---|---|---|---|"]
+    for name, (proc, log) in procs.items():
+        _, size, batch = cases[name]
         try:
-            model = create_model(name, num_classes=plan.num_classes, image_size=(size, size), **overrides)
-            model = model.to(plan.device).train()
-            compiled = torch.compile(model, fullgraph=True, backend=plan.backend)
-            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-            x = torch.randn(batch, 3, size, size, device=plan.device)
-            y = torch.randint(0, plan.num_classes, (batch,), device=plan.device)
-
-            def train_step() -> float:
-                _sync(plan)
-                start = time.perf_counter()
-                with torch.autocast(torch.device(plan.device).type, dtype=dtype, enabled=dtype is not None):
-                    loss = F.cross_entropy(compiled(x), y)
-                loss.backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                _sync(plan)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss {loss.item()} is not finite")
-                return time.perf_counter() - start
-
-            first = train_step()
-            with torch._dynamo.config.patch(error_on_recompile=True):
-                later = [train_step() for _ in range(2)]
-            step.lines.append(f"| {name} | {size}x{size} | {batch} | {first:.1f} | {1e3 * min(later):.1f} | ok |")
-            step.data[name] = {"compile_s": round(first, 2), "step_ms": round(1e3 * min(later), 3)}
-        except Exception as err:
-            reason = f"{type(err).__name__}: {_first_line(err)}"
+            stdout, _ = proc.communicate(timeout=max(1, deadline - time.monotonic()))
+            result = json.loads(stdout.strip().splitlines()[-1]) if stdout.strip() else {"error": "no output"}
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            result = {"error": "timed out"}
+        log.close()
+        if "error" in result:
+            reason = result["error"] + f" (log: compile-{name}.log)"
             step.errors.append(f"{name}: {reason}")
             step.lines.append(f"| {name} | {size}x{size} | {batch} | | | **{reason}** |")
-        finally:
-            model = compiled = optimizer = None
-            if plan.device.startswith("cuda"):
-                torch.cuda.empty_cache()
+        else:
+            step.data[name] = result
+            step.lines.append(f"| {name} | {size}x{size} | {batch} | {result['compile_s']:.1f} | "
+                              f"{result['step_ms']:.1f} | ok |")
 
 
 def _sync(plan: Plan) -> None:
@@ -242,8 +266,13 @@ def _data_overrides(plan: Plan) -> dict[str, Any]:
             "trainer.max_epochs": 1}
 
 
+def _env() -> dict[str, str]:
+    """Child processes import this source tree, wherever they start."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
+
+
 def _ablate(args: list[str], log: Path, timeout: float) -> tuple[int, float]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
+    env = _env()
     start = time.monotonic()
     with open(log, "w") as f:
         try:
@@ -324,7 +353,7 @@ def bench(plan: Plan, step: Step, models: list[str], size: int, batch: int, over
     from ablations.bench import BenchSettings, device_peak, format_results, run_bench
 
     settings = BenchSettings(batch=batch, image_size=(size, size), precision=plan.precision, device=plan.device,
-                             compile=True, compile_backend=plan.backend, num_classes=plan.num_classes if timm_name is None else 1000,
+                             compile=True, compile_backend=plan.backend, infer=False, num_classes=plan.num_classes if timm_name is None else 1000,
                              rounds=plan.rounds, warmup=plan.warmup)
     peak = device_peak(settings)
     results = []
@@ -353,8 +382,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="gpu-check", help="folder for gpu-check.md, gpu-check.json and the logs")
     parser.add_argument("--budget-s", type=float, default=480, help="time budget; steps that no longer fit are skipped")
     parser.add_argument("--smoke", action="store_true", help="the same steps on a CPU with tiny models (tests)")
+    parser.add_argument("--compile-one", metavar="MODEL", help=argparse.SUPPRESS)  # step 2's child process
     args = parser.parse_args(argv)
     plan = Plan.smoke() if args.smoke else Plan()
+    if args.compile_one:
+        try:
+            result: dict[str, Any] = compile_one(plan, args.compile_one)
+        except Exception as err:
+            traceback.print_exc()
+            result = {"error": f"{type(err).__name__}: {_first_line(err)}"}
+        print(json.dumps(result), flush=True)
+        return 0
     out = Path(args.out).resolve()
     check = Check(plan, out, args.budget_s)
     env = check.run("device", lambda s: environment(plan, s), needs_s=0)
@@ -363,8 +401,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     models = _models(plan)
     big = dict(plan.big_overrides)
-    check.run(f"compiled {plan.precision} training step per model (fullgraph, no recompile)", lambda s: compile_steps(plan, s),
-              needs_s=60)
+    check.run(f"compiled {plan.precision} training step per model (fullgraph, no recompile)",
+              lambda s: compile_steps(plan, out, s, min(check.left(), 240), args.smoke), needs_s=60)
     check.run("1-epoch ablate train with the GPU defaults", lambda s: train_once(plan, out, s, check.left()),
               needs_s=45)
     check.run(f"{plan.big_model} against timm {plan.timm_name}",
