@@ -36,7 +36,7 @@ test: $(STAMP)
 SOURCE ?= runs/demo
 lab: $(STAMP)
 	@test -x $(BIN)/jupyter-lab || $(PIP) jupyterlab
-	ABLATE_SOURCE=$(SOURCE) $(BIN)/jupyter lab notebooks/analysis.ipynb
+	ABLATE_SOURCE=$(SOURCE) $(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) notebooks/analysis.ipynb
 
 bench: $(STAMP)
 	$(BIN)/ablate bench coatnet_0 --set downsample=dw --timm coatnet_0_224 --batch 16 --rounds 10 --channels-last
