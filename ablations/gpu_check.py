@@ -361,7 +361,13 @@ def bench(plan: Plan, step: Step, models: list[str], size: int, batch: int, over
         try:
             results += run_bench(model, settings, overrides, timm_name, progress=False, profile=timm_name is not None)
         except Exception as err:
-            step.errors.append(f"{model}: {type(err).__name__}: {_first_line(err)}")
+            step.errors.append(f"{model}{f' with timm {timm_name}' if timm_name else ''}: "
+                               f"{type(err).__name__}: {_first_line(err)}")
+            if timm_name:  # ours alone, so that one failing model does not hide the other's numbers
+                try:
+                    results += run_bench(model, settings, overrides, None, progress=False, profile=True)
+                except Exception as err:
+                    step.errors.append(f"{model} alone: {type(err).__name__}: {_first_line(err)}")
         if plan.device.startswith("cuda"):
             torch.cuda.empty_cache()
     if not results:
