@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -117,19 +116,25 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     report = write_report(sweep_dir(spec, args.root))
     print(f"sweep {spec.name}: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f"; report: {report}")
     if counts.get("failed"):
+        from .sweep import failure
+
+        for run_id_, status in results.items():
+            if status == "failed":
+                kind, reason = failure(sweep_dir(spec, args.root) / run_id_)
+                print(f"failed ({kind}) {run_id_}: {reason}", file=sys.stderr)
         raise ValueError(f"{counts['failed']} run(s) failed; `ablate status {args.spec}` lists them and why")
 
 
 def cmd_status(args: argparse.Namespace) -> None:
-    from .sweep import SweepSpec, sweep_dir, sweep_status
+    from .sweep import SweepSpec, failure, sweep_dir, sweep_status
 
     spec = SweepSpec.load(args.spec)
     rows = sweep_status(spec, args.root)
     for run, status in rows:
         reason = ""
         if status == "failed":
-            summary = json.loads((sweep_dir(spec, args.root) / run.id / "summary.json").read_text())
-            reason = f"  ({summary.get('reason')})"
+            kind, why = failure(sweep_dir(spec, args.root) / run.id)
+            reason = f"  ({kind}: {why})"
         print(f"{status:<12} {run.id}{reason}")
     counts = {s: [st for _, st in rows].count(s) for s in ("completed", "running", "interrupted", "failed", "pending")}
     print(", ".join(f"{n} {s}" for s, n in counts.items() if n))

@@ -90,7 +90,10 @@ class AblateCLI(LightningCLI):
         from lightning_modules.wandb_run import open_run
 
         config, model = self.config, self.model
-        return open_run(self.run_dir, {**config.as_dict(), "params": model.params, "flops": model.macs},
+        record = config.as_dict()
+        # the values the DataModule linked into the model at instantiation, which the parsed config predates
+        record["model"]["init_args"].update({k: model.hparams[k] for k in ("num_classes", "image_size", "in_chans")})
+        return open_run(self.run_dir, {**record, "params": model.params, "flops": model.macs},
                         model.summaries, config.wandb.project, config.wandb.group, config.wandb.tags,
                         job_type=str(getattr(model.backbone, "layout", model.hparams.model)))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +30,7 @@ def run_id(run_dir: Path) -> str:
     """The W&B run id of a run folder: made once, kept in the folder; unique per folder, the same on resume."""
     path = Path(run_dir) / ID_FILE
     if not path.exists():
-        import wandb
-
-        run_folder.atomic_write(path, wandb.util.generate_id())
+        run_folder.atomic_write(path, secrets.token_hex(6))
     return path.read_text().strip()
 
 
