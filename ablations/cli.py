@@ -113,7 +113,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     results = run_sweep(spec, args.root, parallel=args.parallel, gpus_per_run=args.gpus_per_run,
                         runs_per_gpu=args.runs_per_gpu)
     counts = {s: list(results.values()).count(s) for s in sorted(set(results.values()))}
-    report = write_report(sweep_dir(spec, args.root))
+    report = write_report(sweep_dir(spec, args.root), wandb=bool(spec.fixed.get("wandb.enabled")))
     print(f"sweep {spec.name}: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f"; report: {report}")
     if counts.get("failed"):
         from .sweep import failure
@@ -143,7 +143,7 @@ def cmd_status(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from .report import write_report
 
-    print(write_report(args.source, args.out))
+    print(write_report(args.source, args.out, wandb=args.wandb))
 
 
 DEMO_SPEC = Path(__file__).parent / "sweeps" / "demo.yaml"
@@ -183,9 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default="runs")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("report", help="write report.md and plots for a sweep folder or a W&B project")
-    p.add_argument("source", help="a sweep folder (e.g. runs/demo) or wandb:ENTITY/PROJECT")
-    p.add_argument("--out", help="folder for report.md and its PNGs (default: the sweep folder)")
+    p = sub.add_parser("report", help="write report.md and plots for a folder of runs or a W&B project")
+    p.add_argument("source", help="a folder of run folders (a sweep's, e.g. runs/demo, or runs) or wandb:ENTITY/PROJECT")
+    p.add_argument("--out", help="folder for report.md and its PNGs (default: the source folder)")
+    p.add_argument("--wandb", action="store_true",
+                   help="also log the tables and figures to one W&B run (job type report) in the sweep's group")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("demo", help="run the default study: five layouts x data sizes x seeds on the embedded digits")
