@@ -295,3 +295,47 @@ def test_report_from_a_wandb_project_needs_an_output_folder(two_runs, tmp_path, 
     assert (tmp_path / "report" / "training_curves.png").exists()
     assert cli_main(["report", "wandb:entity/stacking-ablations"]) == 2
     assert "needs --out FOLDER" in capsys.readouterr().err
+
+
+REL_POS = "model.init_args.model_args.rel_pos"
+
+
+def test_every_setting_of_a_sweep_is_kept_apart(tiny_study):
+    """A sweep over rel_pos [pre, none] x two layouts x 2 seeds: pre and none are separate rows in the table, the
+    report and the comparisons, never averaged as if they were more seeds."""
+    from ablations.analysis import check_order_at_equal_loss, generalisation
+    from ablations.report import write_report
+
+    frame = load_runs(tiny_study)
+    assert set(frame[REL_POS]) == {"pre", "none"}
+    stats = summarise(generalisation(frame), "test_acc")
+    assert len(stats) == 4 and (stats["count"] == 2).all() and set(stats[REL_POS]) == {"pre", "none"}
+    checks = check_order_at_equal_loss(frame, "C-T > T-T")
+    assert sorted(checks[REL_POS]) == ["none", "pre"] and (checks["n"] == 2).all()
+    assert set(checks["verdict"]) == {"too few seeds"} and checks["at_loss"].notna().all()
+    text = write_report(tiny_study).read_text()
+    for rel_pos in ("pre", "none"):
+        assert f"| C-T | {rel_pos} | " in text and f"| T-T | {rel_pos} | " in text
+        assert f"| 1.0000 | {rel_pos} | C-T > T-T | 2 | " in text  # the layout pairs, one row per setting
+    assert "_(" not in text  # no table came out empty
+
+
+def test_any_folder_of_runs_reports_and_twins_are_an_error(tiny_study, tmp_path, capsys):
+    """Runs copied into a folder of one's own (no manifest): the settings are the config keys that differ. Two
+    runs with the same settings and seed are an error naming both folders."""
+    import shutil
+
+    from ablations.cli import main as cli_main
+
+    loose = tmp_path / "mine"
+    runs = sorted(p for p in tiny_study.iterdir() if (p / "metrics.csv").exists())
+    for run in runs[:4]:
+        shutil.copytree(run, loose / "by-hand" / run.name, ignore=shutil.ignore_patterns("checkpoints"))
+    frame = load_runs(loose)
+    assert frame["run"].nunique() == 4 and {c for c in frame.columns if "." in c} == set(
+        [REL_POS] if frame[REL_POS].nunique() > 1 else [])
+    assert cli_main(["report", str(loose)]) == 0
+    assert (loose / "report.md").read_text().startswith(f"# Runs under {loose}")
+    shutil.copytree(runs[0], loose / "again", ignore=shutil.ignore_patterns("checkpoints"))
+    with pytest.raises(ValueError, match=f"runs .*again and .*{runs[0].name} have the same settings and seed"):
+        load_runs(loose)
