@@ -42,10 +42,14 @@ def test_run_folder_records_everything(tmp_path):
     run_dir = tmp_path / "run"
     assert train_main([*SMALL_RUN, f"--run_dir={run_dir}"]) == 0
     rows = read_metrics(run_dir)
-    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
-    for column in ("train/loss", "train_eval/loss", "train_eval/acc", "val/loss", "val/acc", "test/loss", "test/acc",
-                   "lr", "epoch_time", "images_per_s"):
+    # an evaluation after steps 1, 2, 4, 8 and at each epoch's end (5 steps an epoch), a row each
+    assert [int(r["step"]) for r in rows] == [1, 2, 4, 5, 8, 10, 15]
+    epoch_ends = [r for r in rows if r["train/loss"] != ""]
+    assert [(int(r["epoch"]), int(r["step"])) for r in epoch_ends] == [(0, 5), (1, 10), (2, 15)]
+    for column in ("train_eval/loss", "train_eval/acc", "val/loss", "val/acc", "test/loss", "test/acc", "gap/acc"):
         assert all(r[column] != "" for r in rows), column
+    for column in ("lr", "epoch_time", "images_per_s"):
+        assert all(r[column] != "" for r in epoch_ends), column
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["params"] > 0 and summary["flops"] > 0
     assert summary["final"]["test/acc"] == pytest.approx(float(rows[-1]["test/acc"]))
@@ -260,19 +264,20 @@ def test_device_path_trains_as_well_as_the_dataloader_path(tmp_path):
 
 
 def test_training_steps_do_not_read_values_back_from_the_device(tmp_path, monkeypatch):
-    """A `.item()` per step stalls a GPU every step. Reads may happen per epoch (metrics, the loss check at the
-    epoch's end), so their count must not grow with the number of steps."""
+    """A `.item()` per step stalls a GPU every step. Reads may happen per evaluation and per epoch (metrics, the
+    loss check at the epoch's end), so with as many evaluations their count must not grow with the steps."""
     calls = []
     original = torch.Tensor.item
     monkeypatch.setattr(torch.Tensor, "item", lambda self: calls.append(1) or original(self))
     counts = {}
-    for train_size in (64, 192):  # 4 and 12 steps per epoch
+    for train_size in (192, 240):  # 12 and 15 steps, evaluated after steps 1, 2, 4, 8 and the last
         calls.clear()
         args = [arg for arg in SMALL_RUN if not arg.startswith("--data.init_args.train_size")]
         assert train_main([*args, f"--data.init_args.train_size={train_size}", "--data.init_args.val_fraction=0.25",
                            "--trainer.max_epochs=1", f"--run_dir={tmp_path / str(train_size)}"]) == 0
         counts[train_size] = len(calls)
-    assert counts[64] == counts[192], counts
+        assert len(read_metrics(tmp_path / str(train_size))) == 5
+    assert counts[192] == counts[240], counts
 
 
 def test_compile_by_default_on_gpus_only():
