@@ -339,3 +339,19 @@ def test_any_folder_of_runs_reports_and_twins_are_an_error(tiny_study, tmp_path,
     shutil.copytree(runs[0], loose / "again", ignore=shutil.ignore_patterns("checkpoints"))
     with pytest.raises(ValueError, match=f"runs .*again and .*{runs[0].name} have the same settings and seed"):
         load_runs(loose)
+
+
+def test_report_logs_its_tables_and_figures_to_one_wandb_run_in_the_sweeps_group(tiny_study, tmp_path, monkeypatch):
+    """`ablate report --wandb`: read back from the offline run's .wandb log, the tables are wandb.Tables and the
+    figures wandb.Images, in one run of job type report in the sweep's group."""
+    from ablations.cli import main as cli_main
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = tmp_path / "report"
+    assert cli_main(["report", str(tiny_study), "--out", str(out), "--wandb"]) == 0
+    run = OfflineRun(out)
+    assert (run.group, run.job_type, run.name) == ("study", "report", "study-report"), run.__dict__
+    logged = {k: v for row in run.rows for k, v in row.items() if k.startswith("report/")}
+    assert logged["report/final test accuracy"]["_type"] == "table-file"
+    assert logged["report/layout pairs by test accuracy at equal loss"]["_type"] == "table-file"
+    assert logged["report/training_curves"]["_type"] == "image-file"

@@ -42,10 +42,14 @@ def records(path: Path):
 
 
 def _items(items) -> dict:
-    out = {}
+    """Config, history or summary items as a dict; a nested key (a table's fields) as nested dicts."""
+    out: dict = {}
     for item in items:
-        key = "/".join(item.nested_key) if len(item.nested_key) else item.key
-        out[key] = json.loads(item.value_json)
+        *parents, last = list(item.nested_key) or [item.key]
+        where = out
+        for key in parents:
+            where = where.setdefault(key, {})
+        where[last] = json.loads(item.value_json)
     return out
 
 
