@@ -124,7 +124,7 @@ def read_status(run_dir: Path) -> str:
     status = summary_status(run_dir)
     if status in ("completed", "failed"):
         return status
-    return "interrupted" if (run_dir / "checkpoints" / "last.ckpt").exists() else "pending"
+    return "interrupted" if run_folder.last_checkpoint(run_dir).exists() else "pending"
 
 
 def _lock_alive(lock: Path) -> bool:

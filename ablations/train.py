@@ -57,7 +57,7 @@ class AblateCLI(LightningCLI):
             extra={"model": model.hparams.model, "run_dir": str(self.run_dir), "seed": config.seed_everything},
             wandb_open=self._wandb_run if config.wandb.enabled else None,
         )
-        self.preemption = Preemption(self.run_dir / "checkpoints" / "last.ckpt", self.recorder)
+        self.preemption = Preemption(run_folder.last_checkpoint(self.run_dir), self.recorder)
         # without a validation split (val_fraction 0) best.ckpt is the last epoch: the test set never chooses
         monitor = "val/acc" if getattr(self.datamodule, "val_fraction", 1) > 0 else None
         callbacks = [
@@ -66,7 +66,7 @@ class AblateCLI(LightningCLI):
             FiniteLossCheck(),
             # saved at the end of the training epoch, after RunRecorder has written the epoch's metrics row: a kill
             # in between repeats the epoch on resume and its row is replaced, never lost or doubled
-            ModelCheckpoint(dirpath=self.run_dir / "checkpoints", filename="best", monitor=monitor, mode="max",
+            ModelCheckpoint(dirpath=run_folder.checkpoints(self.run_dir), filename="best", monitor=monitor, mode="max",
                             save_last=True, every_n_train_steps=config.checkpoint_every_n_steps,
                             save_on_train_epoch_end=True),
             self.recorder,
@@ -276,7 +276,7 @@ def _train(argv: list[str] | None) -> int:
         print(f"{run_dir} is already completed; delete its summary.json to run it again", file=sys.stderr)
         return 0
     preflight(run_dir, getattr(model, "params", 0))
-    resume = resume_checkpoint(run_dir / "checkpoints")  # last.ckpt, or the newest good one; damaged ones set aside
+    resume = resume_checkpoint(run_folder.checkpoints(run_dir))  # last.ckpt, or the newest good one; damaged ones set aside
     try:
         trainer.fit(model, datamodule=data, ckpt_path=str(resume) if resume else None, weights_only=True)
         if trainer.interrupted or trainer.state.status.value != "finished":

@@ -70,8 +70,8 @@ def resume_checkpoint(folder: Path) -> Path | None:
         return None
     for partial in folder.glob(".*.ckpt.*.tmp"):  # a write cut short by a kill: never complete, never used
         partial.unlink(missing_ok=True)
-    last = folder / "last.ckpt"
-    others = sorted((p for p in folder.glob("*.ckpt") if p.name != "last.ckpt"), key=lambda p: p.stat().st_mtime,
+    last = folder / run_folder.LAST_CHECKPOINT
+    others = sorted((p for p in folder.glob("*.ckpt") if p.name != last.name), key=lambda p: p.stat().st_mtime,
                     reverse=True)
     for path in ([last] if last.exists() else []) + others:
         try:

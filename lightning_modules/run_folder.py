@@ -29,6 +29,15 @@ RETRYABLE = ("crash", "lost", "oom")
 FAILURE_KINDS = (*RETRYABLE, "config", "non_finite", "disk")
 
 
+def checkpoints(run_dir: Path) -> Path:
+    return Path(run_dir) / CHECKPOINTS
+
+
+def last_checkpoint(run_dir: Path) -> Path:
+    """Where a run saves to resume from (``ModelCheckpoint(save_last=True)``'s name, and preemption's)."""
+    return checkpoints(run_dir) / LAST_CHECKPOINT
+
+
 def atomic_write(path: Path, content: str | Callable[[BinaryIO], None]) -> None:
     """Write ``content`` (text, or a function that writes to a binary file) to a temporary file beside ``path``,
     fsync, and rename it over: readers never see half a file."""
