@@ -148,8 +148,13 @@ def test_sweep_killed_midway_then_rerun_completes_every_run_exactly_once(tmp_pat
     for run in spec.expand():
         attempts = int((folder / run.id / "attempts").read_text())
         assert attempts == 1 if run.id in done_before else attempts <= 2  # completed runs never ran again
-        epochs = [line.split(",")[0] for line in (folder / run.id / "metrics.csv").read_text().splitlines()[1:]]
-        assert epochs == ["0", "1"]
+        import csv
+
+        with open(folder / run.id / "metrics.csv") as f:
+            rows = list(csv.DictReader(f))
+        assert [r["epoch"] for r in rows if r["train/loss"]] == ["0", "1"]  # each epoch's end once
+        steps = [int(r["step"]) for r in rows]
+        assert steps == sorted(set(steps))  # each evaluation once
 
 
 def test_two_sweep_processes_on_one_folder_never_run_a_run_twice(tmp_path):
