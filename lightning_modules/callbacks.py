@@ -113,6 +113,11 @@ class FiniteLossCheck(L.Callback):
                 )
 
 
+def evaluation_due(step: int, batch_idx: int, batches: int | float) -> bool:
+    """Whether the run evaluates after training step ``step`` (batch ``batch_idx`` of an epoch of ``batches``)."""
+    return step & (step - 1) == 0 or batch_idx + 1 == batches
+
+
 class EvaluationSchedule(L.Callback):
     """Evaluate after training steps 1, 2, 4, 8, ... as well as at every epoch's end: a run's curves start near
     chance and are dense where the loss falls fastest, so any two runs' clean training losses cross (equal-loss
@@ -120,7 +125,7 @@ class EvaluationSchedule(L.Callback):
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
         step = trainer.global_step + 1  # the step this batch completes
-        compat.validate_after_batch(trainer, batch_idx, step & (step - 1) == 0)
+        compat.validate_after_batch(trainer, batch_idx, evaluation_due(step, batch_idx, float("inf")))
 
 
 class RunLog(Logger):
@@ -258,7 +263,7 @@ class Interrupted(Exception):
 
 class Preemption(L.Callback):
     """SIGTERM or SIGUSR1 (how SLURM announces preemption or the time limit) stops the run cleanly at the next
-    batch end: ``last.ckpt`` is saved (atomically), ``summary.json`` says ``interrupted`` with the signal,
+    batch end that no evaluation follows (see ``EvaluationSchedule``): ``last.ckpt`` is saved (atomically), ``summary.json`` says ``interrupted`` with the signal,
     ``Interrupted`` ends the fit, and ``ablate train`` exits with code 3. Running the same command again resumes
     from that checkpoint, mid-epoch and exactly (``EpochSeeder``); under SLURM with auto-requeue (``--requeue``,
     Lightning's ``SLURMEnvironment``) the job is requeued first.
@@ -289,6 +294,8 @@ class Preemption(L.Callback):
         received = trainer.strategy.reduce_boolean_decision(self.received is not None, all=False)
         if not received or self.stopped_by:
             return
+        if evaluation_due(trainer.global_step, batch_idx, trainer.num_training_batches):
+            return  # a resumed run would skip this step's evaluation (as Lightning does): stop after the next batch
         self.stopped_by = self.received or "SIGTERM"
         trainer.save_checkpoint(self.checkpoint)
         if self.recorder is not None:

@@ -63,7 +63,7 @@ def load_summary(run_dir: Path) -> dict[str, Any] | None:
     """``summary.json`` as a dict, None when there is none; ValueError when it does not read back as a summary."""
     try:
         text = (Path(run_dir) / SUMMARY).read_bytes().decode()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
     except UnicodeDecodeError as err:
         raise ValueError(str(err)) from None
