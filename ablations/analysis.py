@@ -174,6 +174,18 @@ def load_source(source: str | Path, completed_only: bool = True) -> pd.DataFrame
     return load_runs(source, completed_only=completed_only)
 
 
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def from_project_root(source: str | Path) -> str:
+    """A relative folder named from the project root (``runs/demo``), wherever the caller runs: Jupyter starts a
+    notebook's kernel in the notebook's own folder. ``wandb:`` sources and absolute paths are kept."""
+    source = str(source)
+    if source.startswith("wandb:") or Path(source).is_absolute():
+        return source
+    return str(PROJECT_ROOT / source)
+
+
 # --- per-run numbers -----------------------------------------------------------------------------------------
 def _keys(frame: pd.DataFrame) -> list[str]:
     return ["run", "layout", *settings(frame), "seed"]
@@ -394,7 +406,8 @@ def ordering_checks(frame: pd.DataFrame, level: float = 0.95) -> dict[str, pd.Da
 
 __all__ = [
     "MIN_SEEDS", "PAPER_CAPACITY", "PAPER_GENERALISATION", "accuracy_at_loss", "capacity", "check_order",
-    "check_order_at_equal_loss", "common_loss", "describe_model", "equal_loss_table", "final_gap", "generalisation",
+    "check_order_at_equal_loss", "common_loss", "describe_model", "equal_loss_table", "final_gap", "from_project_root",
+    "generalisation",
     "load_run", "load_runs", "load_source", "load_wandb", "mean_interval", "ordering_checks", "paired_difference",
     "pairwise", "parse_order", "ranking", "settings", "summarise", "verdict",
 ]

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from lightning_modules.backbones import create_model
-from lightning_modules.backbones.attention import RelativeAttention, RelativePositionBias
+from lightning_modules.backbones.attention import RelativeAttention, RelativePositionBias, relative_index
 
 
 def reference_attention(attn: RelativeAttention, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -135,3 +135,17 @@ def test_interface_coatnet_0_from_224_to_384():
     assert not result.missing_keys and not result.unexpected_keys
     assert big.stages[2][0].attn.rel_bias.table.shape == (12, 47, 47)
     assert big.stages[3][0].attn.rel_bias.table.shape == (24, 23, 23)
+
+
+@pytest.mark.parametrize("size", [(7, 7), (14, 14), (4, 4), (3, 5)])
+def test_bias_handed_to_attention_kernels_has_aligned_rows(size):
+    """Memory-efficient SDPA kernels need mask rows on 16-element boundaries; an unaligned (49 x 49) bias of
+    CoAtNet-0's last stage failed to compile on an H200. The bias is an aligned view, equal to the plain gather."""
+    bias_module = RelativePositionBias(3, size)
+    torch.nn.init.normal_(bias_module.table)
+    bias = bias_module(torch.bfloat16)
+    tokens = size[0] * size[1]
+    assert bias.shape == (3, tokens, tokens) and bias.dtype == torch.bfloat16
+    assert bias.stride(-1) == 1 and bias.stride(-2) % 16 == 0
+    plain = bias_module.table.flatten(1)[:, relative_index(*size)].to(torch.bfloat16)
+    assert torch.equal(bias, plain)
