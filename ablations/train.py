@@ -103,6 +103,7 @@ class AlreadyCompleted(Exception):
 
 
 _HELD: list[int] = []  # run-folder locks this process holds; released when `main` returns (or by the OS at exit)
+_CREATED: list[Path] = []  # run folders this process made; removed again if nothing but the lock went in
 
 
 class AblateCLI(LightningCLI):
@@ -129,6 +130,8 @@ class AblateCLI(LightningCLI):
         self.run_dir = Path(config.run_dir or Path(config.runs_root) / f"{name}-{settings_hash(settings)}")
         if not is_rank_zero():
             return
+        if not self.run_dir.exists():
+            _CREATED.append(self.run_dir)
         writable(self.run_dir)
         _HELD.append(runlock.acquire(self.run_dir))
         saved = self.run_dir / "config.yaml"
@@ -351,6 +354,14 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         while _HELD:
             runlock.release(_HELD.pop())
+        while _CREATED:  # a command refused before training leaves no folder behind
+            _remove_if_unused(_CREATED.pop())
+
+
+def _remove_if_unused(run_dir: Path) -> None:
+    if run_dir.is_dir() and [p.name for p in run_dir.iterdir()] == [runlock.LOCK_NAME]:
+        (run_dir / runlock.LOCK_NAME).unlink(missing_ok=True)
+        run_dir.rmdir()
 
 
 LINKED = {"data.init_args.seed": "seed_everything"}  # set through the option a user types (add_arguments_to_parser)
@@ -403,8 +414,8 @@ def _record_failure(argv: list[str] | None, err: BaseException, line: str) -> No
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     parser.add_argument("--run_dir")
     run_dir = parser.parse_known_args(argv if argv is not None else sys.argv[1:])[0].run_dir
-    if not (run_dir and Path(run_dir).is_dir()):
-        return
+    if not (run_dir and Path(run_dir).is_dir()) or Path(run_dir) in _CREATED and not (Path(run_dir) / run_folder.CONFIG).exists():
+        return  # a folder this command made and never trained in holds no run to mark failed
     try:
         lock = None if _HELD else runlock.acquire(Path(run_dir))
     except runlock.RunFolderBusy:
