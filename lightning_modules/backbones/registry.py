@@ -135,13 +135,43 @@ def list_models() -> list[str]:
 _LAYOUT_LIKE = re.compile(r"[A-Z]+(-[A-Z]+)*")
 
 
-def create_model(name: str, **overrides: Any) -> nn.Module:
+# What a budget's variant may differ in from the budget itself: the data set's shape and regularisation.
+DATA_FIELDS = ("num_classes", "in_chans", "image_size", "drop_path")
+
+
+def budget_variant(layout: str, budget: str, **overrides: Any) -> StagedNetConfig:
+    """``layout`` sized for ``budget``: the registry's frozen variant when there is one, else the budget matcher's
+    choice (deterministic) under the architectural ``overrides`` (block settings such as ``window``); explicit
+    ``depths`` and ``dims`` skip the matching. Data fields (``DATA_FIELDS``) are applied after matching."""
+    from .budget import match_budget
+
+    if budget not in BUDGETS:
+        raise ValueError(f"unknown budget {budget!r}; valid budgets: {', '.join(BUDGETS)}")
+    canonical = str(parse_layout(layout, BLOCK_DESCRIPTIONS))
+    arch = {k: v for k, v in overrides.items() if k not in DATA_FIELDS}
+    data = {k: v for k, v in overrides.items() if k in DATA_FIELDS}
+    if {"depths", "dims"} <= arch.keys():
+        cfg = budget_config(BUDGETS[budget], canonical, tuple(arch.pop("depths")), tuple(arch.pop("dims")))
+        return _apply_overrides(cfg, {**arch, **data})
+    if not arch and (budget, canonical) in MATCHED:
+        return MODELS[variant_name(canonical, budget)].config.replace(**data)
+    cfg, _ = match_budget(canonical, BUDGETS[budget], tuple(sorted(arch.items())))
+    return cfg.replace(**data)
+
+
+def create_model(name: str, budget: str | None = None, **overrides: Any) -> nn.Module:
     """Build a registered model by name, or a layout such as ``"C-C-T-T"``, with config overrides.
 
     ``create_model("coatnet_0", num_classes=10, image_size=(160, 224))``; ``create_model("C-T-T-T", depths=...,
-    dims=...)``. A layout without depths/dims borrows them from CoAtNet-0 (4 stages) or ``vit_rel_paper``.
+    dims=...)``. A layout without depths/dims borrows them from CoAtNet-0 (4 stages) or ``vit_rel_paper``;
+    ``create_model("C-T-C-T", budget="cifar")`` sizes it for a budget (see ``budget_variant``).
     """
     key = name.strip()
+    if budget is not None:
+        if key.lower() in MODELS:
+            raise ValueError(f"budget={budget!r} sizes a layout such as 'C-T-C-T'; {name!r} is a registry model "
+                             "with its own size")
+        return StagedNet(budget_variant(key, budget, **overrides))
     if key.lower() in MODELS:
         return MODELS[key.lower()].build(**overrides)
     if key.upper().replace("-", "_") == VIT_REL or _LAYOUT_LIKE.fullmatch(key):
@@ -158,6 +188,8 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
 
 
 def _apply_overrides(cfg: StagedNetConfig | ConvMixerConfig, overrides: dict[str, Any]):
+    if isinstance(cfg, StagedNetConfig):  # other names are block settings, checked when the network is planned
+        return cfg.replace(**overrides)
     valid = [f.name for f in fields(cfg)]
     unknown = sorted(set(overrides) - set(valid))
     if unknown:
