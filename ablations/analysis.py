@@ -40,6 +40,7 @@ def _identity(name: str, config: dict, params: int | None, flops: int | None) ->
     """The columns that say which run a row belongs to, from its resolved `ablate train` config."""
     model = config["model"]["init_args"]["model"]
     layout, budget = describe_model(model)
+    budget = budget or config["model"]["init_args"].get("budget")  # a layout sized by the matcher
     data = config["data"]["init_args"]
     return {"run": name, "layout": layout, "model": model, "budget": budget,
             "data_size": data.get("train_samples") or data["train_fraction"], "seed": config.get("seed_everything"),

@@ -9,6 +9,7 @@ Every option is a config key (``--print_config`` prints a YAML that runs again u
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import json
@@ -60,7 +61,8 @@ class AblateCLI(LightningCLI):
         self.run_dir = Path(config.run_dir or Path(config.runs_root) / run_name(config))
         self.recorder = RunRecorder(
             self.run_dir, echo=not sys.stderr.isatty(),
-            extra={"model": model.hparams.model, "run_dir": str(self.run_dir), "seed": config.seed_everything},
+            extra={"model": model.hparams.model, "run_dir": str(self.run_dir), "seed": config.seed_everything,
+                   "backbone": dataclasses.asdict(model.backbone.cfg)},  # the built shape, budget-matched or not
         )
         self.preemption = Preemption(self.run_dir / "checkpoints" / "last.ckpt", self.recorder)
         # without a validation split (val_fraction 0) best.ckpt is the last epoch: the test set never chooses

@@ -13,7 +13,7 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 from torchvision.transforms import v2
 
-from .backbones import count_macs, count_params, create_model
+from .backbones import budget_variant, import_block_modules, count_macs, count_params, create_model
 
 EVAL_SPLITS = ("val", "train_eval", "test")  # the order of the DataModule's validation loaders
 
@@ -37,7 +37,8 @@ class ImageClassifier(L.LightningModule):
     Defaults follow the paper's ImageNet recipe (Table 10): lr 1e-3 -> 1e-5, weight decay 0.05, label smoothing
     0.1, MixUp 0.8; gradient clipping 1.0 is the Trainer's ``gradient_clip_val``. ``channels_last`` is off by
     default: it sped CoAtNet-0 training up on CPU but can slow hybrid models down; ``ablate bench`` measures it. ``num_classes``, ``image_size``
-    and ``in_chans`` come from the DataModule when trained through ``ablate train``.
+    and ``in_chans`` come from the DataModule when trained through ``ablate train``. ``budget`` sizes a layout
+    ``model`` for a budget (``"C-T-C-T"`` at ``"cifar"``); ``imports`` names modules that register block types.
     """
 
     def __init__(
@@ -57,17 +58,23 @@ class ImageClassifier(L.LightningModule):
         drop_path: float = 0.0,
         compile: bool | None = None,
         channels_last: bool = False,
+        budget: str | None = None,
+        imports: list[str] | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
+        import_block_modules(imports)
         size = tuple(image_size) if isinstance(image_size, (list, tuple)) else (image_size, image_size)
         overrides = dict(model_args or {})
         if drop_path:
             overrides.setdefault("drop_path", drop_path)
         build = dict(num_classes=num_classes, image_size=size, in_chans=in_chans, **overrides)
-        self.backbone = create_model(model, **build)
+        if budget is not None:  # matched once (at the budget's own resolution and classes), then built twice
+            cfg = budget_variant(model, budget, **build)
+            build = {**build, "depths": cfg.depths, "dims": cfg.dims, "stem_dim": cfg.stem_dim}
+        self.backbone = create_model(model, budget=budget, **build)
         with torch.device("meta"):  # a weightless twin: MACs without running the real model
-            self.macs = count_macs(create_model(model, **build))
+            self.macs = count_macs(create_model(model, budget=budget, **build))
         self.params = count_params(self.backbone)
         if channels_last:
             self.backbone.to(memory_format=torch.channels_last)

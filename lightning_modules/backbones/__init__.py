@@ -1,6 +1,6 @@
 """Backbones for the stacking-order study: ``create_model(name_or_layout, **overrides)`` builds any of them."""
 
-from .blocks import BLOCKS, Block, register_block
+from .blocks import BLOCKS, Block, import_block_modules, register_block
 from .budget import Budget, Cost, estimate_cost, match_budget
 from .config import ConvMixerConfig, StagedNetConfig
 from .convmixer import ConvMixer
@@ -10,7 +10,7 @@ from .registry import BUDGETS, MODELS, STUDY_LAYOUTS, budget_variant, create_mod
 from .staged import StagedNet
 
 __all__ = [
-    "BLOCKS", "BUDGETS", "Block", "budget_variant", "Budget", "ConvMixer", "ConvMixerConfig", "Cost", "MODELS", "STUDY_LAYOUTS", "StagedNet",
+    "BLOCKS", "BUDGETS", "Block", "budget_variant", "import_block_modules", "Budget", "ConvMixer", "ConvMixerConfig", "Cost", "MODELS", "STUDY_LAYOUTS", "StagedNet",
     "StagedNetConfig", "count_macs", "count_params", "create_model", "estimate_cost", "list_models", "match_budget",
     "parse_layout", "register_block", "variant_name",
 ]

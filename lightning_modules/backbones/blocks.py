@@ -7,6 +7,8 @@ the first block of a segment. Blocks are pre-norm residuals, ``x <- shortcut(x) 
 
 from __future__ import annotations
 
+import importlib
+import sys
 from dataclasses import dataclass, fields
 from typing import Any, Callable
 
@@ -29,8 +31,8 @@ def register_block(letter: str, description: str) -> Callable[[type["Block"]], t
         if not (isinstance(cls, type) and issubclass(cls, Block)):
             raise TypeError(f"stage letter {letter!r}: {cls!r} must subclass lightning_modules.backbones.Block")
         old = BLOCKS.get(letter)
-        if old is not None and (old.__module__, old.__qualname__) == (cls.__module__, cls.__qualname__):
-            pass  # the same module imported again (a test file, a user's module named in a config): replace
+        if old is not None and _source(old) == _source(cls):
+            pass  # the same file imported again, maybe under another module name (a test file named in a config)
         elif old is not None or len(letter) != 1 or not letter.isalpha() or not letter.isupper():
             raise ValueError(f"stage letter {letter!r} must be one new upper-case letter; taken: {sorted(BLOCKS)}")
         BLOCKS[letter] = cls
@@ -38,6 +40,10 @@ def register_block(letter: str, description: str) -> Callable[[type["Block"]], t
         return cls
 
     return add
+
+
+def _source(cls: type) -> tuple[str, str | None]:
+    return cls.__qualname__, getattr(sys.modules.get(cls.__module__), "__file__", None)
 
 
 class Block(nn.Module):
@@ -56,8 +62,8 @@ class Block(nn.Module):
 
     @classmethod
     def width_multiple(cls, cfg: StagedNetConfig) -> int:
-        """Widths the matcher may give this block are multiples of this."""
-        return 16
+        """Widths the matcher may give this block are multiples of this (8: what accelerators like)."""
+        return 8
 
     @classmethod
     def min_width(cls, cfg: StagedNetConfig) -> int:
@@ -67,6 +73,16 @@ class Block(nn.Module):
     def check_size(cls, size: tuple[int, int], cfg: StagedNetConfig) -> str | None:
         """Why this block cannot run on a (height, width) feature map, or None when it can."""
         return None
+
+
+def import_block_modules(names: list[str] | None) -> None:
+    """Import the modules that register a user's block types (``imports: [my_blocks]`` in a config or sweep)."""
+    for name in names or []:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            raise ValueError(f"imports: module {name!r} cannot be imported ({err}); give a dotted module name "
+                             "importable from the working directory") from None
 
 
 def block_setting_names() -> dict[str, list[str]]:

@@ -69,15 +69,46 @@ BUDGETS: dict[str, Budget] = {
     "paper": Budget("paper", 25.0e6, 5.0e9, StagedNetConfig(), vit_patch=16),
     "cifar": Budget("cifar", 10.7e6, 0.70e9, StagedNetConfig(
         stem_dim=64, stem_stride=1, strides=(1, 2, 2, 2), dims=(64, 128, 256, 512), depths=(2, 3, 5, 2),
-        image_size=(32, 32), num_classes=100), vit_patch=4),
+        image_size=(32, 32), num_classes=100).replace(window=4, grid=4), vit_patch=4),
     "tiny": Budget("tiny", 1.27e6, 20.5e6, StagedNetConfig(
         stem_dim=32, stem_stride=2, strides=(1, 2, 2, 2), dims=(32, 64, 128, 256), depths=(1, 2, 2, 1),
-        image_size=(32, 32), num_classes=10), vit_patch=8),
+        image_size=(32, 32), num_classes=10).replace(window=2, grid=2), vit_patch=8),
 }
 STUDY_LAYOUTS = ("VIT_REL", "C-C-C-C", "C-C-C-T", "C-C-T-T", "C-T-T-T")
+ATTENTION_LAYOUTS = ("C-C-W-W", "C-C-G-G", "C-C-L-L")  # the paper's C-C-T-T with the other attention letters
 
-# The matcher's choices (``ablate match`` prints them), frozen so that names stay stable: (depths, dims).
-MATCHED: dict[tuple[str, str], tuple[tuple[int, ...], tuple[int, ...]]] = {
+# The constrained matcher's choices (``ablate match`` prints them), frozen so that names stay stable:
+# (stem width, depths, widths). See ``budget.py`` for the constraints.
+MATCHED: dict[tuple[str, str], tuple[int | None, tuple[int, ...], tuple[int, ...]]] = {
+    ("paper", "VIT_REL"): (None, (6,), (576,)),
+    ("paper", "C-C-C-C"): (88, (1, 3, 5, 1), (128, 264, 528, 1056)),
+    ("paper", "C-C-C-T"): (80, (2, 3, 5, 1), (128, 256, 480, 992)),
+    ("paper", "C-C-T-T"): (64, (3, 3, 8, 2), (96, 192, 352, 704)),
+    ("paper", "C-T-T-T"): (64, (1, 3, 5, 2), (96, 192, 384, 768)),
+    ("paper", "C-C-W-W"): (64, (2, 4, 7, 1), (96, 192, 416, 832)),
+    ("paper", "C-C-G-G"): (64, (2, 4, 7, 1), (96, 192, 416, 832)),
+    ("paper", "C-C-L-L"): (80, (1, 3, 4, 1), (128, 256, 480, 992)),
+    ("cifar", "VIT_REL"): (None, (6,), (384,)),
+    ("cifar", "C-C-C-C"): (80, (2, 3, 6, 1), (80, 160, 328, 656)),
+    ("cifar", "C-C-C-T"): (88, (1, 4, 3, 1), (96, 192, 352, 704)),
+    ("cifar", "C-C-T-T"): (64, (1, 5, 8, 1), (64, 128, 256, 544)),
+    ("cifar", "C-T-T-T"): (64, (3, 3, 5, 2), (64, 128, 256, 512)),
+    ("cifar", "C-C-W-W"): (64, (1, 5, 8, 1), (64, 128, 256, 544)),
+    ("cifar", "C-C-G-G"): (64, (1, 5, 8, 1), (64, 128, 256, 544)),
+    ("cifar", "C-C-L-L"): (64, (1, 5, 8, 1), (64, 128, 256, 544)),
+    ("tiny", "VIT_REL"): (None, (4,), (160,)),
+    ("tiny", "C-C-C-C"): (32, (1, 3, 3, 1), (32, 64, 136, 272)),
+    ("tiny", "C-C-C-T"): (32, (2, 2, 3, 1), (32, 64, 128, 256)),
+    ("tiny", "C-C-T-T"): (32, (1, 3, 2, 1), (32, 64, 128, 256)),
+    ("tiny", "C-T-T-T"): (32, (1, 2, 2, 1), (32, 64, 128, 256)),
+    ("tiny", "C-C-W-W"): (32, (1, 3, 2, 1), (32, 64, 128, 256)),
+    ("tiny", "C-C-G-G"): (32, (1, 3, 2, 1), (32, 64, 128, 256)),
+    ("tiny", "C-C-L-L"): (32, (1, 3, 2, 1), (32, 64, 128, 256)),
+}
+
+# The unconstrained matcher's earlier choices (depths, widths; stem as in the template), for ``ablate match``'s
+# old-vs-new column: e.g. cttt_tiny had S1 narrower than the stem, one head in S2 and 19 blocks.
+SUPERSEDED: dict[tuple[str, str], tuple[tuple[int, ...], tuple[int, ...]]] = {
     ("paper", "VIT_REL"): ((6,), (576,)),
     ("paper", "C-C-C-C"): ((5, 3, 5, 2), (112, 224, 432, 864)),
     ("paper", "C-C-C-T"): ((2, 4, 5, 1), (128, 240, 480, 960)),
@@ -100,17 +131,18 @@ def variant_name(layout: str, budget: str) -> str:
     return f"{layout.replace('-', '').lower()}_{budget}"
 
 
-def budget_config(budget: Budget, layout: str, depths: tuple[int, ...], dims: tuple[int, ...]) -> StagedNetConfig:
+def budget_config(budget: Budget, layout: str, depths: tuple[int, ...], dims: tuple[int, ...],
+                  stem_dim: int | None = None) -> StagedNetConfig:
     """The template of ``budget`` with a layout's depths and widths (ViT_REL: patch stem, one stage)."""
     if layout == VIT_REL:
         return budget.template.replace(layout=VIT_REL, depths=depths, dims=dims, stem_dim=None,
                                        stem_stride=budget.vit_patch, strides=None)
-    return budget.template.replace(layout=layout, depths=depths, dims=dims)
+    return budget.template.replace(layout=layout, depths=depths, dims=dims, stem_dim=stem_dim or budget.template.stem_dim)
 
 
-for (_budget, _layout), (_depths, _dims) in MATCHED.items():
+for (_budget, _layout), (_stem, _depths, _dims) in MATCHED.items():
     register_model(variant_name(_layout, _budget), ModelEntry(
-        budget_config(BUDGETS[_budget], _layout, _depths, _dims),
+        budget_config(BUDGETS[_budget], _layout, _depths, _dims, _stem),
         f"{_layout} at the {_budget} budget ({BUDGETS[_budget].params / 1e6:.3g}M params, "
         f"{BUDGETS[_budget].macs / 1e9:.3g} GMACs at {BUDGETS[_budget].template.image_size[0]}px)",
     ))
@@ -151,7 +183,8 @@ def budget_variant(layout: str, budget: str, **overrides: Any) -> StagedNetConfi
     arch = {k: v for k, v in overrides.items() if k not in DATA_FIELDS}
     data = {k: v for k, v in overrides.items() if k in DATA_FIELDS}
     if {"depths", "dims"} <= arch.keys():
-        cfg = budget_config(BUDGETS[budget], canonical, tuple(arch.pop("depths")), tuple(arch.pop("dims")))
+        cfg = budget_config(BUDGETS[budget], canonical, tuple(arch.pop("depths")), tuple(arch.pop("dims")),
+                            arch.pop("stem_dim", None))
         return _apply_overrides(cfg, {**arch, **data})
     if not arch and (budget, canonical) in MATCHED:
         return MODELS[variant_name(canonical, budget)].config.replace(**data)
