@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import fields
 
 import torch
 from tqdm.auto import tqdm
@@ -18,7 +19,11 @@ def describe(cfg) -> str:
     if isinstance(cfg, ConvMixerConfig):
         return f"dim {cfg.dim}, depth {cfg.depth}, k{cfg.kernel_size}, p{cfg.patch_size}, {cfg.activation}"
     stem = f"patch {cfg.stem_stride}" if cfg.layout == "VIT_REL" else f"stem {cfg.stem_dim}"
-    return f"{cfg.layout} {stem}, L={cfg.depths}, D={cfg.dims}" + ("" if cfg.head_dim == 32 else f", head {cfg.head_dim}")
+    common = {f.name for letter in "CT" for f in fields(BLOCKS[letter].Settings)}
+    own = {f"{f.name} {getattr(BLOCKS[letter].settings(cfg), f.name)}" for letter in sorted(set(cfg.layout) & BLOCKS.keys())
+           for f in fields(BLOCKS[letter].Settings) if f.name not in common}  # W's window, G's grid, ...
+    return (f"{cfg.layout} {stem}, L={cfg.depths}, D={cfg.dims}" + ("" if cfg.head_dim == 32 else f", head {cfg.head_dim}")
+            + "".join(f", {o}" for o in sorted(own)) + ("" if cfg.style == "paper" else f", {cfg.style} style"))
 
 
 def stage_shapes(cfg) -> str:

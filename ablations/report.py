@@ -83,8 +83,9 @@ def build_report(frame: pd.DataFrame, title: str, intro: str, figures: dict[str,
              "## The paper's orderings", "",
              "`holds`: the bootstrap interval of the difference is on the paper's side of zero (for `≈`: contains "
              "zero); `reversed`: on the other side; `within noise`: it straddles zero.", "",
-             *(_orderings(frame, gen, cap) if set(PAPER_LAYOUTS) & set(frame["layout"]) else
-               ["The sweep has none of the paper's layouts (" + ", ".join(PAPER_LAYOUTS) + ").", ""]),
+             *(_orderings(frame, gen, cap) if len(set(PAPER_LAYOUTS) & set(frame["layout"])) > 1 else
+               ["The orderings compare the paper's layouts (" + ", ".join(PAPER_LAYOUTS) + "); this sweep has "
+                "fewer than two of them.", ""]),
              "## Figures", ""]
     captions = {"training_curves": "training loss and test accuracy against steps (the paper's Figure 1)",
                 "accuracy_vs_loss": "test accuracy against clean training loss",
