@@ -57,7 +57,7 @@ def test_the_paper_stays_the_default_and_timm_style_is_timms_parameter_count():
     assert count(timm_style) == sum(p.numel() for p in reference.parameters())
 
 
-def test_from_timm_refuses_other_families():
-    maxvit = timm.create_model("maxvit_nano_rw_256")
-    with pytest.raises(ValueError, match="from_timm converts timm's CoAtNets"):
-        from_timm(maxvit)
+@pytest.mark.parametrize("name", ["maxvit_nano_rw_256", "coatnet_nano_rw_224"])
+def test_from_timm_refuses_other_families(name):
+    with pytest.raises(ValueError, match="from_timm converts timm's paper-style CoAtNets"):
+        from_timm(timm.create_model(name))

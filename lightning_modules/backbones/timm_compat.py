@@ -76,6 +76,9 @@ def _pooled(model: StagedNet) -> set[str]:
 def from_timm(timm_model: nn.Module) -> StagedNet:
     """Our network equal to a timm CoAtNet (``timm.create_model("coatnet_0_224", ...)``, any of coatnet_0..5_224,
     at the image size it was built for), with its weights; logits agree to float rounding."""
+    if type(timm_model.head).__name__ != "NormMlpClassifierHead" or not hasattr(timm_model, "stages"):
+        raise ValueError(f"from_timm converts timm's paper-style CoAtNets (coatnet_0_224 .. coatnet_5_224); this "
+                         f"{type(timm_model).__name__} with a {type(timm_model.head).__name__} is another family")
     stages = list(timm_model.stages)
     layout, depths, dims = [], [], []
     for stage in stages:
