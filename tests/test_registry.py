@@ -131,3 +131,16 @@ def test_create_by_layout_with_overrides():
     assert model.cfg.layout == "C-C-T-T" and model.image_size == (32, 64)
     assert model.stages[2][0].attn.rel_bias is None
     assert model(torch.randn(1, 3, 32, 64)).shape == (1, 4)
+
+
+def test_any_layout_at_a_budget():
+    """A registered layout at a budget is the registry's variant; any other is the matcher's, within 3.5%, with the
+    data's classes applied after matching; a registry name with a budget is refused."""
+    assert create_model("c-c-t-t", budget="tiny", num_classes=4).cfg == MODELS["cctt_tiny"].config.replace(num_classes=4)
+    with torch.device("meta"):
+        model = create_model("C-T-C-T", budget="tiny")
+    target = BUDGETS["tiny"]
+    assert str(model.layout) == "C-T-C-T" and model.cfg.dims == match_budget("C-T-C-T", target)[0].dims
+    assert abs(count_params(model) / target.params - 1) <= 0.035 and abs(count_macs(model) / target.macs - 1) <= 0.035
+    with pytest.raises(ValueError, match="'cctt_tiny' is a registry model"):
+        create_model("cctt_tiny", budget="tiny")

@@ -93,7 +93,6 @@ class Budget:
     macs: float
     template: StagedNetConfig  # stem, strides, image size, classes, head size, base widths and depths
     vit_patch: int  # the ViT_REL patch size: the stride at which the multi-stage nets enter S3
-    tolerance: float = 0.035  # every registered variant is this close to both targets
 
 
 # One multiplier scales the stem and every stage; candidates step by 1/32 (widths then round to the blocks' multiple).
