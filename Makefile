@@ -2,7 +2,9 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+# pinned versions (constraints.txt) apply to every install; a change to either file reinstalls
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
+PIP    := $(BIN)/python -m pip install --quiet -c constraints.txt
 
 # The project's own environment takes torch/torchvision from the package registry (CPU and GPU alike).
 # Some machines point pip's find-links at a CPU-only torch wheel that PyPI's torchvision cannot import against;
@@ -11,17 +13,17 @@ NO_WHEELS := $(CURDIR)/$(VENV)/no-find-links
 export PIP_FIND_LINKS := $(NO_WHEELS)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test lab bench gpu-check clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "Python >= 3.10 is needed, found " + sys.version.split()[0] + "; run make PYTHON=python3.11")'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@mkdir -p $(NO_WHEELS)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	@$(BIN)/python -c 'import torch, torchvision, lightning; print("torch", torch.__version__, "torchvision", torchvision.__version__, "lightning", lightning.__version__)'
+	$(PIP) -e '.[dev]'
+	@$(BIN)/python .ci/check_pins.py
 	@rm -f $(VENV)/.installed-* && touch $@
 
 demo: $(STAMP)
@@ -30,8 +32,24 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# The analysis notebook on the demo's results (`make demo` first); SOURCE=wandb:ENTITY/PROJECT or another folder.
+SOURCE ?= runs/demo
+lab: $(STAMP)
+	@test -x $(BIN)/jupyter-lab || $(PIP) jupyterlab
+	ABLATE_SOURCE=$(SOURCE) $(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) notebooks/analysis.ipynb
+
 bench: $(STAMP)
 	$(BIN)/ablate bench coatnet_0 --set downsample=dw --timm coatnet_0_224 --batch 16 --rounds 10 --channels-last
+
+# The GPU path on this node's GPU (about 8 minutes; see ablations/gpu_check.py). With the project's .venv, or from
+# the source tree with a Python that has torch, Lightning, timm, torchmetrics and torchvision: wheels of the rest
+# (jsonargparse, docstring-parser, typeshed-client, submitit) placed in .whl/ are installed into .whl/site first.
+GPU_PY  ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+GPU_OUT ?= gpu-check
+WHEELS  := $(wildcard .whl/*.whl)
+gpu-check:
+	$(if $(WHEELS),$(GPU_PY) -m pip install --quiet --no-index --no-deps --no-compile --upgrade --target .whl/site $(WHEELS))
+	PYTHONPATH=$(CURDIR)$(if $(WHEELS),:$(CURDIR)/.whl/site) $(GPU_PY) -m ablations.gpu_check --out $(GPU_OUT)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

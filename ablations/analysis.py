@@ -110,6 +110,18 @@ def load_source(source: str | Path, completed_only: bool = True) -> pd.DataFrame
     return load_runs(source, completed_only=completed_only)
 
 
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def from_project_root(source: str | Path) -> str:
+    """A relative folder named from the project root (``runs/demo``), wherever the caller runs: Jupyter starts a
+    notebook's kernel in the notebook's own folder. ``wandb:`` sources and absolute paths are kept."""
+    source = str(source)
+    if source.startswith("wandb:") or Path(source).is_absolute():
+        return source
+    return str(PROJECT_ROOT / source)
+
+
 def accuracy_at_loss(curve: pd.DataFrame, loss: float, loss_col: str = "train_eval_loss",
                      acc_col: str = "test_acc") -> float:
     """Test accuracy where the run's clean training loss crossed ``loss``, linearly interpolated between the two

@@ -41,6 +41,8 @@ class BenchSettings:
     device: str = "cpu"
     channels_last: bool = False
     compile: bool = False
+    compile_backend: str = "inductor"
+    infer: bool = True  # also time inference (a second compiled graph)
     num_classes: int = 1000
     rounds: int = 5
     warmup: int = 2
@@ -56,6 +58,7 @@ class BenchResult:
     train_times: list[float] = field(default_factory=list)
     infer_times: list[float] = field(default_factory=list)
     peak_memory: float | None = None  # bytes
+    kernels: list[tuple[str, float]] = field(default_factory=list)  # (kernel, ms per train step), slowest first
 
     def images_per_s(self, times: list[float], batch: int) -> float:
         return batch / statistics.median(times) if times else float("nan")
@@ -87,7 +90,8 @@ class Runner:
         device = torch.device(settings.device)
         fmt = torch.channels_last if settings.channels_last else torch.contiguous_format
         self.model = model.to(device, memory_format=fmt)
-        self.forward = torch.compile(self.model) if settings.compile else self.model
+        # fullgraph: a graph break is an error, not a silently slower model
+        self.forward = torch.compile(self.model, fullgraph=True, backend=settings.compile_backend) if settings.compile else self.model
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, fused=device.type in ("cuda", "cpu"))
         self.x = torch.randn(settings.batch, 3, *settings.image_size, device=device).contiguous(memory_format=fmt)
         self.y = torch.randint(0, settings.num_classes, (settings.batch,), device=device)
@@ -165,11 +169,33 @@ def _state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
+def top_kernels(runner: Runner, steps: int = 3, top: int = 12) -> list[tuple[str, float]]:
+    """The device kernels (CPU ops on a CPU) that take a train step's time, in ms per step, slowest first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = runner.settings.device.startswith("cuda")
+    activities = [ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            runner.train_step()
+        sync()
+    events = prof.key_averages()
+
+    def self_time(e) -> float:  # microseconds
+        return e.self_device_time_total if cuda else e.self_cpu_time_total
+
+    ranked = sorted(events, key=self_time, reverse=True)[:top]
+    return [(e.key, self_time(e) / 1e3 / steps) for e in ranked if self_time(e) > 0]
+
+
 def run_bench(model: str, settings: BenchSettings, overrides: dict[str, Any] | None = None,
-              timm_name: str | None = None, progress: bool | None = None) -> list[BenchResult]:
-    """Benchmark ``model`` (and ``timm_name`` if given), interleaving the two round by round, alternating order."""
+              timm_name: str | None = None, progress: bool | None = None, profile: bool = False) -> list[BenchResult]:
+    """Benchmark ``model`` (and ``timm_name`` if given), interleaving the two round by round, alternating order.
+    ``profile`` adds each model's top kernels per train step (measured after the timed rounds)."""
     from tqdm.auto import tqdm
 
+    if settings.compile:  # compiled code of earlier models counts towards dynamo's per-function recompile limit,
+        torch._dynamo.reset()  # past which it would silently run later models eagerly
     overrides = overrides or {}
     entries = [("ours", model, f"{model}" + "".join(f" {k}={v}" for k, v in overrides.items()))]
     if timm_name:
@@ -177,8 +203,7 @@ def run_bench(model: str, settings: BenchSettings, overrides: dict[str, Any] | N
     runners, results = [], []
     for source, name, label in entries:
         net = build(source, name, settings, overrides if source == "ours" else {})
-        with torch.device("cpu"):
-            by_op = macs_by_op(net, settings.image_size, 3)  # one counting pass for the total and its attention part
+        by_op = macs_by_op(net, settings.image_size, 3)  # on a meta copy: one pass for the total and attention
         results.append(BenchResult(label, count_params(net), sum(by_op.values()), attention_macs(by_op),
                                    settings.image_size))
         runners.append(Runner(net, settings))
@@ -189,19 +214,23 @@ def run_bench(model: str, settings: BenchSettings, overrides: dict[str, Any] | N
         for _ in range(settings.warmup):
             for runner in runners:
                 runner.train_step()
-                runner.infer_step()
+                if settings.infer:
+                    runner.infer_step()
                 bar.update()
         for round_idx in range(settings.rounds):
             pairs = list(zip(runners, results))
             for runner, result in pairs[::-1] if round_idx % 2 else pairs:  # alternate who goes first
                 result.train_times.append(runner.timed(runner.train_step))
-                result.infer_times.append(runner.timed(runner.infer_step))
+                if settings.infer:
+                    result.infer_times.append(runner.timed(runner.infer_step))
                 bar.update()
     for runner, result in zip(runners, results):  # measured untimed, so the probes cost no throughput
         with PeakMemory(settings.device) as peak:
             runner.train_step()
         if peak.supported:
             result.peak_memory = _state_bytes(runner.model, runner.optimizer) + peak.transient
+        if profile:
+            result.kernels = top_kernels(runner)
     return results
 
 

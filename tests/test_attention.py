@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from lightning_modules.backbones import BLOCKS, StagedNetConfig, create_model
-from lightning_modules.backbones.attention import LinearAttention, RelativeAttention, RelativePositionBias
+from lightning_modules.backbones.attention import LinearAttention, RelativeAttention, RelativePositionBias, relative_index
 
 
 def reference_attention(attn: RelativeAttention, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -227,3 +227,15 @@ def test_window_or_grid_that_does_not_divide_is_one_line(layout, option, message
     with pytest.raises(ValueError, match=message) as err:
         create_model(layout, image_size=64, **option)
     assert "\n" not in str(err.value)
+@pytest.mark.parametrize("size", [(7, 7), (14, 14), (4, 4), (3, 5)])
+def test_bias_handed_to_attention_kernels_has_aligned_rows(size):
+    """Memory-efficient SDPA kernels need mask rows on 16-element boundaries; an unaligned (49 x 49) bias of
+    CoAtNet-0's last stage failed to compile on an H200. The bias is an aligned view, equal to the plain gather."""
+    bias_module = RelativePositionBias(3, size)
+    torch.nn.init.normal_(bias_module.table)
+    bias = bias_module(torch.bfloat16)
+    tokens = size[0] * size[1]
+    assert bias.shape == (3, tokens, tokens) and bias.dtype == torch.bfloat16
+    assert bias.stride(-1) == 1 and bias.stride(-2) % 16 == 0
+    plain = bias_module.table.flatten(1)[:, relative_index(*size)].to(torch.bfloat16)
+    assert torch.equal(bias, plain)

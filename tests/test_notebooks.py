@@ -4,11 +4,13 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
 
-NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
@@ -20,8 +22,18 @@ def test_notebook_is_stored_without_outputs(notebook):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_runs_on_a_sweep_folder(notebook, tiny_study, tmp_path):
-    env = {**os.environ, "ABLATE_SOURCE": str(tiny_study), "MPLBACKEND": "Agg"}
-    result = subprocess.run([sys.executable, "-m", "pytest", "--nbmake", str(notebook), "-q", "-p", "no:cacheprovider",
-                             f"--rootdir={tmp_path}"], env=env, capture_output=True, text=True, timeout=600)
+def test_notebook_runs_on_a_sweep_folder_named_from_the_project_root(notebook, tiny_study, tmp_path):
+    """As `make lab` opens it: ABLATE_SOURCE=runs/NAME, relative to the project root, while the kernel runs in
+    notebooks/."""
+    runs = ROOT / "runs"
+    runs.mkdir(exist_ok=True)
+    link = runs / f".notebook-test-{uuid.uuid4().hex[:8]}"
+    link.symlink_to(tiny_study, target_is_directory=True)
+    try:
+        env = {**os.environ, "ABLATE_SOURCE": f"runs/{link.name}", "MPLBACKEND": "Agg"}
+        result = subprocess.run([sys.executable, "-m", "pytest", "--nbmake", str(notebook), "-q", "-p",
+                                 "no:cacheprovider", f"--rootdir={tmp_path}"], env=env, capture_output=True, text=True,
+                                timeout=600, cwd=tmp_path)
+    finally:
+        link.unlink()
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

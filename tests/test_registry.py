@@ -144,3 +144,21 @@ def test_any_layout_at_a_budget():
     assert abs(count_params(model) / target.params - 1) <= 0.035 and abs(count_macs(model) / target.macs - 1) <= 0.035
     with pytest.raises(ValueError, match="'cctt_tiny' is a registry model"):
         create_model("cctt_tiny", budget="tiny")
+
+
+def test_coatnet_0_attention_macs_equal_a_hand_count_on_any_device():
+    """QK^T and attention x V cost N^2 x C MACs each per block: S3 has 5 blocks of 14x14 tokens at width 384,
+    S4 2 blocks of 7x7 at 768. The count runs on the meta device, so a real CPU model (whose attention some torch
+    builds dispatch to a fused kernel the FLOP counter has no formula for) counts the same as its meta twin."""
+    from lightning_modules.backbones.profile import attention_macs, macs_by_op
+
+    hand = 5 * 2 * 196**2 * 384 + 2 * 2 * 49**2 * 768
+    assert hand == 154_893_312
+    with torch.device("meta"):
+        meta = create_model("coatnet_0")
+    real = create_model("C-T", depths=(1, 1), dims=(16, 32), stem_dim=16, head_dim=16, image_size=(32, 32))
+    assert attention_macs(macs_by_op(meta)) == hand
+    with torch.device("meta"):
+        twin = create_model("C-T", depths=(1, 1), dims=(16, 32), stem_dim=16, head_dim=16, image_size=(32, 32))
+    assert macs_by_op(real) == macs_by_op(twin) and attention_macs(macs_by_op(real)) == 2 * 4**4 * 32
+    assert next(real.parameters()).device.type == "cpu"  # counted through a copy, the model itself untouched

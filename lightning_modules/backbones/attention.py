@@ -17,8 +17,15 @@ def relative_index(height: int, width: int) -> torch.Tensor:
     return (rel[0] + height - 1) * (2 * width - 1) + (rel[1] + width - 1)
 
 
+# Memory-efficient SDPA kernels read a float mask whose rows start on 16-element boundaries; a (N, N) bias with N
+# not a multiple of 16 (196 and 49 tokens in CoAtNet-0 at 224) failed to compile on an H200 ("(*bias): last
+# dimension must be contiguous"). The bias is therefore gathered into rows padded to a multiple of 16 and sliced.
+MASK_ALIGN = 16
+
+
 class RelativePositionBias(nn.Module):
-    """One learned scalar per head and relative offset, gathered into a dense (heads, N, N) bias.
+    """One learned scalar per head and relative offset, gathered into a dense (heads, N, N) bias (a view of an
+    aligned (heads, N, N rounded up to 16) tensor, so attention kernels can read it in place).
 
     Loading a state dict saved at another resolution resizes the table bilinearly (the paper fine-tunes at
     384/512 this way), so ``create_model(name, image_size=384).load_state_dict(sd_at_224)`` just works.
@@ -30,11 +37,17 @@ class RelativePositionBias(nn.Module):
         height, width = self.size
         self.table = nn.Parameter(torch.zeros(num_heads, 2 * height - 1, 2 * width - 1))
         nn.init.trunc_normal_(self.table, std=0.02)
-        self.register_buffer("index", relative_index(height, width), persistent=False)
+        index = relative_index(height, width)
+        tokens = index.shape[1]
+        pad = -tokens % MASK_ALIGN  # padded columns read offset (0, 0) and are sliced off
+        zero = (height - 1) * (2 * width - 1) + (width - 1)
+        self.register_buffer("index", F.pad(index, (0, pad), value=zero), persistent=False)
+        self.tokens = tokens
         self._register_load_state_dict_pre_hook(self._resize_loaded_table)
 
-    def forward(self) -> torch.Tensor:
-        return self.table.flatten(1)[:, self.index]
+    def forward(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The bias in ``dtype``, cast before the gather: casting the sliced view would copy it unaligned."""
+        return self.table.to(dtype or self.table.dtype).flatten(1)[:, self.index][..., : self.tokens]
 
     def _resize_loaded_table(self, state_dict, prefix, *args, **kwargs):
         key = prefix + "table"
@@ -77,7 +90,7 @@ class RelativeAttention(nn.Module):
         if self.rel_bias is None:
             out = F.scaled_dot_product_attention(q, k, v)
         else:
-            bias = self.rel_bias().to(q.dtype).unsqueeze(0)  # (1, heads, N, N)
+            bias = self.rel_bias(q.dtype).unsqueeze(0)  # (1, heads, N, N)
             if self.rel_pos == "pre":
                 out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
             else:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .config import StagedNetConfig
-from .profile import count_params
+from .profile import count_params, macs_by_op
 from .blocks import BLOCK_DESCRIPTIONS, BLOCKS
 from .layout import parse_layout
 from .staged import BlockSpec, ClassifierHead, build_block, build_stem, plan_blocks
@@ -37,11 +37,7 @@ class Cost:
 
 
 def _measure(module: nn.Module, input_shape: tuple[int, ...]) -> Cost:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        module.eval()(torch.zeros(input_shape, device="meta"))
-    return Cost(count_params(module), counter.get_total_flops() // 2)
+    return Cost(count_params(module), sum(macs_by_op(module, input_shape=input_shape).values()))
 
 
 def _arch_free(cfg: StagedNetConfig) -> StagedNetConfig:
