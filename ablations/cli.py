@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -121,22 +120,28 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     results = run_sweep(spec, args.root, parallel=args.parallel, gpus_per_run=args.gpus_per_run,
                         runs_per_gpu=args.runs_per_gpu)
     counts = {s: list(results.values()).count(s) for s in sorted(set(results.values()))}
-    report = write_report(sweep_dir(spec, args.root))
+    report = write_report(sweep_dir(spec, args.root), wandb=bool(spec.fixed.get("wandb.enabled")))
     print(f"sweep {spec.name}: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f"; report: {report}")
     if counts.get("failed"):
+        from .sweep import failure
+
+        for run_id_, status in results.items():
+            if status == "failed":
+                kind, reason = failure(sweep_dir(spec, args.root) / run_id_)
+                print(f"failed ({kind}) {run_id_}: {reason}", file=sys.stderr)
         raise ValueError(f"{counts['failed']} run(s) failed; `ablate status {args.spec}` lists them and why")
 
 
 def cmd_status(args: argparse.Namespace) -> None:
-    from .sweep import SweepSpec, sweep_dir, sweep_status
+    from .sweep import SweepSpec, failure, sweep_dir, sweep_status
 
     spec = SweepSpec.load(args.spec)
     rows = sweep_status(spec, args.root)
     for run, status in rows:
         reason = ""
         if status == "failed":
-            summary = json.loads((sweep_dir(spec, args.root) / run.id / "summary.json").read_text())
-            reason = f"  ({summary.get('reason')})"
+            kind, why = failure(sweep_dir(spec, args.root) / run.id)
+            reason = f"  ({kind}: {why})"
         print(f"{status:<12} {run.id}{reason}")
     counts = {s: [st for _, st in rows].count(s) for s in ("completed", "running", "interrupted", "failed", "pending")}
     print(", ".join(f"{n} {s}" for s, n in counts.items() if n))
@@ -145,7 +150,7 @@ def cmd_status(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from .report import write_report
 
-    print(write_report(args.source, args.out))
+    print(write_report(args.source, args.out, wandb=args.wandb))
 
 
 DEMO_SPEC = Path(__file__).parent / "sweeps" / "demo.yaml"
@@ -185,9 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default="runs")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("report", help="write report.md and plots for a sweep folder or a W&B project")
-    p.add_argument("source", help="a sweep folder (e.g. runs/demo) or wandb:ENTITY/PROJECT")
-    p.add_argument("--out", help="folder for report.md and its PNGs (default: the sweep folder)")
+    p = sub.add_parser("report", help="write report.md and plots for a folder of runs or a W&B project")
+    p.add_argument("source", help="a folder of run folders (a sweep's, e.g. runs/demo, or runs) or wandb:ENTITY/PROJECT")
+    p.add_argument("--out", help="folder for report.md and its PNGs (default: the source folder)")
+    p.add_argument("--wandb", action="store_true",
+                   help="also log the tables and figures to one W&B run (job type report) in the sweep's group")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("demo", help="run the default study: five layouts x data sizes x seeds on the embedded digits")
