@@ -74,6 +74,7 @@ def settings(frame: pd.DataFrame) -> list[str]:
 def _run_identity(name: str, run_dir: str, config: dict, summary: dict | None) -> dict:
     model = config["model"]["init_args"]["model"]
     layout, budget = describe_model(model)
+    budget = budget or config["model"]["init_args"].get("budget")  # a layout sized by the matcher
     data = config["data"]["init_args"]
     return {"run": name, "run_dir": run_dir, "layout": layout, "model": model, "budget": budget,
             "data_size": data.get("train_samples") or data["train_fraction"], "seed": config.get("seed_everything"),

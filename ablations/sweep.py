@@ -30,7 +30,9 @@ from typing import Any
 
 import yaml
 
-from lightning_modules.backbones import BUDGETS, STUDY_LAYOUTS, variant_name
+from lightning_modules.backbones import BUDGETS, budget_variant, import_block_modules, parse_layout, variant_name
+from lightning_modules.backbones.blocks import BLOCK_DESCRIPTIONS
+from lightning_modules.backbones.registry import MATCHED
 from lightning_modules import run_folder
 from lightning_modules.run_folder import atomic_write, summary_status
 
@@ -95,20 +97,41 @@ class SweepSpec:
             raise ValueError(f"sweep spec {path}: grid axis {', '.join(empty)} is empty, so the sweep would have no runs; "
                              "expected a list of at least one value")
         budget = raw.get("budget")
-        if "layout" in grid:
-            if budget not in BUDGETS:
-                raise ValueError(f"the layout axis needs a budget; budget={budget!r}, valid: {', '.join(BUDGETS)}")
-            bad = [layout for layout in grid["layout"] if layout not in STUDY_LAYOUTS]
-            if bad:
-                raise ValueError(f"layout(s) {bad} have no budget-matched variant; valid: {', '.join(STUDY_LAYOUTS)}")
+        if "layout" in grid and budget not in BUDGETS:
+            raise ValueError(f"the layout axis needs a budget; budget={budget!r}, valid: {', '.join(BUDGETS)}")
         # the base config: as given (relative to the working directory), else relative to the project root
         config = Path(raw["config"])
         if not config.is_file() and (PROJECT_ROOT / config).is_file():
             config = PROJECT_ROOT / config
         if not config.is_file():
             raise FileNotFoundError(f"base config {raw['config']} of sweep spec {path} does not exist")
-        return cls(raw["name"], str(config), {str(k): v for k, v in (raw.get("set") or {}).items()}, budget, grid,
+        spec = cls(raw["name"], str(config), {str(k): v for k, v in (raw.get("set") or {}).items()}, budget, grid,
                    int(raw.get("max_retries", 2)))
+        import_block_modules(spec.model_init_arg("imports"))  # a user's block letters, before layouts are read
+        for layout in grid.get("layout", []):
+            spec.layout_overrides(layout)  # unknown letters and unmatchable layouts fail here, not in a run
+        return spec
+
+    def model_init_arg(self, name: str) -> Any:
+        """``model.init_args.<name>`` as the runs get it: the spec's ``set``, else the base config."""
+        key = f"model.init_args.{name}"
+        if key in self.fixed:
+            return self.fixed[key]
+        base = yaml.safe_load(Path(self.config).read_text()) or {}
+        return ((base.get("model") or {}).get("init_args") or {}).get(name)
+
+    def layout_overrides(self, layout: str) -> dict[str, Any]:
+        """A layout at the sweep's budget: the registry's variant by name where there is one (ids as before), else
+        the layout with the budget and the matcher's depths and widths written out, so the run's config records
+        the shape it trained."""
+        canonical = str(parse_layout(str(layout), BLOCK_DESCRIPTIONS))
+        model_args = dict(self.model_init_arg("model_args") or {})
+        if (self.budget, canonical) in MATCHED and not model_args:
+            return {"model.init_args.model": variant_name(canonical, self.budget)}
+        cfg = budget_variant(canonical, self.budget, **model_args)
+        shape = {"depths": list(cfg.depths), "dims": list(cfg.dims), "stem_dim": cfg.stem_dim}
+        return {"model.init_args.model": canonical, "model.init_args.budget": self.budget,
+                "model.init_args.model_args": {**model_args, **shape}}
 
     def expand(self) -> list[Run]:
         keys = list(self.grid)
@@ -118,7 +141,7 @@ class SweepSpec:
             overrides = dict(self.fixed)
             for key, value in axes.items():
                 if key == "layout":
-                    overrides["model.init_args.model"] = variant_name(value, self.budget)
+                    overrides.update(self.layout_overrides(value))
                 else:
                     overrides[key] = value
             runs.append(Run(run_id(overrides), overrides, axes))
@@ -353,7 +376,12 @@ def wandb_sweep_config(spec: SweepSpec, project: str = "stacking-ablations") -> 
     parameters: dict[str, Any] = {key: {"value": literal(value)} for key, value in spec.fixed.items()}
     for key, values in spec.grid.items():
         if key == "layout":
-            parameters["model.init_args.model"] = {"values": [variant_name(v, spec.budget) for v in values]}
+            layouts = [str(parse_layout(str(v), BLOCK_DESCRIPTIONS)) for v in values]
+            if all((spec.budget, layout) in MATCHED for layout in layouts):
+                parameters["model.init_args.model"] = {"values": [variant_name(v, spec.budget) for v in layouts]}
+            else:  # each agent's run sizes its layout for the budget (the registry's variant where there is one)
+                parameters["model.init_args.model"] = {"values": layouts}
+                parameters["model.init_args.budget"] = {"value": spec.budget}
         else:
             parameters[key] = {"values": [literal(v) for v in values]}
     return {

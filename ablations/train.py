@@ -9,6 +9,7 @@ Every option is a config key (``--print_config`` prints a YAML that runs again u
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import functools
 import hashlib
@@ -153,7 +154,8 @@ class AblateCLI(LightningCLI):
         preflight(self.run_dir, getattr(model, "params", 0))
         self.recorder = RunRecorder(
             self.run_dir, echo=not sys.stderr.isatty(),
-            extra={"model": model.hparams.model, "run_dir": str(self.run_dir), "seed": config.seed_everything},
+            extra={"model": model.hparams.model, "run_dir": str(self.run_dir), "seed": config.seed_everything,
+                   "backbone": dataclasses.asdict(model.backbone.cfg)},  # the built shape, budget-matched or not
             wandb_open=self._wandb_run if config.wandb.enabled else None,
         )
         self.preemption = Preemption(run_folder.last_checkpoint(self.run_dir), self.recorder)

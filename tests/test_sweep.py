@@ -36,7 +36,8 @@ def test_demo_spec_expands_to_the_five_layouts_with_stable_ids():
 
 @pytest.mark.parametrize("text,needle", [
     ("name: x\nconfig: c.yaml\ngrid: {layout: [C-C-T-T]}\n", "the layout axis needs a budget"),
-    ("name: x\nconfig: c.yaml\nbudget: tiny\ngrid: {layout: [C-Q-T-T]}\n", r"layout\(s\) \['C-Q-T-T'\] have no budget-matched"),
+    (f"name: x\nconfig: {ROOT / 'ablations/configs/digits_tiny.yaml'}\nbudget: tiny\ngrid: {{layout: [C-Q-T-T]}}\n",
+     "unknown stage type 'Q' in layout 'C-Q-T-T'"),
     ("name: x\nconfig: c.yaml\ngird: {}\n", "unknown key\\(s\\) gird"),
     ("name: x\ngrid: {seed_everything: [0]}\n", "needs a 'config' entry"),
 ])
