@@ -104,7 +104,7 @@ class AlreadyCompleted(Exception):
 
 
 _HELD: list[int] = []  # run-folder locks this process holds; released when `main` returns (or by the OS at exit)
-_CREATED: list[Path] = []  # run folders this process made; removed again if nothing but the lock went in
+_CREATED: list[Path] = []  # run folders this process made and has not yet set a run up in: removed on refusal
 
 
 class AblateCLI(LightningCLI):
@@ -149,6 +149,8 @@ class AblateCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         """The Trainer gets the run-folder callbacks; they need the parsed config and the built model."""
         config, model = self.config, self.model
+        if self.run_dir in _CREATED:  # model and data are built: from here on the folder is this run's record
+            _CREATED.remove(self.run_dir)
         preflight(self.run_dir, getattr(model, "params", 0))
         self.recorder = RunRecorder(
             self.run_dir, echo=not sys.stderr.isatty(),
@@ -416,8 +418,8 @@ def _record_failure(argv: list[str] | None, err: BaseException, line: str) -> No
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     parser.add_argument("--run_dir")
     run_dir = parser.parse_known_args(argv if argv is not None else sys.argv[1:])[0].run_dir
-    if not (run_dir and Path(run_dir).is_dir()) or Path(run_dir) in _CREATED and not (Path(run_dir) / run_folder.CONFIG).exists():
-        return  # a folder this command made and never trained in holds no run to mark failed
+    if not (run_dir and Path(run_dir).is_dir()) or Path(run_dir) in _CREATED:
+        return  # a folder this command made and refused before setting a run up in holds no run to mark failed
     try:
         lock = None if _HELD else runlock.acquire(Path(run_dir))
     except runlock.RunFolderBusy:
