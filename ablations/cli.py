@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -121,24 +120,27 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> None:
-    from .sweep import SweepSpec, sweep_dir, sweep_status
+    from .progress import collect, render, watch
 
-    spec = SweepSpec.load(args.spec)
-    rows = sweep_status(spec, args.root)
-    for run, status in rows:
-        reason = ""
-        if status == "failed":
-            summary = json.loads((sweep_dir(spec, args.root) / run.id / "summary.json").read_text())
-            reason = f"  ({summary.get('reason')})"
-        print(f"{status:<12} {run.id}{reason}")
-    counts = {s: [st for _, st in rows].count(s) for s in ("completed", "running", "interrupted", "failed", "pending")}
-    print(", ".join(f"{n} {s}" for s, n in counts.items() if n))
+    if args.slots is not None and args.slots < 1:
+        raise ValueError(f"--slots {args.slots} must be at least 1")
+    if args.watch is not None:
+        if args.watch <= 0:
+            raise ValueError(f"--watch {args.watch:g} must be a positive number of seconds")
+        try:
+            watch(args.spec, args.root, args.slots, args.watch)
+        except KeyboardInterrupt:
+            pass
+        return
+    print(render(*collect(args.spec, args.root), args.slots))
 
 
 def cmd_report(args: argparse.Namespace) -> None:
+    from .progress import sweep_runs
     from .report import write_report
 
-    print(write_report(args.source, args.out))
+    source = args.source if args.source.startswith("wandb:") else sweep_runs(args.source, args.root)[1]
+    print(write_report(source, args.out))
 
 
 DEMO_SPEC = Path(__file__).parent / "sweeps" / "demo.yaml"
@@ -173,13 +175,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nodes-per-run", type=int, default=1, help="SLURM nodes per run (multi-node DDP)")
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("status", help="completed / running / failed / pending per run of a sweep")
-    p.add_argument("spec")
-    p.add_argument("--root", default="runs")
+    p = sub.add_parser("status", help="per run: state, epoch k/N, latest accuracies, elapsed, ETA; the sweep's ETA")
+    p.add_argument("spec", help="sweep YAML or sweep folder (e.g. runs/demo)")
+    p.add_argument("--root", default="runs", help="parent folder of sweep folders (with a spec)")
+    p.add_argument("--slots", type=int, help="runs at once for the rest, for the sweep's ETA (default: those running now)")
+    p.add_argument("--watch", type=float, nargs="?", const=10.0, metavar="SECONDS",
+                   help="refresh every SECONDS (default 10) until no run is running or pending")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("report", help="write report.md and plots for a sweep folder or a W&B project")
-    p.add_argument("source", help="a sweep folder (e.g. runs/demo) or wandb:ENTITY/PROJECT")
+    p.add_argument("source", help="a sweep folder (e.g. runs/demo), a sweep YAML, or wandb:ENTITY/PROJECT")
+    p.add_argument("--root", default="runs", help="parent folder of sweep folders (with a spec)")
     p.add_argument("--out", help="folder for report.md and its PNGs (default: the sweep folder)")
     p.set_defaults(func=cmd_report)
 

@@ -85,7 +85,7 @@ def test_failed_runs_are_retried_then_reported_with_the_reason(tmp_path, capsys)
     capsys.readouterr()
     assert cli_main(["status", str(spec_path), "--root", str(tmp_path / "runs")]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("failed") and "training loss became" in out
+    assert out.splitlines()[1].startswith(f"failed      {run.id}     1/1") and "training loss became" in out
 
 
 def test_a_run_that_cannot_start_reports_the_train_error(tmp_path, capsys):
