@@ -218,20 +218,31 @@ def test_ablate_demo_runs_the_study_and_prints_the_report(tmp_path, monkeypatch,
 def test_runs_per_gpu_places_k_workers_on_each_gpu(monkeypatch):
     import torch
 
-    from ablations.sweep import device_slots
+    from ablations.sweep import describe_slots, device_slots
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
-    slots = device_slots(parallel=1, gpus_per_run=1, runs_per_gpu=3)
-    assert [s["CUDA_VISIBLE_DEVICES"] for s in slots] == ["0", "0", "0", "1", "1", "1"]
+    slots = device_slots(parallel=None, gpus_per_run=1, runs_per_gpu=3)
+    assert sorted(s["CUDA_VISIBLE_DEVICES"] for s in slots) == ["0", "0", "0", "1", "1", "1"]
     assert {s["OMP_NUM_THREADS"] for s in slots} == {"2"}  # 16 cores over 6 runs
-    assert [s["CUDA_VISIBLE_DEVICES"] for s in device_slots(1, 2)] == ["0,1"]
+    assert [s["CUDA_VISIBLE_DEVICES"] for s in device_slots(None, 2)] == ["0,1"]
+    assert [s["CUDA_VISIBLE_DEVICES"] for s in device_slots(None, 1)] == ["0", "1"]  # default: one per GPU
+    # --parallel is not ignored on GPUs: N slots round-robin over them, the first runs on different GPUs
+    slots = device_slots(4, 1)
+    assert [s["CUDA_VISIBLE_DEVICES"] for s in slots] == ["0", "1", "0", "1"] and slots[0]["OMP_NUM_THREADS"] == "4"
+    assert [s["CUDA_VISIBLE_DEVICES"] for s in device_slots(1, 1)] == ["0"]
+    with pytest.raises(ValueError, match="--parallel 2 runs of 2 GPUs need 4 GPUs; 2 are visible"):
+        device_slots(2, 2)
+    with pytest.raises(ValueError, match="--parallel 4 and --runs-per-gpu 2 both set the slots; give one"):
+        device_slots(4, 1, runs_per_gpu=2)
     with pytest.raises(ValueError, match="--runs-per-gpu 2 shares one GPU between runs; it cannot combine with --gpus-per-run 2"):
         device_slots(1, 2, runs_per_gpu=2)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="--runs-per-gpu 2 needs GPUs and none is visible; on CPU use --parallel N"):
-        device_slots(1, 1, runs_per_gpu=2)
+        device_slots(None, 1, runs_per_gpu=2)
+    assert [s["OMP_NUM_THREADS"] for s in device_slots(None, 1)] == ["16"]  # CPU: one process by default
+    assert describe_slots(device_slots(2, 1)) == "2 slots: CPU x2, 8 CPU threads each"
 
 
 def test_sweep_flags_below_one_are_refused(tmp_path, capsys):
