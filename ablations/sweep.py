@@ -228,10 +228,11 @@ def _attempts(run_dir: Path) -> int:
     return int(path.read_text()) if path.exists() else 0
 
 
-def execute(spec: SweepSpec, run: Run, folder: Path, env: dict[str, str], nodes: int = 1, gpus: int | None = None) -> str:
-    """Run one training process until it completes or has used its ``max_retries`` retries, unless another
-    sweep process holds it; returns the final status. A failed run keeps its reason in summary.json. ``gpus``
-    (processes per node) defaults to the GPUs the worker's CUDA_VISIBLE_DEVICES pins."""
+def execute(spec: SweepSpec, run: Run, folder: Path, env: dict[str, str], nodes: int = 1, gpus: int | None = None,
+            retry: bool = True) -> str:
+    """Run one training process until it completes or has used its ``max_retries`` retries (``retry=False``: one
+    attempt), unless another sweep process holds it; returns the final status. A failed run keeps its reason in
+    summary.json. ``gpus`` (processes per node) defaults to the GPUs the worker's CUDA_VISIBLE_DEVICES pins."""
     run_dir = folder / run.id
     status = read_status(run_dir)
     if status in ("completed", "running") or (status == "failed" and _attempts(run_dir) > spec.max_retries):
@@ -266,7 +267,7 @@ def execute(spec: SweepSpec, run: Run, folder: Path, env: dict[str, str], nodes:
                 reason += f" (log: {run_dir / 'train.log'})"
                 atomic_write(run_dir / "summary.json", json.dumps({"status": "failed", "reason": reason}) + "\n")
                 status = "failed"
-            if status != "failed" or attempts > spec.max_retries:
+            if status != "failed" or attempts > spec.max_retries or not retry:
                 return status
             (run_dir / "summary.json").unlink()  # retry; the log keeps every attempt
     finally:
@@ -390,7 +391,9 @@ class SlurmRun:
         if os.environ.get("SLURM_PROCID", "0") != "0":
             command = train_command(self.spec, run, folder / run.id, gpus=self.devices, nodes=self.nodes)
             return str(subprocess.run(command).returncode)
-        return execute(self.spec, run, folder, env={}, nodes=self.nodes, gpus=self.devices)
+        # the other tasks cannot be restarted from here: a multi-task run is retried by the next submission
+        return execute(self.spec, run, folder, env={}, nodes=self.nodes, gpus=self.devices,
+                       retry=self.nodes * self.devices == 1)
 
     def checkpoint(self, *args, **kwargs):
         import submitit

@@ -5,6 +5,7 @@ check of the SLURM environment that script asks for."""
 import json
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -81,18 +82,21 @@ def test_two_node_job_script_and_training_command_agree(tmp_path, fake_sbatch, m
                                                                         subprocess.CompletedProcess(command, 0))[1])
     assert job() == "0"  # task 5: a training process
 
-    class Finished:  # task 0's training process, as execute starts it
-        returncode = 0
+    class Failed:  # task 0's training process, as execute starts it: the run fails
+        returncode = 1
 
         def __init__(self, command, **kw):
             commands.append(command)
+            run_dir = Path(next(a for a in command if a.startswith("--run_dir=")).split("=", 1)[1])
+            (run_dir / "summary.json").write_text(json.dumps({"status": "failed", "reason": "NCCL timeout"}))
 
         def wait(self, timeout=None):
-            return 0
+            return 1
 
-    monkeypatch.setattr(sweep.subprocess, "Popen", Finished)
+    monkeypatch.setattr(sweep.subprocess, "Popen", Failed)
     monkeypatch.setenv("SLURM_PROCID", "0")
-    job()
+    # one attempt: task 0 alone retrying would wait for 7 tasks that have exited; the next submission retries
+    assert job() == "failed" and (root / "tiny" / job.run_id / "attempts").read_text() == "1"
     assert len(commands) == 2 and commands[0] == commands[1]
     assert "--seed_everything=2" in commands[0] and "--trainer.max_epochs=2" in commands[0]
     flags = trainer_flags(commands[0])
