@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from ablations.cli import main as cli_main
-from ablations.progress import collect, render, watch
+from ablations.progress import collect, read_run, render, watch
 
 HEADER = "epoch,step,val/acc,test/acc,epoch_time\n"
 
@@ -70,6 +70,8 @@ def test_each_run_shows_epoch_accuracies_and_an_eta_from_its_epoch_times(sweep):
     assert by_id["m1-s2"].remaining == pytest.approx(4 * 11 + 6)
     assert by_id["m2-s1"].remaining == pytest.approx(2 * 30 + 6)  # its own model's failed run measured 30 s
     assert by_id["m1-s0"].elapsed == 46.0 and by_id["m1-s0"].remaining is None
+    (folder / "m1-s0" / "metrics.csv").write_text("epoch,val/acc\n0,0.5\n1,0.6\n")  # a file without epoch times
+    assert read_run(folder / "m1-s0", {}).epochs_done == 2
     text = render(name, runs, slots=None, now=now)
     assert "FloatingPointError: loss nan" in text
     # one slot (one run now running): 21 s, then 50 s, then 66 s
@@ -93,6 +95,10 @@ def test_status_of_a_spec_and_of_its_folder_agree_and_report_takes_a_spec(sweep,
     assert "ETA 1m27s" in by_folder
     assert cli_main(["status", str(folder), "--slots", "0"]) == 2
     assert "--slots 0 must be at least 1" in capsys.readouterr().err
+    assert cli_main(["status", str(folder.parent)]) == 2  # the parent of sweep folders is not one
+    assert "is neither a sweep spec nor a sweep folder (a folder with manifest.json)" in capsys.readouterr().err
+    assert cli_main(["status", str(folder), "--watch", "0"]) == 2
+    assert "--watch 0 must be a positive number of seconds" in capsys.readouterr().err
     other = folder.parent / "other"  # a sweep with no run finished yet: its report says so
     other.mkdir()
     (other / "manifest.json").write_text(json.dumps({"name": "other", "config": str(config), "runs": []}))
