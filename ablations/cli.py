@@ -104,9 +104,8 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         print(f"wrote {args.export_wandb}: `wandb sweep {args.export_wandb}`, then `wandb agent ID` once per GPU")
         return
     if args.executor != "processes":
-        from .sweep import submit_sweep
-
         from .cluster import parse_settings
+        from .sweep import submit_sweep
 
         shorthands = {"partition": args.partition, "timeout_min": args.time, "nodes": args.nodes_per_run,
                       "gpus_per_node": args.gpus_per_run}
