@@ -38,7 +38,8 @@ class RunProgress:
     val_acc: float | None = None
     test_acc: float | None = None
     elapsed: float | None = None  # seconds trained so far (completed: the run's wall time)
-    in_epoch: float = 0.0  # seconds spent in the epoch now running
+    in_epoch: float = 0.0  # seconds spent in the epoch now running (and in start-up, while ``starting``)
+    starting: bool = False  # running, and this process has not finished an epoch yet
     overhead: float | None = None  # completed runs: wall time beyond the epochs (start-up, final test)
     remaining: float | None = None  # seconds left (pending: the estimated duration)
     reason: str | None = None
@@ -113,19 +114,33 @@ def read_run(run_dir: Path, overrides: dict[str, Any], base_config: str | None =
     summary = _summary(run_dir)
     progress.reason = summary.get("reason") if status == "failed" else None
     trained = sum(progress.epoch_times)
-    if status == "running":  # the epoch in progress began when the last row (or this attempt) was written
-        started = [p.stat().st_mtime for p in (run_dir / "metrics.csv", run_dir / "attempts", run_dir / "config.yaml")
-                   if p.exists()]
-        progress.in_epoch = max(0.0, now - max(started)) if started else 0.0
+    if status == "running":  # the epoch in progress began with the last row, unless this attempt began later
+        attempt = next((p.stat().st_mtime for p in (run_dir / "attempts", run_dir / "config.yaml") if p.exists()), None)
+        last_row = (run_dir / "metrics.csv").stat().st_mtime if (run_dir / "metrics.csv").exists() else None
+        progress.starting = last_row is None or (attempt is not None and attempt > last_row)
+        since = attempt if progress.starting else last_row
+        progress.in_epoch = max(0.0, now - since) if since is not None else 0.0
         progress.elapsed = trained + progress.in_epoch
     elif status in ("completed", "failed"):
-        wall = summary.get("wall_time")
-        progress.elapsed = wall if isinstance(wall, (int, float)) else (trained or None)
-        if status == "completed" and isinstance(wall, (int, float)) and times:
+        wall = _wall_time(run_dir, summary)
+        progress.elapsed = wall if wall is not None else (trained or None)
+        if status == "completed" and wall is not None and times:
             progress.overhead = max(0.0, wall - trained)
     elif times:
         progress.elapsed = trained
     return progress
+
+
+def _wall_time(run_dir: Path, summary: dict[str, Any]) -> float | None:
+    """A finished run's wall time: from its sweep attempt's start to its last summary (process start and imports
+    included) when it ran once, else the time its recorder measured."""
+    try:
+        if int((run_dir / "attempts").read_text()) == 1:
+            return (run_dir / "summary.json").stat().st_mtime - (run_dir / "attempts").stat().st_mtime
+    except (OSError, ValueError):
+        pass
+    wall = summary.get("wall_time")
+    return float(wall) if isinstance(wall, (int, float)) else None
 
 
 def _summary(run_dir: Path) -> dict[str, Any]:
@@ -158,8 +173,9 @@ def estimate(runs: list[RunProgress]) -> None:
         if not times:
             continue
         per_epoch, left = mean(times), max(0, run.max_epochs - run.epochs_done)
-        if run.status == "running":  # the epoch in progress is not over before its usual length
-            run.remaining = max(0, left - 1) * per_epoch + max(0.0, per_epoch - run.in_epoch) if left else 0.0
+        if run.status == "running":  # the epoch in progress (after start-up, for the first) takes its usual time
+            current = per_epoch + (overhead if run.starting else 0.0)
+            run.remaining = max(0, left - 1) * per_epoch + max(0.0, current - run.in_epoch) if left else 0.0
         else:  # starts (again) from a fresh process
             run.remaining = left * per_epoch + overhead
 

@@ -29,7 +29,8 @@ def make_run(folder: Path, run_id: str, max_epochs: int, rows: list[str], summar
         (run / "lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
         (run / "attempts").write_text("1")
         os.utime(run / "attempts", (now - 40, now - 40))
-        os.utime(run / "metrics.csv", (now - 5, now - 5))  # the last epoch ended 5 s ago
+        if rows:
+            os.utime(run / "metrics.csv", (now - 5, now - 5))  # the last epoch ended 5 s ago
 
 
 def overrides(model: str, seed: int, epochs: int) -> dict:
@@ -79,6 +80,21 @@ def test_each_run_shows_epoch_accuracies_and_an_eta_from_its_epoch_times(sweep):
     assert "on 1 slot" in text
     # two slots: m1-s2 starts now (50 s), m2-s1 after the running run (21 + 66 s)
     assert "ETA 1m27s" in render(name, runs, slots=2, now=now)
+
+
+def test_a_run_just_started_and_a_run_timed_by_its_folder(sweep):
+    folder, now = sweep
+    started = folder / "m1-s2"  # running for 7 s, no epoch yet: start-up and epoch 0 still to come
+    make_run(folder, "m1-s2", 4, [], running=True, now=now)
+    os.utime(started / "attempts", (now - 7, now - 7))
+    done = folder / "m1-s0"  # one attempt: its process ran from the attempt's start to its last summary
+    (done / "attempts").write_text("1")
+    os.utime(done / "attempts", (now - 200, now - 200))
+    os.utime(done / "summary.json", (now - 150, now - 150))
+    runs = {r.id: r for r in collect(folder, now=now)[1]}
+    assert runs["m1-s0"].elapsed == pytest.approx(50) and runs["m1-s0"].overhead == pytest.approx(10)
+    # mean epoch 11 s (m1-s0 and m1-s1), overhead 10 s: 3 epochs after (11 + 10 - 7) s
+    assert runs["m1-s2"].status == "running" and runs["m1-s2"].remaining == pytest.approx(3 * 11 + 14, abs=0.01)
 
 
 def test_status_of_a_spec_and_of_its_folder_agree_and_report_takes_a_spec(sweep, capsys):
