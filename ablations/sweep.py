@@ -389,6 +389,10 @@ class SlurmRun:
         run = next(r for r in self.spec.expand() if r.id == self.run_id)
         folder = sweep_dir(self.spec, self.root)
         if os.environ.get("SLURM_PROCID", "0") != "0":
+            status = read_status(folder / run.id)  # task 0 will not start it either: nobody to wait for
+            spent = status == "failed" and _attempts(folder / run.id) > self.spec.max_retries
+            if status in ("completed", "running") or spent:
+                return status
             command = train_command(self.spec, run, folder / run.id, gpus=self.devices, nodes=self.nodes)
             return str(subprocess.run(command).returncode)
         # the other tasks cannot be restarted from here: a multi-task run is retried by the next submission

@@ -98,6 +98,9 @@ def test_two_node_job_script_and_training_command_agree(tmp_path, fake_sbatch, m
     # one attempt: task 0 alone retrying would wait for 7 tasks that have exited; the next submission retries
     assert job() == "failed" and (root / "tiny" / job.run_id / "attempts").read_text() == "1"
     assert len(commands) == 2 and commands[0] == commands[1]
+    (root / "tiny" / job.run_id / "summary.json").write_text(json.dumps({"status": "completed"}))
+    monkeypatch.setenv("SLURM_PROCID", "5")
+    assert job() == "completed" and len(commands) == 2  # a requeued job's other tasks do not start it again
     assert "--seed_everything=2" in commands[0] and "--trainer.max_epochs=2" in commands[0]
     flags = trainer_flags(commands[0])
     assert flags == {"max_epochs": "2", "num_nodes": "2", "devices": "4", "strategy": "ddp"}
