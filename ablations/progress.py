@@ -107,8 +107,10 @@ def read_run(run_dir: Path, overrides: dict[str, Any], base_config: str | None =
             times[int(epoch)] = seconds
     latest = {key: next((v for r in reversed(rows) if (v := _float(r.get(key))) is not None), None)
               for key in ("val/acc", "test/acc")}
-    done = len(times) if any("epoch_time" in r for r in rows[:1]) else len(  # no epoch times: count the epochs
-        {int(e) for r in rows if (e := _float(r.get("epoch"))) is not None})
+    if rows and "epoch_time" not in rows[0]:  # a file without epoch times: count its epochs
+        done = len({int(e) for r in rows if (e := _float(r.get("epoch"))) is not None})
+    else:
+        done = len(times)
     progress = RunProgress(run_dir.name, status, overrides, done, _max_epochs(run_dir, overrides, base_config),
                            tuple(times[e] for e in sorted(times)), latest["val/acc"], latest["test/acc"])
     summary = _summary(run_dir)
