@@ -1,30 +1,41 @@
 """Reading the study: one tidy table of every run's curves, and the paper's generalisation comparisons.
 
-``load_runs(folder)`` reads a sweep folder (or a single run folder) into a pandas frame with one row per run and
-epoch. The analyses take that frame, whatever produced it.
+``load_runs(folder)`` reads any folder of run folders (a sweep's, ad-hoc ``ablate train`` runs under ``runs/``, a
+hand-made selection) and ``load_wandb(project)`` a W&B project into a pandas frame with one row per run and
+evaluation. A run is identified by its layout, data size and every other setting that differs between the runs
+(a sweep's grid axes from its ``manifest.json``; otherwise every config key whose value differs): each such
+setting is a column named by its config key (``model.init_args.model_args.rel_pos``), and every summary,
+comparison, table and plot groups by all of them; only seeds are pooled. Metric columns are the logged names with
+``/`` as ``_`` (``val/acc`` -> ``val_acc``): whatever the module logs is in the table.
+
+Layouts are compared paired by seed (the seed fixes the data subset and the initialisation): the mean paired
+difference with a paired t interval and test (scipy.stats); below ``MIN_SEEDS`` seeds a relation gets no verdict.
 """
 
 from __future__ import annotations
 
 import json
+from itertools import combinations
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import yaml
+from scipy import stats
 
+from lightning_modules import run_folder
 from lightning_modules.backbones import MODELS
 
-from .sweep import summary_status
-
-COLUMNS = [
-    "run", "layout", "model", "budget", "data_size", "seed", "params", "flops", "epoch", "step",
-    "train_loss", "train_eval_loss", "train_eval_acc", "val_loss", "val_acc", "test_loss", "test_acc",
-]
-METRIC_NAMES = {  # metrics.csv column -> tidy column
-    "train/loss": "train_loss", "train_eval/loss": "train_eval_loss", "train_eval/acc": "train_eval_acc",
-    "val/loss": "val_loss", "val/acc": "val_acc", "test/loss": "test_loss", "test/acc": "test_acc",
-}
+IDENTITY = ["run", "layout", "model", "budget", "data_size"]  # then the setting columns, then RUN_FACTS
+RUN_FACTS = ["seed", "params", "flops", "epoch", "step"]
+MIN_SEEDS = 3
+# config keys that say how a run was launched or logged, not what it computed (or that the columns above hold)
+NOT_SETTINGS = ("run_dir", "runs_root", "config", "wandb.", "checkpoint_every_n_steps", "params", "flops",
+                "seed_everything", "data.init_args.seed", "data.init_args.num_workers", "data.init_args.train_fraction",
+                "data.init_args.train_samples", "model.init_args.model", "model.init_args.compile", "trainer.logger",
+                "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.default_root_dir",
+                "trainer.log_every_n_steps", "layout")
 
 
 def describe_model(name: str) -> tuple[str, str | None]:
@@ -36,73 +47,127 @@ def describe_model(name: str) -> tuple[str, str | None]:
     return getattr(entry.config, "layout", name), budget
 
 
-def _identity(name: str, config: dict, params: int | None, flops: int | None) -> dict:
-    """The columns that say which run a row belongs to, from its resolved `ablate train` config."""
+def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested config -> ``{"model.init_args.lr": 0.002, ...}``; lists become their JSON text (hashable)."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = json.dumps(value, default=str) if isinstance(value, (list, tuple)) else value
+    return out
+
+
+def _is_setting(key: str) -> bool:
+    return not any(key == k or (k.endswith(".") and key.startswith(k)) for k in NOT_SETTINGS)
+
+
+def settings(frame: pd.DataFrame) -> list[str]:
+    """The columns besides layout that tell runs apart, the seed excepted: data size, then every varying setting
+    (and the model name where one layout comes in several models)."""
+    extra = [c for c in frame.columns if "." in c]
+    several = "model" in frame and frame.groupby("layout")["model"].nunique().max() > 1
+    return ["data_size", *(["model"] if several else []), *extra]
+
+
+def _run_identity(name: str, run_dir: str, config: dict, summary: dict | None) -> dict:
     model = config["model"]["init_args"]["model"]
     layout, budget = describe_model(model)
     data = config["data"]["init_args"]
-    return {"run": name, "layout": layout, "model": model, "budget": budget,
+    return {"run": name, "run_dir": run_dir, "layout": layout, "model": model, "budget": budget,
             "data_size": data.get("train_samples") or data["train_fraction"], "seed": config.get("seed_everything"),
-            "params": params, "flops": flops}
+            "params": (summary or {}).get("params", config.get("params")),
+            "flops": (summary or {}).get("flops", config.get("flops"))}
 
 
-def _tidy(metrics: pd.DataFrame, identity: dict) -> pd.DataFrame:
-    metrics = metrics.rename(columns=METRIC_NAMES)
-    for key, value in identity.items():
-        metrics[key] = value
-    return metrics.reindex(columns=COLUMNS)
+def _tidy(rows: pd.DataFrame, identity: dict, setting_values: dict) -> pd.DataFrame:
+    rows = rows.rename(columns=lambda c: c.replace("/", "_"))
+    metrics = [c for c in rows.columns if c not in ("epoch", "step")]
+    for key, value in {**identity, **setting_values}.items():
+        rows[key] = value
+    front = [c for c in IDENTITY if c in rows] + list(setting_values) + RUN_FACTS
+    return rows.reindex(columns=[*front, "run_dir", *metrics])
+
+
+def _varying(flat: list[dict[str, Any]]) -> list[str]:
+    keys = sorted({k for f in flat for k in f if _is_setting(k)})
+    return [k for k in keys if len({json.dumps(f.get(k), default=str) for f in flat}) > 1]
+
+
+def _assemble(parts: list[tuple[dict, dict, pd.DataFrame]], keys: list[str], source: str) -> pd.DataFrame:
+    """One frame of runs ``(identity, flat config or axes, rows)``, a column per setting key; two runs that
+    differ in nothing but their folder are an error naming both."""
+    frames = [_tidy(rows, identity, {k: flat.get(k) for k in keys}) for identity, flat, rows in parts]
+    if not frames:
+        raise FileNotFoundError(f"no completed runs with metrics under {source}")
+    frame = pd.concat(frames, ignore_index=True)
+    runs = frame.drop_duplicates("run_dir")
+    ident = ["layout", "model", *settings(frame), "seed"]
+    twins = runs[runs.astype({c: str for c in ident}).duplicated(ident, keep=False)]
+    if len(twins):
+        first = twins.astype({c: str for c in ident}).groupby(ident)["run_dir"].apply(list).iloc[0]
+        raise ValueError(f"runs {first[0]} and {first[1]} have the same settings and seed; keep one, or give them a "
+                         "setting that tells them apart")
+    return frame.drop(columns="run_dir")
 
 
 def load_run(run_dir: str | Path) -> pd.DataFrame:
     """One run folder's curves, with its identity columns repeated on every row."""
-    run_dir = Path(run_dir)
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    summary = json.loads((run_dir / "summary.json").read_text())
-    identity = _identity(run_dir.name, config, summary.get("params"), summary.get("flops"))
-    return _tidy(pd.read_csv(run_dir / "metrics.csv"), identity)
+    return load_runs(run_dir, completed_only=False)
+
+
+def load_runs(folder: str | Path, completed_only: bool = True) -> pd.DataFrame:
+    """Every run below ``folder`` (or the one run folder given) as one tidy frame. A sweep folder's settings are its
+    grid axes; for any other folder they are the config keys whose values differ between the runs."""
+    folder = Path(folder)
+    parts = []
+    for run_dir in run_folders_of(folder, completed_only):
+        config = yaml.safe_load((run_dir / run_folder.CONFIG).read_text())
+        summary = run_folder.load_summary(run_dir)
+        rows = pd.DataFrame(run_folder.read_rows(run_dir))
+        parts.append((_run_identity(run_dir.name, str(run_dir), config, summary), flatten(config), rows))
+    manifest = run_folder.read_manifest(folder)
+    if manifest is not None:
+        axes = [flatten(r["axes"]) for r in manifest["runs"]]
+        keys = [k for k in _varying(axes) + [k for k, v in manifest["grid"].items() if not isinstance(v[0], dict)]
+                if _is_setting(k)]
+        keys = sorted(set(keys))
+    else:
+        keys = _varying([flat for _, flat, _ in parts])
+    return _assemble(parts, keys, str(folder))
+
+
+def run_folders_of(folder: Path, completed_only: bool = True) -> list[Path]:
+    """The run folders below ``folder``; with ``completed_only`` those whose summary says completed."""
+    return [p for p in run_folder.run_folders(folder) if not completed_only or run_folder.summary_status(p) == "completed"]
 
 
 def load_wandb(project: str, api=None, filters: dict | None = None) -> pd.DataFrame:
     """Finished runs of a W&B project (logged by `ablate train --wandb.enabled true`), full histories through
-    ``scan_history``, as the same frame ``load_runs`` gives. Epoch-level values logged in separate history rows
-    are merged per epoch."""
+    ``scan_history``, as the same frame ``load_runs`` gives: history rows of one training step are merged, and
+    the settings are the config keys that differ between the runs."""
     if api is None:
         import wandb
 
         api = wandb.Api()
-    frames = []
+    parts = []
     for run in api.runs(project, filters=filters):
         if run.state != "finished":
             continue
-        history = pd.DataFrame([row for row in run.scan_history() if row.get("epoch") is not None])
+        history = pd.DataFrame([row for row in run.scan_history() if row.get("trainer/global_step") is not None])
         if history.empty:
             continue
-        per_epoch = history.groupby("epoch", as_index=False).last()
-        per_epoch["step"] = per_epoch.get("trainer/global_step")
-        identity = _identity(run.name, run.config, run.config.get("params"), run.config.get("flops"))
-        frames.append(_tidy(per_epoch, identity))
-    if not frames:
-        raise FileNotFoundError(f"no finished runs with epoch metrics in W&B project {project!r}")
-    return pd.concat(frames, ignore_index=True)
-
-
-def load_runs(folder: str | Path, completed_only: bool = True) -> pd.DataFrame:
-    """Every run under a sweep folder (or the one run folder given) as one tidy frame."""
-    folder = Path(folder)
-    run_dirs = [folder] if (folder / "metrics.csv").exists() else sorted(p for p in folder.iterdir() if (p / "metrics.csv").exists())
-    frames = []
-    for run_dir in run_dirs:
-        status = summary_status(run_dir)  # None when missing or unreadable: never counted as completed
-        if completed_only and status != "completed":
-            continue
-        frames.append(load_run(run_dir))
-    if not frames:
-        raise FileNotFoundError(f"no {'completed ' if completed_only else ''}runs with metrics.csv under {folder}")
-    return pd.concat(frames, ignore_index=True)
+        rows = history.groupby("trainer/global_step", as_index=False, sort=True).last()
+        rows["step"] = rows.pop("trainer/global_step")
+        rows = rows.drop(columns=[c for c in rows.columns if c.startswith("_")])
+        config = dict(run.config)
+        parts.append((_run_identity(run.name, f"{project}/{run.id}", config, None), flatten(config), rows))
+    return _assemble(parts, _varying([flat for _, flat, _ in parts]), f"W&B project {project!r}")
 
 
 def load_source(source: str | Path, completed_only: bool = True) -> pd.DataFrame:
-    """``wandb:ENTITY/PROJECT`` reads a W&B project, anything else a sweep or run folder."""
+    """``wandb:ENTITY/PROJECT`` reads a W&B project, anything else a folder of run folders."""
     source = str(source)
     if source.startswith("wandb:"):
         return load_wandb(source.removeprefix("wandb:"))
@@ -121,11 +186,16 @@ def from_project_root(source: str | Path) -> str:
     return str(PROJECT_ROOT / source)
 
 
+# --- per-run numbers -----------------------------------------------------------------------------------------
+def _keys(frame: pd.DataFrame) -> list[str]:
+    return ["run", "layout", *settings(frame), "seed"]
+
+
 def accuracy_at_loss(curve: pd.DataFrame, loss: float, loss_col: str = "train_eval_loss",
                      acc_col: str = "test_acc") -> float:
     """Test accuracy where the run's clean training loss crossed ``loss``, linearly interpolated between the two
-    epochs around the crossing; NaN when the run never reached it. "If two models reach the same training loss,
-    the one with higher test accuracy generalises better."""
+    evaluations around the crossing; NaN when the run never reached it. "If two models reach the same training
+    loss, the one with higher test accuracy generalises better."""
     points = curve[[loss_col, acc_col]].dropna().to_numpy()
     for (l0, a0), (l1, a1) in zip(points[:-1], points[1:]):
         if min(l0, l1) <= loss <= max(l0, l1):
@@ -135,20 +205,23 @@ def accuracy_at_loss(curve: pd.DataFrame, loss: float, loss_col: str = "train_ev
     return float("nan")
 
 
+def _order(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.sort_values([c for c in ("step", "epoch") if c in frame])
+
+
 def equal_loss_table(frame: pd.DataFrame, loss: float) -> pd.DataFrame:
     """Per run: test accuracy at clean training loss ``loss``."""
+    keys = _keys(frame)
     rows = []
-    for run, curve in frame.sort_values("epoch").groupby("run", sort=False):
-        first = curve.iloc[0]
-        rows.append({"run": run, "layout": first["layout"], "data_size": first["data_size"], "seed": first["seed"],
-                     "test_acc_at_loss": accuracy_at_loss(curve, loss)})
-    return pd.DataFrame(rows)
+    for run, curve in _order(frame).groupby("run", sort=False):
+        rows.append({**curve.iloc[0][keys].to_dict(), "test_acc_at_loss": accuracy_at_loss(curve, loss)})
+    return pd.DataFrame(rows, columns=[*keys, "test_acc_at_loss"])
 
 
 def final_gap(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per run, at its last epoch: clean training loss and accuracy, test accuracy, and the gaps."""
-    last = frame.sort_values("epoch").groupby("run", sort=False).tail(1)
-    out = last[["run", "layout", "data_size", "seed", "train_eval_loss", "train_eval_acc", "test_loss", "test_acc"]].copy()
+    """Per run, at its last evaluation: clean training loss and accuracy, test accuracy, and the gaps."""
+    last = _order(frame).groupby("run", sort=False).tail(1)
+    out = last[[*_keys(frame), "train_eval_loss", "train_eval_acc", "test_loss", "test_acc"]].copy()
     out["acc_gap"] = out["train_eval_acc"] - out["test_acc"]
     out["loss_gap"] = out["test_loss"] - out["train_eval_loss"]
     return out.reset_index(drop=True)
@@ -158,12 +231,12 @@ def capacity(frame: pd.DataFrame, largest_only: bool = True) -> pd.DataFrame:
     """Per run: the lowest clean training loss reached and the best clean training accuracy, the paper's measure
     of how much a layout can fit. The paper reads it at the largest data size; ``largest_only=False`` keeps every
     size, to see how it changes with data."""
+    keys = _keys(frame)
     if largest_only:
         frame = frame[frame["data_size"] == frame["data_size"].max()]
     out = frame.groupby("run", sort=False).agg(
-        layout=("layout", "first"), data_size=("data_size", "first"), seed=("seed", "first"),
-        min_train_eval_loss=("train_eval_loss", "min"), max_train_eval_acc=("train_eval_acc", "max"),
-    )
+        **{k: (k, "first") for k in keys if k != "run"},
+        min_train_eval_loss=("train_eval_loss", "min"), max_train_eval_acc=("train_eval_acc", "max"))
     return out.reset_index()
 
 
@@ -175,55 +248,95 @@ def common_loss(frame: pd.DataFrame) -> float:
     return float(loss) if loss <= by_run.max().min() else float("nan")
 
 
+def _groups(frame: pd.DataFrame):
+    """(setting values, part) for each combination of settings: the runs that may be compared."""
+    keys = settings(frame)
+    for values, part in frame.groupby(keys, sort=True, dropna=False):
+        yield dict(zip(keys, values)), part
+
+
 def generalisation(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per run: test accuracy at the common clean training loss of its data size (``common_loss``), next to the
-    final gap. Each data size gets its own reference loss, since less data is fitted further."""
+    """Per run: test accuracy at the common clean training loss of its settings (``common_loss``; less data is
+    fitted further, so each data size gets its own), next to the final gap."""
     tables = []
-    for size, part in frame.groupby("data_size"):
+    for _, part in _groups(frame):
         loss = common_loss(part)
         table = equal_loss_table(part, loss)
         table["at_loss"] = loss
-        tables.append(table.merge(final_gap(part).drop(columns=["layout", "data_size", "seed"]), on="run"))
+        gaps = final_gap(part)
+        tables.append(table.merge(gaps[["run", *gaps.columns[len(_keys(part)):]]], on="run"))
     return pd.concat(tables, ignore_index=True)
 
 
-def ranking(per_run: pd.DataFrame, value: str, higher_is_better: bool = True, level: float = 0.95,
-            n: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """Layouts ranked by their mean ``value`` over seeds, with a percentile bootstrap interval of each mean."""
-    rng = np.random.default_rng(seed)
-    tail = (1 - level) / 2 * 100
+# --- statistics over seeds -----------------------------------------------------------------------------------
+def summarise(per_run: pd.DataFrame, value: str, by: list[str] | None = None) -> pd.DataFrame:
+    """Mean, standard deviation and count over seeds, per layout and settings."""
+    by = by or ["layout", *settings(per_run)]
+    return per_run.groupby(by, dropna=False)[value].agg(["mean", "std", "count"]).reset_index()
+
+
+def mean_interval(values, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean and its t interval over seeds (NaN bounds below two seeds)."""
+    values = np.asarray(values, dtype=float)
+    mean = float(values.mean())
+    if len(values) < 2:
+        return mean, float("nan"), float("nan")
+    low, high = stats.t.interval(level, len(values) - 1, loc=mean, scale=stats.sem(values)) if values.std() > 0 else (mean, mean)
+    return mean, float(low), float(high)
+
+
+def ranking(per_run: pd.DataFrame, value: str, higher_is_better: bool = True, level: float = 0.95) -> pd.DataFrame:
+    """Layouts ranked by their mean ``value`` over seeds within each combination of settings, with a t interval
+    of each mean and the number of seeds."""
     rows = []
-    for layout, values in per_run.groupby("layout")[value]:
-        values = values.dropna().to_numpy(dtype=float)
-        if not len(values):
-            continue
-        draws = rng.choice(values, (n, len(values))).mean(1)
-        rows.append({"layout": layout, "mean": values.mean(), "low": np.percentile(draws, tail),
-                     "high": np.percentile(draws, 100 - tail), "seeds": len(values)})
-    table = pd.DataFrame(rows, columns=["layout", "mean", "low", "high", "seeds"]).sort_values("mean", ascending=not higher_is_better, ignore_index=True)
-    table.insert(0, "rank", range(1, len(table) + 1))
-    return table
+    for setting, part in _groups(per_run):
+        ranked = []
+        for layout, values in part.groupby("layout")[value]:
+            values = values.dropna()
+            if len(values):
+                mean, low, high = mean_interval(values, level)
+                ranked.append({**setting, "layout": layout, "mean": mean, "low": low, "high": high, "n": len(values)})
+        ranked.sort(key=lambda r: r["mean"], reverse=higher_is_better)
+        rows += [{"rank": i + 1, **r} for i, r in enumerate(ranked)]
+    return pd.DataFrame(rows, columns=["rank", *settings(per_run), "layout", "mean", "low", "high", "n"])
 
 
-def summarise(per_run: pd.DataFrame, value: str, by: tuple[str, ...] = ("layout", "data_size")) -> pd.DataFrame:
-    """Mean, standard deviation and count over seeds."""
-    grouped = per_run.groupby(list(by))[value]
-    return grouped.agg(["mean", "std", "count"]).reset_index()
+def paired_difference(a: pd.Series, b: pd.Series, level: float = 0.95) -> dict[str, Any]:
+    """``a - b`` over the seeds both have (Series indexed by seed): n, the mean difference (the effect) with its
+    paired t interval, and the two-sided paired t test's p value."""
+    d = (a - b).dropna().to_numpy(dtype=float)
+    n = len(d)
+    out = {"n": n, "effect": float(d.mean()) if n else float("nan"), "low": float("nan"), "high": float("nan"),
+           "p": float("nan"), "method": f"paired t over seeds, {level:.0%} interval"}
+    if n < 2:
+        return out
+    if np.ptp(d) == 0:  # identical differences: no spread, the interval is the point
+        return {**out, "low": out["effect"], "high": out["effect"], "p": 1.0 if out["effect"] == 0 else 0.0}
+    test = stats.ttest_1samp(d, 0.0)
+    interval = test.confidence_interval(level)
+    return {**out, "low": float(interval.low), "high": float(interval.high), "p": float(test.pvalue)}
+
+
+def verdict(rel: str, n: int, low: float, high: float) -> str:
+    """``>``, ``≫`` hold when the interval of the difference is above zero, ``≥`` unless it is below, ``≈`` when
+    it contains zero; an interval on the wrong side is "reversed". Below ``MIN_SEEDS`` seeds: no verdict."""
+    if n == 0:
+        return "missing"
+    if n < MIN_SEEDS:
+        return "too few seeds"
+    if rel == "≈":
+        return "holds" if low <= 0 <= high else "differs"
+    if low > 0:
+        return "holds"
+    if high < 0:
+        return "reversed"
+    return "holds (within noise)" if rel == "≥" else "within noise"
 
 
 # The paper's findings (Section 2.2): `a REL b` between neighbours, ViT_REL spelled as in our layouts.
 PAPER_GENERALISATION = "C-C-C-C ≈ C-C-C-T ≥ C-C-T-T > C-T-T-T ≫ VIT_REL"
 PAPER_CAPACITY = "C-C-T-T ≈ C-T-T-T > VIT_REL > C-C-C-T > C-C-C-C"
 RELATIONS = ("≈", "≥", "≫", ">")
-
-
-def bootstrap_diff(a: list[float], b: list[float], n: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
-    """Mean of a minus mean of b, and a percentile bootstrap interval, resampling each side's seeds."""
-    rng = np.random.default_rng(seed)
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    draws = rng.choice(a, (n, len(a))).mean(1) - rng.choice(b, (n, len(b))).mean(1)
-    tail = (1 - level) / 2 * 100
-    return float(a.mean() - b.mean()), float(np.percentile(draws, tail)), float(np.percentile(draws, 100 - tail))
 
 
 def parse_order(order: str) -> list[tuple[str, str, str]]:
@@ -234,35 +347,25 @@ def parse_order(order: str) -> list[tuple[str, str, str]]:
     return [(tokens[i], tokens[i + 1], tokens[i + 2]) for i in range(0, len(tokens) - 2, 2)]
 
 
-def _verdict(a: list[float], b: list[float], rel: str, higher_is_better: bool, level: float) -> dict:
-    if not a or not b:
-        return {"diff": np.nan, "low": np.nan, "high": np.nan, "verdict": "missing"}
-    diff, low, high = bootstrap_diff(a, b, level=level)
-    if not higher_is_better:
-        diff, low, high = -diff, -high, -low
-    if rel == "≈":
-        verdict = "holds" if low <= 0 <= high else "differs"
-    elif low > 0:
-        verdict = "holds"
-    elif high < 0:
-        verdict = "reversed"
-    else:
-        verdict = "holds (within noise)" if rel == "≥" else "within noise"
-    return {"diff": diff, "low": low, "high": high, "verdict": verdict}
+def _by_seed(per_run: pd.DataFrame, layout: str, value: str) -> pd.Series:
+    return per_run[per_run["layout"] == layout].groupby("seed")[value].first()
+
+
+def _compare(per_run: pd.DataFrame, value: str, left: str, rel: str, right: str, higher_is_better: bool,
+             level: float) -> dict[str, Any]:
+    a, b = _by_seed(per_run, left, value), _by_seed(per_run, right, value)
+    result = paired_difference(a, b, level) if higher_is_better else paired_difference(b, a, level)
+    return {"pair": f"{left} {rel} {right}", **result, "verdict": verdict(rel, result["n"], result["low"], result["high"])}
 
 
 def check_order(per_run: pd.DataFrame, value: str, order: str, higher_is_better: bool = True,
                 level: float = 0.95) -> pd.DataFrame:
-    """For each neighbouring pair of ``order``: does the relation hold, is it reversed, or within noise?
-
-    ``>``, ``≫`` hold when the bootstrap interval of the difference is above zero; ``≥`` unless it is below;
-    ``≈`` when the interval contains zero. An interval on the wrong side of zero is "reversed".
-    """
+    """For each neighbouring pair of ``order``, within each combination of settings: the effect (the paired
+    difference in the paper's direction) with its interval, n, the method and the verdict."""
     rows = []
-    for left, rel, right in parse_order(order):
-        a = per_run.loc[per_run["layout"] == left, value].dropna().tolist()
-        b = per_run.loc[per_run["layout"] == right, value].dropna().tolist()
-        rows.append({"pair": f"{left} {rel} {right}", **_verdict(a, b, rel, higher_is_better, level)})
+    for setting, part in _groups(per_run):
+        for left, rel, right in parse_order(order):
+            rows.append({**setting, **_compare(part, value, left, rel, right, higher_is_better, level)})
     return pd.DataFrame(rows)
 
 
@@ -271,18 +374,40 @@ def check_order_at_equal_loss(frame: pd.DataFrame, order: str, level: float = 0.
     both of its layouts reached: neighbours can be compared even where the whole set of curves never overlaps
     (a ViT that stays far above where the convnets end)."""
     rows = []
-    for left, rel, right in parse_order(order):
-        pair = frame[frame["layout"].isin([left, right])]
-        loss = common_loss(pair) if pair["layout"].nunique() == 2 else float("nan")
-        per_run = equal_loss_table(pair, loss) if loss == loss else pd.DataFrame(columns=["layout", "test_acc_at_loss"])
-        a = per_run.loc[per_run["layout"] == left, "test_acc_at_loss"].dropna().tolist()
-        b = per_run.loc[per_run["layout"] == right, "test_acc_at_loss"].dropna().tolist()
-        rows.append({"pair": f"{left} {rel} {right}", "at_loss": loss, **_verdict(a, b, rel, True, level)})
+    for setting, part in _groups(frame):
+        for left, rel, right in parse_order(order):
+            pair = part[part["layout"].isin([left, right])]
+            loss = common_loss(pair) if pair["layout"].nunique() == 2 else float("nan")
+            per_run = equal_loss_table(pair, loss) if loss == loss else pd.DataFrame(columns=["layout", "seed", "test_acc_at_loss"])
+            rows.append({**setting, "at_loss": loss,
+                         **_compare(per_run, "test_acc_at_loss", left, rel, right, True, level)})
     return pd.DataFrame(rows)
 
 
+def pairwise(per_run: pd.DataFrame, value: str, higher_is_better: bool = True, level: float = 0.95) -> pd.DataFrame:
+    """Every pair of layouts within each combination of settings, paired by seed, as ``check_order`` with ``>``."""
+    rows = []
+    for setting, part in _groups(per_run):
+        for left, right in combinations(sorted(part["layout"].unique()), 2):
+            rows.append({**setting, **_compare(part, value, left, ">", right, higher_is_better, level)})
+    return pd.DataFrame(rows)
+
+
+def ordering_checks(frame: pd.DataFrame, level: float = 0.95) -> dict[str, pd.DataFrame]:
+    """The paper's orderings checked on ``frame``, the tables the report prints and the notebook shows:
+    generalisation at equal loss and by the final gap (every data size), capacity (the largest)."""
+    gen = generalisation(frame)
+    return {
+        "generalisation at equal loss": check_order_at_equal_loss(frame, PAPER_GENERALISATION, level),
+        "generalisation by final gap": check_order(gen, "acc_gap", PAPER_GENERALISATION, False, level),
+        "capacity": check_order(capacity(frame), "min_train_eval_loss", PAPER_CAPACITY, False, level),
+    }
+
+
 __all__ = [
-    "COLUMNS", "PAPER_CAPACITY", "PAPER_GENERALISATION", "accuracy_at_loss", "bootstrap_diff", "capacity",
-    "check_order", "check_order_at_equal_loss", "common_loss", "equal_loss_table", "final_gap", "generalisation", "load_run", "load_runs",
-    "load_source", "load_wandb", "parse_order", "ranking", "summarise",
+    "MIN_SEEDS", "PAPER_CAPACITY", "PAPER_GENERALISATION", "accuracy_at_loss", "capacity", "check_order",
+    "check_order_at_equal_loss", "common_loss", "describe_model", "equal_loss_table", "final_gap", "from_project_root",
+    "generalisation",
+    "load_run", "load_runs", "load_source", "load_wandb", "mean_interval", "ordering_checks", "paired_difference",
+    "pairwise", "parse_order", "ranking", "settings", "summarise", "verdict",
 ]

@@ -119,9 +119,15 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     results = run_sweep(spec, args.root, parallel=args.parallel, gpus_per_run=args.gpus_per_run or 1,
                         runs_per_gpu=args.runs_per_gpu)
     counts = {s: list(results.values()).count(s) for s in sorted(set(results.values()))}
-    report = write_report(sweep_dir(spec, args.root))
+    report = write_report(sweep_dir(spec, args.root), wandb=bool(spec.fixed.get("wandb.enabled")))
     print(f"sweep {spec.name}: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f"; report: {report}")
     if counts.get("failed"):
+        from .sweep import failure
+
+        for run_id_, status in results.items():
+            if status == "failed":
+                kind, reason = failure(sweep_dir(spec, args.root) / run_id_)
+                print(f"failed ({kind}) {run_id_}: {reason}", file=sys.stderr)
         raise ValueError(f"{counts['failed']} run(s) failed; `ablate status {args.spec}` lists them and why")
 
 
@@ -142,11 +148,14 @@ def cmd_status(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from .progress import sweep_runs
     from .report import write_report
 
-    source = args.source if args.source.startswith("wandb:") else sweep_runs(args.source, args.root)[1]
-    print(write_report(source, args.out))
+    source = args.source
+    if Path(source).is_file():  # a sweep spec: its sweep folder
+        from .sweep import SweepSpec, sweep_dir
+
+        source = sweep_dir(SweepSpec.load(source), args.root)
+    print(write_report(source, args.out, wandb=args.wandb))
 
 
 DEMO_SPEC = Path(__file__).parent / "sweeps" / "demo.yaml"
@@ -199,10 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="refresh every SECONDS (default 10) until no run is running or pending")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("report", help="write report.md and plots for a sweep folder or a W&B project")
-    p.add_argument("source", help="a sweep folder (e.g. runs/demo), a sweep YAML, or wandb:ENTITY/PROJECT")
-    p.add_argument("--root", default="runs", help="parent folder of sweep folders (with a spec)")
-    p.add_argument("--out", help="folder for report.md and its PNGs (default: the sweep folder)")
+    p = sub.add_parser("report", help="write report.md and plots for a folder of runs or a W&B project")
+    p.add_argument("source", help="a folder of run folders (a sweep's, e.g. runs/demo, or runs), a sweep YAML, "
+                                  "or wandb:ENTITY/PROJECT")
+    p.add_argument("--root", default="runs", help="parent folder of sweep folders (with a sweep YAML)")
+    p.add_argument("--out", help="folder for report.md and its PNGs (default: the source folder)")
+    p.add_argument("--wandb", action="store_true",
+                   help="also log the tables and figures to one W&B run (job type report) in the sweep's group")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("demo", help="run the default study: five layouts x data sizes x seeds on the embedded digits")

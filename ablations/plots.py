@@ -11,7 +11,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from .analysis import capacity, final_gap, generalisation
+from .analysis import capacity, final_gap, generalisation, settings
 
 PAPER_LAYOUTS = ("VIT_REL", "C-T-T-T", "C-C-T-T", "C-C-C-T", "C-C-C-C")
 
@@ -28,6 +28,17 @@ def _colours(layouts) -> dict[str, tuple]:
     return {l: cmap(i / max(len(order) - 1, 1)) for i, l in enumerate(order)}
 
 
+def _labelled(frame: pd.DataFrame) -> pd.DataFrame:
+    """Each line and bar is a layout with its other settings (``C-C-T-T rel_pos=none``): never two settings pooled."""
+    extra = settings(frame)[1:]
+    if not extra:
+        return frame
+    frame = frame.copy()
+    frame["layout"] = frame["layout"] + " " + frame[extra].astype(str).apply(
+        lambda row: " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in row.items()), axis=1)
+    return frame
+
+
 def _over_seeds(per_run: pd.DataFrame, value: str) -> pd.DataFrame:
     return per_run.groupby(["layout", "data_size"])[value].agg(["mean", "std"]).reset_index().fillna({"std": 0.0})
 
@@ -35,6 +46,7 @@ def _over_seeds(per_run: pd.DataFrame, value: str) -> pd.DataFrame:
 def training_curves(frame: pd.DataFrame, data_size: float | None = None) -> plt.Figure:
     """The paper's Figure 1: training loss and test accuracy against steps, one line per layout (mean over
     seeds, band from the lowest to the highest seed), at the largest data size unless told otherwise."""
+    frame = _labelled(frame)
     data_size = frame["data_size"].max() if data_size is None else data_size
     part = frame[frame["data_size"] == data_size]
     colours = _colours(part["layout"])
@@ -55,6 +67,7 @@ def training_curves(frame: pd.DataFrame, data_size: float | None = None) -> plt.
 def accuracy_vs_loss(frame: pd.DataFrame) -> plt.Figure:
     """Test accuracy against clean training loss, a panel per data size: at equal loss, higher is better
     generalisation. Each run is one line, coloured by layout."""
+    frame = _labelled(frame)
     sizes = sorted(frame["data_size"].unique())
     colours = _colours(frame["layout"])
     fig, axes = plt.subplots(1, len(sizes), figsize=(5 * len(sizes), 4), squeeze=False, sharey=True)
@@ -62,7 +75,7 @@ def accuracy_vs_loss(frame: pd.DataFrame) -> plt.Figure:
         part = frame[frame["data_size"] == size]
         for layout in layout_order(part["layout"]):
             for i, (_, run) in enumerate(part[part["layout"] == layout].groupby("run")):
-                run = run.sort_values("epoch").dropna(subset=["train_eval_loss", "test_acc"])
+                run = run.sort_values("step").dropna(subset=["train_eval_loss", "test_acc"])
                 ax.plot(run["train_eval_loss"], run["test_acc"], marker="o", ms=3, color=colours[layout],
                         label=layout if i == 0 else None)
         ax.set(xscale="log", xlabel="clean training loss", title=f"data size {size:g}")
@@ -88,6 +101,7 @@ def _bars(ax, stats: pd.DataFrame, colours: dict) -> None:
 def generalisation_gap(frame: pd.DataFrame) -> plt.Figure:
     """Final train-minus-test accuracy gap and test accuracy at equal clean training loss, per layout per data
     size (mean ± std over seeds)."""
+    frame = _labelled(frame)
     per_run = generalisation(frame)
     colours = _colours(frame["layout"])
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -103,6 +117,7 @@ def generalisation_gap(frame: pd.DataFrame) -> plt.Figure:
 def capacity_vs_data(frame: pd.DataFrame) -> plt.Figure:
     """Lowest clean training loss reached and final test accuracy against data size: the capacity and the payoff
     of each layout as data grows."""
+    frame = _labelled(frame)
     colours = _colours(frame["layout"])
     fits = _over_seeds(capacity(frame, largest_only=False), "min_train_eval_loss")
     tests = _over_seeds(final_gap(frame), "test_acc")

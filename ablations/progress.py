@@ -10,9 +10,7 @@ free slots, earliest-free slot first.
 
 from __future__ import annotations
 
-import csv
 import heapq
-import json
 import sys
 import time
 from dataclasses import dataclass
@@ -22,7 +20,9 @@ from typing import Any, TextIO
 
 import yaml
 
-from .sweep import SweepSpec, read_status, sweep_dir
+from lightning_modules import run_folder
+
+from .sweep import SweepSpec, failure, read_status, sweep_dir
 
 ACTIVE = ("running", "interrupted", "pending")  # states that still need time
 
@@ -53,36 +53,27 @@ def sweep_runs(target: str | Path, root: str | Path = "runs") -> tuple[str, Path
         spec = SweepSpec.load(target)
         folder, name = sweep_dir(spec, root), spec.name
         runs = [(r.id, r.overrides) for r in spec.expand()]
-    elif (target / "manifest.json").is_file():
+    elif (target / run_folder.MANIFEST).is_file():
         folder, name, runs = target, target.name, []
     else:
         raise FileNotFoundError(f"{target} is neither a sweep spec nor a sweep folder (a folder with manifest.json)")
-    manifest = folder / "manifest.json"
-    if manifest.is_file():
-        data = json.loads(manifest.read_text())
-        name, runs = data.get("name", name), [(r["id"], r.get("overrides", {})) for r in data["runs"]]
+    manifest = run_folder.read_manifest(folder)
+    if manifest is not None:
+        name, runs = manifest.get("name", name), [(r["id"], r.get("overrides", {})) for r in manifest["runs"]]
     return name, folder, runs
 
 
-def _float(text: str | None) -> float | None:
+def read_metrics(run_dir: Path) -> list[dict[str, float | None]]:
+    """The rows of a ``metrics.csv``; none if it is missing or cannot be read (being replaced on another host)."""
     try:
-        return float(text) if text not in (None, "") else None
-    except ValueError:
-        return None
-
-
-def read_metrics(path: Path) -> list[dict[str, str]]:
-    """The rows of a ``metrics.csv`` (none if it is missing or being replaced)."""
-    try:
-        with open(path, newline="") as f:
-            return list(csv.DictReader(f))
-    except (FileNotFoundError, csv.Error, UnicodeDecodeError):
+        return run_folder.read_rows(run_dir)
+    except (OSError, ValueError):
         return []
 
 
 def _max_epochs(run_dir: Path, overrides: dict[str, Any], base_config: str | None) -> int | None:
     """N from the run's resolved config, else its overrides, else the sweep's base config."""
-    for source in (run_dir / "config.yaml", None, base_config):
+    for source in (run_dir / run_folder.CONFIG, None, base_config):
         if source is None:
             value = overrides.get("trainer.max_epochs")
         else:
@@ -99,26 +90,25 @@ def read_run(run_dir: Path, overrides: dict[str, Any], base_config: str | None =
              now: float | None = None) -> RunProgress:
     now = time.time() if now is None else now
     status = read_status(run_dir)
-    rows = read_metrics(run_dir / "metrics.csv")
-    times: dict[int, float] = {}  # epoch -> its time; rows without an epoch_time (per-evaluation rows) add none
+    rows = read_metrics(run_dir)
+    times: dict[int, float] = {}  # epoch -> its time; only an epoch's last row has one (the others: evaluations)
     for row in rows:
-        epoch, seconds = _float(row.get("epoch")), _float(row.get("epoch_time"))
-        if epoch is not None and seconds is not None:
-            times[int(epoch)] = seconds
-    latest = {key: next((v for r in reversed(rows) if (v := _float(r.get(key))) is not None), None)
+        if row.get("epoch") is not None and row.get("epoch_time") is not None:
+            times[int(row["epoch"])] = row["epoch_time"]
+    latest = {key: next((r[key] for r in reversed(rows) if r.get(key) is not None), None)
               for key in ("val/acc", "test/acc")}
-    if rows and "epoch_time" not in rows[0]:  # a file without epoch times: count its epochs
-        done = len({int(e) for r in rows if (e := _float(r.get("epoch"))) is not None})
-    else:
-        done = len(times)
-    progress = RunProgress(run_dir.name, status, overrides, done, _max_epochs(run_dir, overrides, base_config),
+    progress = RunProgress(run_dir.name, status, overrides, len(times), _max_epochs(run_dir, overrides, base_config),
                            tuple(times[e] for e in sorted(times)), latest["val/acc"], latest["test/acc"])
     summary = _summary(run_dir)
-    progress.reason = summary.get("reason") if status == "failed" else None
+    if status == "failed":
+        kind, why = failure(run_dir)
+        progress.reason = f"({kind}: {why})" if kind else f"({why})"
     trained = sum(progress.epoch_times)
     if status == "running":  # the epoch in progress began with the last row, unless this attempt began later
-        attempt = next((p.stat().st_mtime for p in (run_dir / "attempts", run_dir / "config.yaml") if p.exists()), None)
-        last_row = (run_dir / "metrics.csv").stat().st_mtime if (run_dir / "metrics.csv").exists() else None
+        attempt = next((p.stat().st_mtime for p in (run_dir / "attempts", run_dir / run_folder.CONFIG) if p.exists()),
+                       None)
+        metrics = run_dir / run_folder.METRICS
+        last_row = metrics.stat().st_mtime if metrics.exists() else None
         progress.starting = last_row is None or (attempt is not None and attempt > last_row)
         since = attempt if progress.starting else last_row
         progress.in_epoch = max(0.0, now - since) if since is not None else 0.0
@@ -138,7 +128,7 @@ def _wall_time(run_dir: Path, summary: dict[str, Any]) -> float | None:
     included) when it ran once, else the time its recorder measured."""
     try:
         if int((run_dir / "attempts").read_text()) == 1:
-            return (run_dir / "summary.json").stat().st_mtime - (run_dir / "attempts").stat().st_mtime
+            return (run_dir / run_folder.SUMMARY).stat().st_mtime - (run_dir / "attempts").stat().st_mtime
     except (OSError, ValueError):
         pass
     wall = summary.get("wall_time")
@@ -147,7 +137,7 @@ def _wall_time(run_dir: Path, summary: dict[str, Any]) -> float | None:
 
 def _summary(run_dir: Path) -> dict[str, Any]:
     try:
-        return json.loads((run_dir / "summary.json").read_text())
+        return run_folder.load_summary(run_dir) or {}
     except (OSError, ValueError):
         return {}
 
@@ -207,9 +197,7 @@ def duration(seconds: float | None) -> str:
 
 def collect(target: str | Path, root: str | Path = "runs", now: float | None = None) -> tuple[str, list[RunProgress]]:
     name, folder, runs = sweep_runs(target, root)
-    base = None
-    if (folder / "manifest.json").is_file():
-        base = json.loads((folder / "manifest.json").read_text()).get("config")
+    base = (run_folder.read_manifest(folder) or {}).get("config")
     progress = [read_run(folder / run_id, overrides, base, now) for run_id, overrides in runs]
     estimate(progress)
     return name, progress

@@ -34,7 +34,8 @@ from typing import Any
 import yaml
 
 from lightning_modules.backbones import BUDGETS, STUDY_LAYOUTS, variant_name
-from lightning_modules.callbacks import atomic_write
+from lightning_modules import run_folder
+from lightning_modules.run_folder import atomic_write, summary_status
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SPEC_KEYS = {"name", "config", "set", "budget", "grid", "max_retries", "slurm"}
@@ -135,14 +136,6 @@ def run_id(overrides: dict[str, Any]) -> str:
 
 
 # --- the run folder's state ----------------------------------------------------------------------------------
-def summary_status(run_dir: Path) -> str | None:
-    """The status summary.json records, or None when there is none (or it cannot be read)."""
-    try:
-        return json.loads((run_dir / "summary.json").read_text()).get("status")
-    except (FileNotFoundError, ValueError):  # truncated or binary: not a record of anything
-        return None
-
-
 def read_status(run_dir: Path) -> str:
     """completed | failed | running (locked by a live process) | interrupted (has a checkpoint) | pending."""
     lock = run_dir / "lock"
@@ -151,7 +144,7 @@ def read_status(run_dir: Path) -> str:
     status = summary_status(run_dir)
     if status in ("completed", "failed"):
         return status
-    return "interrupted" if (run_dir / "checkpoints" / "last.ckpt").exists() else "pending"
+    return "interrupted" if run_folder.last_checkpoint(run_dir).exists() else "pending"
 
 
 def _lock_alive(lock: Path) -> bool:
@@ -210,9 +203,9 @@ def sweep_dir(spec: SweepSpec, root: str | Path = "runs") -> Path:
 
 
 def write_manifest(spec: SweepSpec, runs: list[Run], folder: Path) -> None:
-    manifest = {"name": spec.name, "config": spec.config, "budget": spec.budget, "grid": spec.grid,
-                "runs": [{"id": r.id, "axes": r.axes, "overrides": r.overrides} for r in runs]}
-    atomic_write(folder / "manifest.json", json.dumps(manifest, indent=2, default=str) + "\n")
+    run_folder.write_manifest(folder, {
+        "name": spec.name, "config": spec.config, "budget": spec.budget, "grid": spec.grid,
+        "runs": [{"id": r.id, "axes": r.axes, "overrides": r.overrides} for r in runs]})
 
 
 def train_command(spec: SweepSpec, run: Run, run_dir: Path, gpus: int = 1, nodes: int = 1) -> list[str]:
@@ -228,14 +221,30 @@ def _attempts(run_dir: Path) -> int:
     return int(path.read_text()) if path.exists() else 0
 
 
+def failure(run_dir: Path) -> tuple[str | None, str | None]:
+    """(kind, reason) of a failed run, from its summary.json."""
+    try:
+        summary = run_folder.load_summary(run_dir) or {}
+    except ValueError:
+        summary = {}
+    return summary.get("failure"), summary.get("reason")
+
+
+def _retry(run_dir: Path, spec: SweepSpec) -> bool:
+    """Only failures that may go differently are tried again (``run_folder.RETRYABLE``), up to ``max_retries``."""
+    return failure(run_dir)[0] in run_folder.RETRYABLE and _attempts(run_dir) <= spec.max_retries
+
+
 def execute(spec: SweepSpec, run: Run, folder: Path, env: dict[str, str], nodes: int = 1, gpus: int | None = None,
             retry: bool = True) -> str:
-    """Run one training process until it completes or has used its ``max_retries`` retries (``retry=False``: one
-    attempt), unless another sweep process holds it; returns the final status. A failed run keeps its reason in
-    summary.json. ``gpus`` (processes per node) defaults to the GPUs the worker's CUDA_VISIBLE_DEVICES pins."""
+    """Run one training process until it completes, fails in a way another try cannot change (a configuration
+    error, a non-finite loss at a fixed seed), or has used its ``max_retries`` retries (``retry=False``: one
+    attempt), unless another sweep process holds it; returns the final status. The run records its failure kind
+    and reason in summary.json. ``gpus`` (processes per node) defaults to the GPUs the worker's
+    CUDA_VISIBLE_DEVICES pins."""
     run_dir = folder / run.id
     status = read_status(run_dir)
-    if status in ("completed", "running") or (status == "failed" and _attempts(run_dir) > spec.max_retries):
+    if status in ("completed", "running") or (status == "failed" and not _retry(run_dir, spec)):
         return status
     if not try_lock(run_dir):
         return "running"
@@ -246,7 +255,7 @@ def execute(spec: SweepSpec, run: Run, folder: Path, env: dict[str, str], nodes:
             visible = env.get("CUDA_VISIBLE_DEVICES", "")
             command = train_command(spec, run, run_dir, gpus=gpus or (len(visible.split(",")) if visible else 1),
                                     nodes=nodes)
-            with open(run_dir / "train.log", "a") as log:
+            with open(run_dir / run_folder.LOG, "a") as log:
                 log.write(f"--- attempt {attempts}: {' '.join(command)}\n")
                 log.flush()
                 proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env})
@@ -260,16 +269,14 @@ def execute(spec: SweepSpec, run: Run, folder: Path, env: dict[str, str], nodes:
             status = summary_status(run_dir) or "pending"
             if status == "interrupted":  # preempted (SIGTERM/SIGUSR1): checkpoint saved; the next sweep resumes it
                 return status
-            if proc.returncode != 0 and status != "failed":  # stopped before training: the log's error line says why
-                errors = [line.strip() for line in (run_dir / "train.log").read_text().splitlines()
-                          if line.startswith("ablate train: error:")]
-                reason = errors[-1] if errors else f"train exited with code {proc.returncode}"
-                reason += f" (log: {run_dir / 'train.log'})"
-                atomic_write(run_dir / "summary.json", json.dumps({"status": "failed", "reason": reason}) + "\n")
+            if proc.returncode != 0 and status != "failed":  # the process died without a word: killed, node lost
+                kind = "lost" if proc.returncode < 0 else "crash"
+                run_folder.record_failure(run_dir, kind, f"train exited with code {proc.returncode} without recording "
+                                                         f"why (log: {run_dir / run_folder.LOG})")
                 status = "failed"
-            if status != "failed" or attempts > spec.max_retries or not retry:
+            if status != "failed" or not retry or not _retry(run_dir, spec):
                 return status
-            (run_dir / "summary.json").unlink()  # retry; the log keeps every attempt
+            (run_dir / run_folder.SUMMARY).unlink()  # retry; the log keeps every attempt
     finally:
         release(run_dir)
 
@@ -390,7 +397,7 @@ class SlurmRun:
         folder = sweep_dir(self.spec, self.root)
         if os.environ.get("SLURM_PROCID", "0") != "0":
             status = read_status(folder / run.id)  # task 0 will not start it either: nobody to wait for
-            spent = status == "failed" and _attempts(folder / run.id) > self.spec.max_retries
+            spent = status == "failed" and not _retry(folder / run.id, self.spec)
             if status in ("completed", "running") or spent:
                 return status
             command = train_command(self.spec, run, folder / run.id, gpus=self.devices, nodes=self.nodes)

@@ -27,7 +27,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from datamodules import ImageDataModule
-from lightning_modules.callbacks import EpochSeeder, atomic_write, FiniteLossCheck, Interrupted, Preemption, RunRecorder
+from lightning_modules import run_folder
+from lightning_modules.callbacks import (
+    EpochSeeder, EvaluationSchedule, FiniteLossCheck, Interrupted, Preemption, RunRecorder,
+)
 from lightning_modules.checkpoints import AtomicCheckpointIO, read_summary, resume_checkpoint
 from lightning_modules.classifier import ImageClassifier
 
@@ -41,16 +44,7 @@ class RunFolderConfig(SaveConfigCallback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if trainer.is_global_zero:  # written beside, then renamed over: never half a config
-            atomic_write(self.run_dir / "config.yaml", self.parser.dump(self.config))
-
-
-def wandb_mode() -> str:
-    """``WANDB_MODE`` if set; online when credentials are configured; offline otherwise."""
-    if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"]
-    netrc = Path.home() / ".netrc"
-    has_key = bool(os.environ.get("WANDB_API_KEY")) or (netrc.exists() and "api.wandb.ai" in netrc.read_text())
-    return "online" if has_key else "offline"
+            run_folder.atomic_write(self.run_dir / run_folder.CONFIG, self.parser.dump(self.config))
 
 
 class AblateCLI(LightningCLI):
@@ -61,8 +55,9 @@ class AblateCLI(LightningCLI):
         self.recorder = RunRecorder(
             self.run_dir, echo=not sys.stderr.isatty(),
             extra={"model": model.hparams.model, "run_dir": str(self.run_dir), "seed": config.seed_everything},
+            wandb_open=self._wandb_run if config.wandb.enabled else None,
         )
-        self.preemption = Preemption(self.run_dir / "checkpoints" / "last.ckpt", self.recorder)
+        self.preemption = Preemption(run_folder.last_checkpoint(self.run_dir), self.recorder)
         # without a validation split (val_fraction 0) best.ckpt is the last epoch: the test set never chooses
         monitor = "val/acc" if getattr(self.datamodule, "val_fraction", 1) > 0 else None
         callbacks = [
@@ -71,32 +66,36 @@ class AblateCLI(LightningCLI):
             FiniteLossCheck(),
             # saved at the end of the training epoch, after RunRecorder has written the epoch's metrics row: a kill
             # in between repeats the epoch on resume and its row is replaced, never lost or doubled
-            ModelCheckpoint(dirpath=self.run_dir / "checkpoints", filename="best", monitor=monitor, mode="max",
+            ModelCheckpoint(dirpath=run_folder.checkpoints(self.run_dir), filename="best", monitor=monitor, mode="max",
                             save_last=True, every_n_train_steps=config.checkpoint_every_n_steps,
                             save_on_train_epoch_end=True),
             self.recorder,
             self.preemption,
+            EvaluationSchedule(),
         ]
         trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
         check_devices(trainer_config, torch.cuda.device_count())
         plugins = trainer_config.get("plugins") or []
         trainer_config["plugins"] = [*(plugins if isinstance(plugins, list) else [plugins]), AtomicCheckpointIO()]
         trainer_config.update(device_defaults(trainer_config, torch.cuda.is_available(), torch.cuda.device_count()))
-        if config.wandb.enabled:
-            trainer_config["logger"] = self._wandb_logger()
+        # the run folder's log is always a logger; W&B, when enabled, gets the same rows from the recorder
+        loggers = trainer_config.get("logger")
+        loggers = [] if loggers in (None, True, False) else loggers if isinstance(loggers, list) else [loggers]
+        trainer_config["logger"] = [self.recorder.logger, *loggers]
         return self._instantiate_trainer(trainer_config, callbacks)
 
-    def _wandb_logger(self):
-        from lightning.pytorch.loggers import WandbLogger
+    def _wandb_run(self):
+        """The run folder's W&B run, opened when training starts: the nested config (never the module's flat
+        hyperparameters over it), params and FLOPs."""
+        from lightning_modules.wandb_run import open_run
 
         config, model = self.config, self.model
-        logger = WandbLogger(
-            project=config.wandb.project, group=config.wandb.group, name=self.run_dir.name,
-            job_type=str(getattr(model.backbone, "layout", model.hparams.model)), tags=config.wandb.tags,
-            save_dir=str(self.run_dir), mode=wandb_mode(), id=_config_hash(config.as_dict()), resume="allow",
-        )
-        logger.log_hyperparams({**config.as_dict(), "params": model.params, "flops": model.macs})
-        return logger
+        record = config.as_dict()
+        # the values the DataModule linked into the model at instantiation, which the parsed config predates
+        record["model"]["init_args"].update({k: model.hparams[k] for k in ("num_classes", "image_size", "in_chans")})
+        return open_run(self.run_dir, {**record, "params": model.params, "flops": model.macs},
+                        model.summaries, config.wandb.project, config.wandb.group, config.wandb.tags,
+                        job_type=str(getattr(model.backbone, "layout", model.hparams.model)))
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--run_dir", type=str | None, default=None,
@@ -210,7 +209,20 @@ def main(argv: list[str] | None = None) -> int:
             where = " ".join(part.strip() for part in text.splitlines()).replace('in "<unicode string>", ', "at ")
             line = f"YAML error in --config {', '.join(files) or '(config)'}: {where}"
         print(f"ablate train: error: {line}", file=sys.stderr)
+        _record_failure(argv, err, line)
         return 2
+
+
+def _record_failure(argv: list[str] | None, err: BaseException, line: str) -> None:
+    """A run that stops with an error says why in its summary.json, when its folder was named (as a sweep
+    does): the kind decides whether a sweep tries it again."""
+    import argparse
+
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--run_dir")
+    run_dir = parser.parse_known_args(argv if argv is not None else sys.argv[1:])[0].run_dir
+    if run_dir and Path(run_dir).is_dir():
+        run_folder.record_failure(Path(run_dir), run_folder.failure_kind(err), line)
 
 
 def one_line(err: BaseException) -> str:
@@ -264,7 +276,7 @@ def _train(argv: list[str] | None) -> int:
         print(f"{run_dir} is already completed; delete its summary.json to run it again", file=sys.stderr)
         return 0
     preflight(run_dir, getattr(model, "params", 0))
-    resume = resume_checkpoint(run_dir / "checkpoints")  # last.ckpt, or the newest good one; damaged ones set aside
+    resume = resume_checkpoint(run_folder.checkpoints(run_dir))  # last.ckpt, or the newest good one; damaged ones set aside
     try:
         trainer.fit(model, datamodule=data, ckpt_path=str(resume) if resume else None, weights_only=True)
         if trainer.interrupted or trainer.state.status.value != "finished":
@@ -281,7 +293,7 @@ def _train(argv: list[str] | None) -> int:
         oom = OutOfMemory.wrap(err, getattr(data, "batch_size", None))
         if oom is None:
             raise
-        cli.recorder.write_summary(trainer, model, "failed", reason=str(oom))
+        cli.recorder.write_summary(trainer, model, "failed", reason=str(oom), failure="oom")
         raise oom from None
     cli.recorder.write_summary(trainer, model, "completed", final={k: float(v) for k, v in final.items()})
     return 0

@@ -2,59 +2,27 @@
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 import random
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, Callable
 
 import lightning as L
 from lightning.pytorch.callbacks import WeightAveraging
+from lightning.pytorch.loggers import Logger
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 import numpy as np
 import torch
 
-METRIC_COLUMNS = (
-    "epoch", "step", "train/loss", "train_eval/loss", "train_eval/acc", "val/loss", "val/acc", "val/acc5",
-    "test/loss", "test/acc", "test/acc5", "gap/loss", "gap/acc", "lr", "epoch_time", "images_per_s",
-)
-
-
-def atomic_write(path: Path, content: str | Callable[[BinaryIO], None]) -> None:
-    """Write ``content`` (text, or a function that writes to a binary file) to a temporary file beside ``path``,
-    fsync, and rename it over: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if callable(content):
-                content(f)
-            else:
-                f.write(content.encode())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+from . import compat, run_folder
 
 
 def _scalar(value: Any) -> float | None:
-    if value is None:
-        return None
-    value = float(value.item() if torch.is_tensor(value) else value)
-    return value
-
-
-def _floats(row: dict[str, Any]) -> dict[str, float | None]:
-    """A metrics row (read back from CSV as strings, or fresh) as numbers."""
-    return {k: (float(v) if v not in (None, "") else None) for k, v in row.items()}
+    return None if value is None else float(value.item() if torch.is_tensor(value) else value)
 
 
 class EpochSeeder(L.Callback):
@@ -86,18 +54,10 @@ class EpochSeeder(L.Callback):
         torch.manual_seed(seed)
         if self._fresh_iterator:  # first epoch after a resume: as an uninterrupted run, iterate after seeding
             self._fresh_iterator = False
-            self._restart_iterator(trainer)
+            compat.restart_train_iterator(trainer)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
         torch.manual_seed((self.seed * 1_000_003 + trainer.global_step * 104_729 + trainer.global_rank) % 2**63)
-
-    @staticmethod
-    def _restart_iterator(trainer: L.Trainer) -> None:
-        """Lightning creates the training iterator of a resumed fit once, before the sampler is told the epoch;
-        with loader workers that iterator has already drawn epoch 0's indices. A new one follows ``set_epoch``."""
-        fetcher = trainer.fit_loop._data_fetcher
-        if fetcher is not None:
-            iter(fetcher)
 
     def state_dict(self) -> dict[str, Any]:
         """The running state of the module's metrics, so that an epoch's mean survives a mid-epoch save."""
@@ -106,10 +66,9 @@ class EpochSeeder(L.Callback):
         module = self._trainer.lightning_module if self._trainer is not None else None
         states: dict[str, Any] = {}
         for name, metric in (module.named_modules() if module is not None else ()):
-            if isinstance(metric, Metric) and metric._update_count and all(
-                    torch.is_tensor(getattr(metric, k)) for k in metric._defaults):
-                states[name] = {"count": metric._update_count,
-                                **{k: getattr(metric, k).detach().cpu().clone() for k in metric._defaults}}
+            if isinstance(metric, Metric) and metric.update_called and all(
+                    torch.is_tensor(v) for v in metric.metric_state.values()):
+                states[name] = {k: v.detach().cpu().clone() for k, v in metric.metric_state.items()}
         return {"metrics": states}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -129,15 +88,13 @@ class EpochSeeder(L.Callback):
         if isinstance(sampler, SeededShuffle) and trainer.world_size == 1:
             sampler.set_epoch(trainer.current_epoch)
             sampler.skip = done * loader.batch_size
-            self._restart_iterator(trainer)
+            compat.restart_train_iterator(trainer)
         modules = dict(pl_module.named_modules())
         for name, state in states.items():
             if name in modules:
                 metric = modules[name]
-                for key, value in state.items():
-                    if key != "count":
-                        setattr(metric, key, value.to(getattr(metric, key).device))
-                metric._update_count, metric._computed = state["count"], None
+                metric.reset()
+                metric.merge_state({k: v.to(metric.device) for k, v in state.items() if k != "count"})
 
 
 class FiniteLossCheck(L.Callback):
@@ -156,35 +113,100 @@ class FiniteLossCheck(L.Callback):
                 )
 
 
-class RunRecorder(L.Callback):
-    """Writes ``metrics.csv`` (a row per epoch) and ``summary.json`` (atomically) into the run folder.
+def evaluation_due(step: int, batch_idx: int, batches: int | float) -> bool:
+    """Whether the run evaluates after training step ``step`` (batch ``batch_idx`` of an epoch of ``batches``)."""
+    return step & (step - 1) == 0 or batch_idx + 1 == batches
 
-    The summary says ``running`` while training, then ``completed`` or ``failed`` with the reason.
+
+class EvaluationSchedule(L.Callback):
+    """Evaluate after training steps 1, 2, 4, 8, ... as well as at every epoch's end: a run's curves start near
+    chance and are dense where the loss falls fastest, so any two runs' clean training losses cross (equal-loss
+    accuracy needs a crossing) however few epochs the run has."""
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        step = trainer.global_step + 1  # the step this batch completes
+        compat.validate_after_batch(trainer, batch_idx, evaluation_due(step, batch_idx, float("inf")))
+
+
+class RunLog(Logger):
+    """The run folder's metrics, received as every Lightning logger receives them: whatever the module logs
+    reaches ``metrics.csv`` (and W&B through ``RunRecorder``), with no list of names to keep in step."""
+
+    def __init__(self, recorder: "RunRecorder"):
+        super().__init__()
+        self.recorder = recorder
+
+    @property
+    def name(self) -> str:
+        return "run_folder"
+
+    @property
+    def version(self) -> str:
+        return self.recorder.run_dir.name
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        """config.yaml is the run's configuration; the module's flat hyperparameters add nothing."""
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.recorder.record({k: v for k, v in metrics.items() if k != "epoch"})
+
+
+class RunRecorder(L.Callback):
+    """Writes ``metrics.csv`` and ``summary.json`` (atomically, through ``run_folder``) and, when given one, the
+    same rows to a W&B run.
+
+    ``metrics.csv`` has a row per evaluation (``EvaluationSchedule``), keyed by training step: every metric the
+    module logged there (through ``RunLog``), and at an epoch's end the epoch's training metrics, learning rate,
+    epoch time and images/s (logged too, so that W&B's history has them). The summary says ``running`` while
+    training, then ``completed``, or ``failed`` with the failure kind and reason (``run_folder.FAILURE_KINDS``).
     """
 
-    def __init__(self, run_dir: str | Path, extra: dict[str, Any] | None = None, echo: bool = False):
+    def __init__(self, run_dir: str | Path, extra: dict[str, Any] | None = None, echo: bool = False,
+                 wandb_open: Callable[[], Any] | None = None):
         self.run_dir = Path(run_dir)
         self.extra = extra or {}
         self.echo = echo
+        self.wandb_open = wandb_open  # opens the W&B run when training starts
+        self.wandb_run = None
+        self.logger = RunLog(self)
         self.start = time.time()
         self.epoch_start = time.time()
         self.samples = 0
         self.rows: list[dict[str, Any]] = []
-
-    @property
-    def metrics_path(self) -> Path:
-        return self.run_dir / "metrics.csv"
+        self._trainer: L.Trainer | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._trainer = trainer
         if trainer.is_global_zero and stage == "fit":
-            self.rows = self._read_rows()
+            self.rows = run_folder.read_rows(self.run_dir)
             self.write_summary(trainer, pl_module, "running")
+            if self.wandb_open is not None and self.wandb_run is None:
+                self.wandb_run = self.wandb_open()
 
-    def _read_rows(self) -> list[dict[str, Any]]:
-        if not self.metrics_path.exists():
-            return []
-        with open(self.metrics_path) as f:
-            return [dict(row) for row in csv.DictReader(f)]
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """The W&B run ends with the test, or with a fit that did not finish."""
+        if self.wandb_run is not None and (stage == "test" or trainer.state.status.value != "finished"):
+            self.wandb_run.finish(exit_code=0 if trainer.state.status.value == "finished" else 1)
+            self.wandb_run = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """A resumed run repeats what came after its checkpoint: those rows are recorded again."""
+        self.rows = [r for r in self.rows if r["step"] <= trainer.global_step]
+
+    def record(self, metrics: dict[str, Any], epoch_end: bool = False) -> None:
+        """Merge ``metrics`` into the row of the current training step (only while fitting, on rank zero)."""
+        trainer = self._trainer
+        if trainer is None or not trainer.is_global_zero or trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        row = {k: _scalar(v) for k, v in metrics.items()}
+        step = trainer.global_step
+        if self.rows and self.rows[-1]["step"] == step:
+            self.rows[-1].update(row)
+        else:
+            self.rows.append({"epoch": trainer.current_epoch, "step": step, **row})
+        run_folder.write_rows(self.run_dir, self.rows)
+        if self.wandb_run is not None:
+            self.wandb_run.log({**row, "epoch": trainer.current_epoch, "trainer/global_step": step})
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.epoch_start = time.time()
@@ -194,55 +216,45 @@ class RunRecorder(L.Callback):
         self.samples += len(batch[1]) * trainer.world_size
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.is_global_zero or trainer.sanity_checking:
-            return
+        """Runs before the epoch's checkpoint is saved: a kill in between repeats the epoch and replaces its rows."""
         elapsed = time.time() - self.epoch_start
-        metrics = trainer.callback_metrics
-        row: dict[str, Any] = {"epoch": trainer.current_epoch, "step": trainer.global_step,
-                               "lr": trainer.optimizers[0].param_groups[0]["lr"], "epoch_time": round(elapsed, 3),
-                               "images_per_s": round(self.samples / elapsed, 2) if elapsed > 0 else None}
-        for key in METRIC_COLUMNS:
-            if key not in row and key in metrics:
-                row[key] = _scalar(metrics[key])
-        # an epoch repeated after a resume replaces its earlier row
-        self.rows = [r for r in self.rows if int(float(r["epoch"])) < trainer.current_epoch] + [row]
-        self._write_rows()
-        if self.echo:
+        timing = {"lr": trainer.optimizers[0].param_groups[0]["lr"], "epoch_time": round(elapsed, 3),
+                  "images_per_s": round(self.samples / elapsed, 2) if elapsed > 0 else 0.0}
+        pl_module.log_dict(timing, on_epoch=True, rank_zero_only=True)
+        # everything logged is current at an epoch's end (the training loss is only computed now)
+        self.record({**trainer.callback_metrics, **timing})
+        if self.echo and trainer.is_global_zero and self.rows:
+            row = self.rows[-1]
             shown = {k: row.get(k) for k in ("train/loss", "train_eval/loss", "val/acc", "test/acc") if row.get(k) is not None}
             print(f"epoch {row['epoch']}: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items())
                   + f", {row['images_per_s']} img/s", flush=True)
         self.write_summary(trainer, pl_module, "running")
 
-    def _write_rows(self) -> None:
-        lines = [",".join(METRIC_COLUMNS)]
-        for row in self.rows:
-            lines.append(",".join("" if row.get(k) in (None, "") else str(row[k]) for k in METRIC_COLUMNS))
-        atomic_write(self.metrics_path, "\n".join(lines) + "\n")
-
     def write_summary(self, trainer: L.Trainer, pl_module: L.LightningModule, status: str, reason: str | None = None,
-                      final: dict[str, Any] | None = None) -> None:
+                      final: dict[str, Any] | None = None, failure: str | None = None) -> None:
         if not trainer.is_global_zero:
             return
-        scored = [r for r in self.rows if r.get("val/acc") not in (None, "")]
-        best = _floats(max(scored, key=lambda r: float(r["val/acc"]))) if scored else None
-        last = _floats(self.rows[-1]) if self.rows else {}
+        scored = [r for r in self.rows if r.get("val/acc") is not None]
+        epoch_ends = [r for r in self.rows if r.get("train/loss") is not None]
         summary = {
             "status": status,
+            "failure": failure,
             "reason": reason,
             "params": getattr(pl_module, "params", None),
             "flops": getattr(pl_module, "macs", None),
-            "epochs": len(self.rows),
+            "epochs": len(epoch_ends),
             "wall_time": round(time.time() - self.start, 2),
-            "final": {**last, **(final or {})},
-            "best": best,
+            "final": {**(epoch_ends[-1] if epoch_ends else {}), **(final or {})},
+            "best": max(scored, key=lambda r: r["val/acc"]) if scored else None,
             **self.extra,
         }
-        atomic_write(self.run_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+        run_folder.write_summary(self.run_dir, summary)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, Interrupted):
             return  # saved and recorded as interrupted
-        self.write_summary(trainer, pl_module, "failed", reason=f"{type(exception).__name__}: {exception}")
+        self.write_summary(trainer, pl_module, "failed", reason=f"{type(exception).__name__}: {exception}",
+                           failure=run_folder.failure_kind(exception))
 
 
 class Interrupted(Exception):
@@ -251,7 +263,7 @@ class Interrupted(Exception):
 
 class Preemption(L.Callback):
     """SIGTERM or SIGUSR1 (how SLURM announces preemption or the time limit) stops the run cleanly at the next
-    batch end: ``last.ckpt`` is saved (atomically), ``summary.json`` says ``interrupted`` with the signal,
+    batch end that no evaluation follows (see ``EvaluationSchedule``): ``last.ckpt`` is saved (atomically), ``summary.json`` says ``interrupted`` with the signal,
     ``Interrupted`` ends the fit, and ``ablate train`` exits with code 3. Running the same command again resumes
     from that checkpoint, mid-epoch and exactly (``EpochSeeder``); under SLURM with auto-requeue (``--requeue``,
     Lightning's ``SLURMEnvironment``) the job is requeued first.
@@ -282,6 +294,8 @@ class Preemption(L.Callback):
         received = trainer.strategy.reduce_boolean_decision(self.received is not None, all=False)
         if not received or self.stopped_by:
             return
+        if evaluation_due(trainer.global_step, batch_idx, trainer.num_training_batches):
+            return  # a resumed run would skip this step's evaluation (as Lightning does): stop after the next batch
         self.stopped_by = self.received or "SIGTERM"
         trainer.save_checkpoint(self.checkpoint)
         if self.recorder is not None:
@@ -299,7 +313,7 @@ class Preemption(L.Callback):
         """As Lightning's SLURM handler does: requeue this job when SLURM auto-requeue is on."""
         from lightning.fabric.plugins.environments import SLURMEnvironment
 
-        environment = trainer._accelerator_connector.cluster_environment
+        environment = compat.cluster_environment(trainer)
         if not (isinstance(environment, SLURMEnvironment) and environment.auto_requeue):
             return
         array_job = os.environ.get("SLURM_ARRAY_JOB_ID")

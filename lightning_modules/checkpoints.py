@@ -9,7 +9,6 @@ inspection, never deleted) and the run resumes from the newest good checkpoint, 
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -19,7 +18,8 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from .callbacks import atomic_write
+from . import run_folder
+from .run_folder import atomic_write
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -70,8 +70,8 @@ def resume_checkpoint(folder: Path) -> Path | None:
         return None
     for partial in folder.glob(".*.ckpt.*.tmp"):  # a write cut short by a kill: never complete, never used
         partial.unlink(missing_ok=True)
-    last = folder / "last.ckpt"
-    others = sorted((p for p in folder.glob("*.ckpt") if p.name != "last.ckpt"), key=lambda p: p.stat().st_mtime,
+    last = folder / run_folder.LAST_CHECKPOINT
+    others = sorted((p for p in folder.glob("*.ckpt") if p.name != last.name), key=lambda p: p.stat().st_mtime,
                     reverse=True)
     for path in ([last] if last.exists() else []) + others:
         try:
@@ -85,14 +85,8 @@ def resume_checkpoint(folder: Path) -> Path | None:
 
 def read_summary(run_dir: Path) -> dict[str, Any] | None:
     """``summary.json`` as a dict, or None when there is none; an unreadable one is set aside (not completed)."""
-    path = run_dir / "summary.json"
-    if not path.exists():
-        return None
     try:
-        summary = json.loads(path.read_text())
-        if not isinstance(summary, dict) or "status" not in summary:
-            raise ValueError("no status entry")
-        return summary
-    except (ValueError, UnicodeDecodeError) as err:
-        set_aside(path, err)
+        return run_folder.load_summary(run_dir)
+    except ValueError as err:
+        set_aside(run_dir / run_folder.SUMMARY, err)
         return None

@@ -13,6 +13,7 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 from torchvision.transforms import v2
 
+from . import compat
 from .backbones import count_macs, count_params, create_model
 
 EVAL_SPLITS = ("val", "train_eval", "test")  # the order of the DataModule's validation loaders
@@ -38,7 +39,13 @@ class ImageClassifier(L.LightningModule):
     0.1, MixUp 0.8; gradient clipping 1.0 is the Trainer's ``gradient_clip_val``. ``channels_last`` is off by
     default: it sped CoAtNet-0 training up on CPU but can slow hybrid models down; ``ablate bench`` measures it. ``num_classes``, ``image_size``
     and ``in_chans`` come from the DataModule when trained through ``ablate train``.
+
+    Every metric it logs is recorded (``metrics.csv``, W&B, the analysis's table) under the name it is logged with;
+    ``summaries`` says how a run's W&B summary shows the ones a comparison reads (W&B's default is the last value).
     """
+
+    summaries = {"val/acc": "max", "train_eval/loss": "min", "test/acc": "last", "gap/acc": "last",
+                 "gap/loss": "last", "lr": "last", "images_per_s": "mean"}
 
     def __init__(
         self,
@@ -83,7 +90,7 @@ class ImageClassifier(L.LightningModule):
         """``compile=None`` compiles where it pays: on GPUs (on CPUs inductor's training graphs ran slower than
         eager for these models)."""
         on_gpu = self.trainer.strategy.root_device.type == "cuda"
-        if self.hparams.compile is None and on_gpu and self.backbone._compiled_call_impl is None:
+        if self.hparams.compile is None and on_gpu and not compat.is_compiled(self.backbone):
             self.backbone.compile()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

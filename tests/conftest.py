@@ -12,13 +12,16 @@ def _no_wandb_network(monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
 
 
-STUDY_SPEC = tiny_spec("study", "  model.init_args.model: [C-T, T-T]\n  data.init_args.train_fraction: [0.5, 1.0]\n"
-                               "  seed_everything: [0, 1]\n", train_size=96, test_size=32, epochs=3)
+TINY_MODEL = "depths: [1, 1], dims: [16, 32], stem_dim: 16, head_dim: 16"
+STUDY_SPEC = tiny_spec("study", "  model.init_args.model: [C-T, T-T]\n"
+                                f"  model.init_args.model_args: [{{{TINY_MODEL}, rel_pos: pre}}, {{{TINY_MODEL}, rel_pos: none}}]\n"
+                                "  seed_everything: [0, 1]\n", train_size=96, test_size=32, epochs=3)
 
 
 @pytest.fixture(scope="session")
 def tiny_study(tmp_path_factory) -> Path:
-    """A finished 8-run sweep folder (2 layouts x 2 data sizes x 2 seeds, 3 epochs) for the analysis tests."""
+    """A finished 8-run sweep folder (2 layouts x relative position bias pre/none x 2 seeds, 3 epochs) for the
+    analysis tests: a setting besides layout and data size that must never be pooled."""
     from ablations.sweep import SweepSpec, run_sweep, sweep_dir
 
     root = tmp_path_factory.mktemp("study")

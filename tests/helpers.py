@@ -96,3 +96,27 @@ class DiskFullOnSave(L.Callback):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
         trainer.strategy.checkpoint_io.write = no_space
+
+
+from lightning_modules.classifier import ImageClassifier  # noqa: E402
+
+
+class WithErrorRate(ImageClassifier):
+    """The study's classifier with one more metric, logged the ordinary way and declared nowhere else."""
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        self.log("val/err", 1 - self.trainer.callback_metrics["val/acc"])
+
+
+class CrashOnce(L.Callback):
+    """A crash that another try does not repeat (as a flaky node would): raises in the first training batch
+    until the marker file exists."""
+
+    def __init__(self, marker: str):
+        self.marker = Path(marker)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if not self.marker.exists():
+            self.marker.write_text("crashed")
+            raise RuntimeError("segfault-like crash of a flaky node")

@@ -5,10 +5,9 @@ import math
 import pandas as pd
 import pytest
 
-from ablations.analysis import (
-    COLUMNS, accuracy_at_loss, describe_model, equal_loss_table, final_gap, load_runs, summarise,
-)
+from ablations.analysis import accuracy_at_loss, describe_model, equal_loss_table, final_gap, load_runs, summarise
 from ablations.train import main as train_main
+from tests.wandb_records import OfflineApi, OfflineRun
 
 
 def curve(run, layout, losses, accs, seed=0, data_size=1.0):
@@ -52,26 +51,41 @@ def test_describe_model():
     assert describe_model("C-T") == ("C-T", None)
 
 
-def test_load_runs_from_real_run_folders(tmp_path):
-    base = ["--model.class_path=lightning_modules.classifier.ImageClassifier", "--model.init_args.mixup_alpha=0.0",
+BASE = ["--model.class_path=lightning_modules.classifier.ImageClassifier", "--model.init_args.mixup_alpha=0.0",
             "--model.init_args.model_args={depths: [1, 1], dims: [16, 32], stem_dim: 16, head_dim: 16}",
             "--data=datamodules.SyntheticDataModule", "--data.init_args.image_size=16", "--data.init_args.num_classes=4",
             "--data.init_args.train_size=64", "--data.init_args.test_size=16", "--data.init_args.batch_size=16",
             "--data.init_args.train_fraction=0.5",
             "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.logger=false", "--trainer.max_epochs=2"]
-    for model, seed in (("C-T", 0), ("T-C", 1)):
-        assert train_main([*base, f"--model.init_args.model={model}", f"--seed_everything={seed}",
-                           f"--run_dir={tmp_path / f'{model}-{seed}'}"]) == 0
-    frame = load_runs(tmp_path)
-    assert list(frame.columns) == COLUMNS and len(frame) == 4
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    """Two real `ablate train` runs in a loose folder (no manifest), logged to W&B offline as well."""
+    root = tmp_path_factory.mktemp("loose")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WANDB_MODE", "offline")
+        for model, seed in (("C-T", 0), ("T-C", 1)):
+            assert train_main([*BASE, f"--model.init_args.model={model}", f"--seed_everything={seed}",
+                               "--wandb.enabled=true", f"--run_dir={root / f'{model}-{seed}'}"]) == 0
+    return root
+
+
+def test_load_runs_from_real_run_folders(two_runs):
+    frame = load_runs(two_runs)
+    assert list(frame.columns[:10]) == ["run", "layout", "model", "budget", "data_size", "seed", "params", "flops",
+                                        "epoch", "step"]
+    assert {"train_loss", "train_eval_loss", "val_acc", "test_acc", "lr", "images_per_s"} <= set(frame.columns)
+    assert (frame.groupby("run")["step"].min() == 1).all()  # the first evaluation comes after the first step
     assert set(frame["layout"]) == {"C-T", "T-C"} and set(frame["seed"]) == {0, 1}
     assert (frame["data_size"] == 0.5).all() and frame["params"].gt(0).all() and frame["test_acc"].notna().all()
     with pytest.raises(FileNotFoundError, match="no completed runs"):
-        load_runs(tmp_path / "T-C-1" / "checkpoints")
+        load_runs(two_runs / "T-C-1" / "checkpoints")
 
 
 def per_run_table(values: dict[str, list[float]]) -> pd.DataFrame:
-    return pd.DataFrame([{"layout": k, "seed": i, "test_acc": v} for k, vs in values.items() for i, v in enumerate(vs)])
+    return pd.DataFrame([{"run": f"{k}-{i}", "layout": k, "data_size": 1.0, "seed": i, "test_acc": v}
+                         for k, vs in values.items() for i, v in enumerate(vs)])
 
 
 def test_paper_ordering_check_says_holds_reversed_or_noise():
@@ -80,7 +94,7 @@ def test_paper_ordering_check_says_holds_reversed_or_noise():
     table = per_run_table({
         "C-C-C-C": [0.90, 0.91, 0.90], "C-C-C-T": [0.90, 0.905, 0.91],  # ≈: holds
         "C-C-T-T": [0.85, 0.86, 0.85],                                    # ≥: holds
-        "C-T-T-T": [0.88, 0.87, 0.89],                                    # >: reversed
+        "C-T-T-T": [0.88, 0.885, 0.875],                                  # >: reversed
         "VIT_REL": [0.50, 0.51, 0.49],                                    # ≫: holds
     })
     verdicts = dict(zip(*check_order(table, "test_acc", PAPER_GENERALISATION)[["pair", "verdict"]].T.values))
@@ -93,9 +107,25 @@ def test_overlapping_seeds_are_within_noise_and_lower_is_better_flips():
 
     noisy = per_run_table({"A": [0.5, 0.9, 0.6], "B": [0.7, 0.55, 0.8]})
     assert check_order(noisy, "test_acc", "A > B")["verdict"][0] == "within noise"
-    losses = per_run_table({"A": [0.1, 0.11], "B": [0.5, 0.52]})
+    losses = per_run_table({"A": [0.1, 0.11, 0.12], "B": [0.5, 0.52, 0.55]})
     assert check_order(losses, "test_acc", "A > B", higher_is_better=False)["verdict"][0] == "holds"
     assert check_order(losses, "test_acc", "A > C")["verdict"][0] == "missing"
+
+
+def test_two_seeds_give_no_verdict_and_pairs_are_matched_by_seed():
+    """With 2 seeds every seed of A beating every seed of B happens one time in six by chance: no verdict. Seeds
+    are paired: a layout better at every seed holds even when the seeds differ more than the layouts."""
+    from ablations.analysis import check_order, paired_difference
+
+    two = check_order(per_run_table({"A": [0.9, 0.91], "B": [0.5, 0.52]}), "test_acc", "A > B").iloc[0]
+    assert two["verdict"] == "too few seeds" and two["n"] == 2 and "paired t" in two["method"]
+    seeds_apart = per_run_table({"A": [0.50, 0.70, 0.90, 0.60], "B": [0.49, 0.68, 0.885, 0.59]})
+    row = check_order(seeds_apart, "test_acc", "A > B").iloc[0]
+    assert row["verdict"] == "holds" and row["n"] == 4 and row["low"] > 0  # unpaired, the spread would swamp it
+    import scipy.stats
+
+    a, b = pd.Series([0.5, 0.7, 0.9, 0.6]), pd.Series([0.49, 0.68, 0.885, 0.59])
+    assert paired_difference(a, b)["p"] == pytest.approx(scipy.stats.ttest_rel(a, b).pvalue)
 
 
 def test_order_syntax_errors_name_the_order():
@@ -106,49 +136,20 @@ def test_order_syntax_errors_name_the_order():
         parse_order("A B")
 
 
-class RecordedRun:
-    """What `wandb.Api().runs()` yields for a run that WandbLogger logged: the config with params and FLOPs, and
-    a history where training and evaluation metrics of an epoch arrive in separate rows."""
-
-    def __init__(self, run_dir):
-        import json
-
-        import yaml
-
-        self.name, self.state = run_dir.name, "finished"
-        summary = json.loads((run_dir / "summary.json").read_text())
-        self.config = {**yaml.safe_load((run_dir / "config.yaml").read_text()), "params": summary["params"],
-                       "flops": summary["flops"]}
-        self.rows = []
-        for row in pd.read_csv(run_dir / "metrics.csv").to_dict("records"):
-            evals = {k: v for k, v in row.items() if k.startswith(("val/", "train_eval/", "test/"))}
-            self.rows.append({"epoch": row["epoch"], "trainer/global_step": row["step"], **evals})
-            self.rows.append({"epoch": row["epoch"], "trainer/global_step": row["step"], "train/loss": row["train/loss"]})
-        self.rows.append({"_runtime": 1.0})  # a system row without an epoch
-
-    def scan_history(self):
-        return iter(self.rows)
+def offline_api(folder) -> OfflineApi:
+    """`wandb.Api()` over what the runs' offline W&B logs really recorded (their `.wandb` files)."""
+    return OfflineApi([OfflineRun(p) for p in sorted(folder.iterdir()) if (p / "metrics.csv").exists()])
 
 
-class RecordedApi:
-    def __init__(self, runs):
-        self._runs = runs
-
-    def runs(self, project, filters=None):
-        assert project == "entity/stacking-ablations"
-        return self._runs
-
-
-def test_wandb_shaped_and_local_tables_agree(tmp_path):
+def test_wandb_and_local_tables_agree(two_runs):
+    """The table read from W&B (config and history as the offline runs recorded them) equals the run folders'."""
     from ablations.analysis import load_wandb
 
-    test_load_runs_from_real_run_folders(tmp_path)  # two real runs
-    local = load_runs(tmp_path)
-    api = RecordedApi([RecordedRun(p) for p in sorted(tmp_path.iterdir()) if (p / "metrics.csv").exists()])
-    remote = load_wandb("entity/stacking-ablations", api=api)
-    key = ["run", "epoch"]
+    local = load_runs(two_runs)
+    remote = load_wandb("entity/stacking-ablations", api=offline_api(two_runs))
+    key = ["run", "step"]
     pd.testing.assert_frame_equal(local.sort_values(key).reset_index(drop=True),
-                                  remote.sort_values(key).reset_index(drop=True), check_dtype=False)
+                                  remote.sort_values(key).reset_index(drop=True)[local.columns], check_dtype=False)
 
 
 def test_capacity_uses_the_largest_data_size_and_the_lowest_loss():
@@ -204,23 +205,28 @@ def test_capacity_reads_the_largest_data_size_unless_asked_for_all():
 
 
 def test_ranking_orders_layouts_with_intervals_around_their_means():
+    import scipy.stats
+
     from ablations.analysis import ranking
 
     table = ranking(per_run_table({"A": [0.5, 0.6], "B": [0.9, 0.8, 0.85], "C": [0.1]}), "test_acc")
     assert list(table["layout"]) == ["B", "A", "C"] and list(table["rank"]) == [1, 2, 3]
     b = table.iloc[0]
-    assert b["mean"] == pytest.approx(0.85) and 0.8 <= b["low"] <= 0.85 <= b["high"] <= 0.9 and b["seeds"] == 3
-    assert table.iloc[2]["low"] == table.iloc[2]["high"] == pytest.approx(0.1)  # one seed: no spread
+    half = scipy.stats.t.ppf(0.975, 2) * scipy.stats.sem([0.9, 0.8, 0.85])
+    assert b["mean"] == pytest.approx(0.85) and b["n"] == 3
+    assert (b["low"], b["high"]) == pytest.approx((0.85 - half, 0.85 + half))  # a t interval, not the seeds' range
+    assert math.isnan(table.iloc[2]["low"])  # one seed: no interval
     assert list(ranking(per_run_table({"A": [2.0], "B": [1.0]}), "test_acc", higher_is_better=False)["layout"]) == ["B", "A"]
 
 
 def paper_study() -> pd.DataFrame:
-    """Five layouts x two seeds with known curves: convolution generalises better, attention fits lower.
-    Every run passes clean training loss 0.3 (+0.002 for seed 1); ViT_REL stops there, so that is the common loss."""
-    at_03 = {"C-C-C-C": (0.80, 0.81), "C-C-C-T": (0.81, 0.80), "C-C-T-T": (0.78, 0.785), "C-T-T-T": (0.70, 0.705)}
+    """Five layouts x three seeds with known curves: convolution generalises better, attention fits lower.
+    Every run passes clean training loss 0.3 (+0.002 per seed); ViT_REL stops there, so that is the common loss."""
+    at_03 = {"C-C-C-C": (0.80, 0.81, 0.805), "C-C-C-T": (0.81, 0.80, 0.805), "C-C-T-T": (0.78, 0.785, 0.775),
+             "C-T-T-T": (0.70, 0.705, 0.69)}
     final_loss = {"C-C-C-C": 0.25, "C-C-C-T": 0.20, "C-C-T-T": 0.05, "C-T-T-T": 0.05}
     frames = []
-    for seed, j in ((0, 0.0), (1, 0.002)):
+    for seed, j in ((0, 0.0), (1, 0.002), (2, 0.004)):
         frames.append(curve(f"VIT_REL-{seed}", "VIT_REL", [2.0, 1.0, 0.30 + j], [0.1, 0.3, 0.40 + j], seed=seed))
         for layout, accs in at_03.items():
             frames.append(curve(f"{layout}-{seed}", layout, [2.0, 1.0, 0.3 + j, final_loss[layout] + j],
@@ -236,11 +242,14 @@ def test_report_states_the_paper_orderings_verdicts(tmp_path):
     frame["step"], frame["train_loss"] = frame["epoch"] * 10, frame["train_eval_loss"]
     text = build_report(frame, "Study", "ten runs", save_figures(frame, tmp_path))
 
-    def verdicts(section: str) -> dict[str, str]:
-        lines = section.split("\n\n")[1].splitlines()[2:]  # the first table after the heading
-        return {line.split("|")[1].strip(): line.split("|")[-2].strip() for line in lines}
+    def verdicts(section: str, seeds: int = 3) -> dict[str, str]:
+        lines = section.split("\n\n")[1].splitlines()  # the first table after the heading
+        cells = [[c.strip() for c in line.split("|")[1:-1]] for line in lines]
+        pair, n, method, verdict = (cells[0].index(c) for c in ("pair", "n", "method", "verdict"))
+        assert all(row[n] == str(seeds) and row[method].startswith("paired t") for row in cells[2:])  # n, method per verdict
+        return {row[pair]: row[verdict] for row in cells[2:]}
 
-    at_loss = verdicts(text.split("Generalisation at data size 1, ")[1])
+    at_loss = verdicts(text.split("Generalisation, paper: ")[1])
     assert at_loss["C-C-C-C ≈ C-C-C-T"] == "holds"
     assert at_loss["C-T-T-T ≫ VIT_REL"] == "holds"
     assert at_loss["C-C-C-T ≥ C-C-T-T"] == at_loss["C-C-T-T > C-T-T-T"] == "holds"
@@ -248,7 +257,10 @@ def test_report_states_the_paper_orderings_verdicts(tmp_path):
     assert rows["C-C-T-T ≈ C-T-T-T"] == "holds"  # both fit to 0.05
     assert rows["VIT_REL > C-C-C-T"] == "reversed"  # ViT_REL stopped at 0.30, above C-C-C-T's 0.20
     assert rows["C-C-C-T > C-C-C-C"] == "holds"
-    assert "| C-C-C-C | 0.8150 ± 0.0071 (n=2) |" in text
+    assert "| C-C-C-C | 0.8150 ± 0.0050 (n=3) |" in text
+    two_seeds = frame[frame["seed"] < 2]
+    text = build_report(two_seeds, "Study", "ten runs", save_figures(two_seeds, tmp_path))
+    assert set(verdicts(text.split("Generalisation, paper: ")[1], seeds=2).values()) == {"too few seeds"}
     assert all((tmp_path / f"{name}.png").stat().st_size > 0 for name in
                ("training_curves", "accuracy_vs_loss", "generalisation_gap", "capacity_vs_data"))
 
@@ -258,7 +270,7 @@ def test_equal_loss_ordering_compares_each_pair_where_both_curves_overlap():
     from ablations.analysis import check_order_at_equal_loss, common_loss
 
     frames = []
-    for seed, j in ((0, 0.0), (1, 0.01)):
+    for seed, j in ((0, 0.0), (1, 0.01), (2, 0.005)):
         frames += [curve(f"cc-{seed}", "C-C", [0.9, 0.5, 0.1 + j], [0.2, 0.8 + j, 0.9 + j], seed=seed),
                    curve(f"ct-{seed}", "C-T", [2.0, 0.6, 0.2 + j], [0.2, 0.7 + j, 0.8 + j], seed=seed),
                    curve(f"vit-{seed}", "VIT", [2.5, 1.5, 1.0 + j], [0.1, 0.3 + j, 0.4 + j], seed=seed)]
@@ -270,12 +282,11 @@ def test_equal_loss_ordering_compares_each_pair_where_both_curves_overlap():
     assert check_order_at_equal_loss(frame, "C-C > VIT2")["verdict"][0] == "missing"
 
 
-def test_report_from_a_wandb_project_needs_an_output_folder(tmp_path, monkeypatch, capsys):
+def test_report_from_a_wandb_project_needs_an_output_folder(two_runs, tmp_path, monkeypatch, capsys):
     import ablations.analysis
     from ablations.cli import main as cli_main
 
-    test_load_runs_from_real_run_folders(tmp_path / "runs")
-    api = RecordedApi([RecordedRun(p) for p in sorted((tmp_path / "runs").iterdir())])
+    api = offline_api(two_runs)
     real = ablations.analysis.load_wandb
     monkeypatch.setattr(ablations.analysis, "load_wandb", lambda project: real(project, api=api))
     assert cli_main(["report", "wandb:entity/stacking-ablations", "--out", str(tmp_path / "report")]) == 0
@@ -284,3 +295,63 @@ def test_report_from_a_wandb_project_needs_an_output_folder(tmp_path, monkeypatc
     assert (tmp_path / "report" / "training_curves.png").exists()
     assert cli_main(["report", "wandb:entity/stacking-ablations"]) == 2
     assert "needs --out FOLDER" in capsys.readouterr().err
+
+
+REL_POS = "model.init_args.model_args.rel_pos"
+
+
+def test_every_setting_of_a_sweep_is_kept_apart(tiny_study):
+    """A sweep over rel_pos [pre, none] x two layouts x 2 seeds: pre and none are separate rows in the table, the
+    report and the comparisons, never averaged as if they were more seeds."""
+    from ablations.analysis import check_order_at_equal_loss, generalisation
+    from ablations.report import write_report
+
+    frame = load_runs(tiny_study)
+    assert set(frame[REL_POS]) == {"pre", "none"}
+    stats = summarise(generalisation(frame), "test_acc")
+    assert len(stats) == 4 and (stats["count"] == 2).all() and set(stats[REL_POS]) == {"pre", "none"}
+    checks = check_order_at_equal_loss(frame, "C-T > T-T")
+    assert sorted(checks[REL_POS]) == ["none", "pre"] and (checks["n"] == 2).all()
+    assert set(checks["verdict"]) == {"too few seeds"} and checks["at_loss"].notna().all()
+    text = write_report(tiny_study).read_text()
+    for rel_pos in ("pre", "none"):
+        assert f"| C-T | {rel_pos} | " in text and f"| T-T | {rel_pos} | " in text
+        assert f"| 1.0000 | {rel_pos} | C-T > T-T | 2 | " in text  # the layout pairs, one row per setting
+    assert "_(" not in text  # no table came out empty
+
+
+def test_any_folder_of_runs_reports_and_twins_are_an_error(tiny_study, tmp_path, capsys):
+    """Runs copied into a folder of one's own (no manifest): the settings are the config keys that differ. Two
+    runs with the same settings and seed are an error naming both folders."""
+    import shutil
+
+    from ablations.cli import main as cli_main
+
+    loose = tmp_path / "mine"
+    runs = sorted(p for p in tiny_study.iterdir() if (p / "metrics.csv").exists())
+    for run in runs[:4]:
+        shutil.copytree(run, loose / "by-hand" / run.name, ignore=shutil.ignore_patterns("checkpoints"))
+    frame = load_runs(loose)
+    assert frame["run"].nunique() == 4 and {c for c in frame.columns if "." in c} == set(
+        [REL_POS] if frame[REL_POS].nunique() > 1 else [])
+    assert cli_main(["report", str(loose)]) == 0
+    assert (loose / "report.md").read_text().startswith(f"# Runs under {loose}")
+    shutil.copytree(runs[0], loose / "again", ignore=shutil.ignore_patterns("checkpoints"))
+    with pytest.raises(ValueError, match=f"runs .*again and .*{runs[0].name} have the same settings and seed"):
+        load_runs(loose)
+
+
+def test_report_logs_its_tables_and_figures_to_one_wandb_run_in_the_sweeps_group(tiny_study, tmp_path, monkeypatch):
+    """`ablate report --wandb`: read back from the offline run's .wandb log, the tables are wandb.Tables and the
+    figures wandb.Images, in one run of job type report in the sweep's group."""
+    from ablations.cli import main as cli_main
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = tmp_path / "report"
+    assert cli_main(["report", str(tiny_study), "--out", str(out), "--wandb"]) == 0
+    run = OfflineRun(out)
+    assert (run.group, run.job_type, run.name) == ("study", "report", "study-report"), run.__dict__
+    logged = {k: v for row in run.rows for k, v in row.items() if k.startswith("report/")}
+    assert logged["report/final test accuracy"]["_type"] == "table-file"
+    assert logged["report/layout pairs by test accuracy at equal loss"]["_type"] == "table-file"
+    assert logged["report/training_curves"]["_type"] == "image-file"

@@ -126,7 +126,9 @@ def test_disk_full_fails_before_training(tmp_path, capsys, monkeypatch):
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line == (f"ablate train: error: run folder {run_dir} has 5 MiB free, a run needs at least 100 MiB for its "
                     "checkpoints; free space or choose another --run_dir")
-    assert not (run_dir / "checkpoints").exists() and not (run_dir / "summary.json").exists()  # nothing trained
+    assert not (run_dir / "checkpoints").exists()  # nothing trained
+    summary = json.loads((run_dir / "summary.json").read_text())  # the run says why, for a sweep to read
+    assert summary["status"] == "failed" and summary["failure"] == "disk" and summary["reason"] == line.removeprefix("ablate train: error: ")
 
 
 @pytest.mark.parametrize("trainer,gpus,needle", [

@@ -84,7 +84,9 @@ def test_preemption_signal_saves_and_stops_then_resumes_exactly(straight, tmp_pa
     interrupted = summary(run_dir)
     assert interrupted["status"] == "interrupted" and name in interrupted["reason"]
     checkpoint = load_checked(run_dir / "checkpoints" / "last.ckpt")
-    assert checkpoint["global_step"] == 5 + 3  # epoch 0's five batches and three of epoch 1: saved mid-epoch
+    # epoch 0's five batches and four of epoch 1: saved mid-epoch, after the batch that the evaluation after step
+    # 8 follows (stopping before it, the resumed run would never make that evaluation)
+    assert checkpoint["global_step"] == 5 + 4
     assert signal.getsignal(signal.SIGTERM) == before and signal.getsignal(signal.SIGUSR1) == before_usr1  # restored
     assert train_main([*RUN, *signaller, f"--run_dir={run_dir}"]) == 0
     assert_same_as(straight, run_dir)
@@ -100,7 +102,7 @@ def test_sigterm_from_outside_stops_a_subprocess_cleanly(tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "WANDB_MODE": "disabled"})
     deadline = time.time() + 240
-    while time.time() < deadline and not (run_dir / "metrics.csv").exists():  # training has started
+    while time.time() < deadline and (read_summary(run_dir) or {}).get("epochs", 0) < 1:  # an epoch has ended
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=240)

@@ -7,6 +7,7 @@ import sys
 import uuid
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,3 +38,24 @@ def test_notebook_runs_on_a_sweep_folder_named_from_the_project_root(notebook, t
     finally:
         link.unlink()
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def test_notebook_checks_the_orderings_with_the_reports_functions(monkeypatch):
+    """The notebook's ordering tables are the report's own, on the same runs."""
+    from ablations import analysis
+    from ablations.report import report_tables
+    from tests.test_analysis import paper_study
+
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    frame = paper_study()
+    frame["step"], frame["train_loss"] = frame["epoch"] * 10, frame["train_eval_loss"]
+    monkeypatch.setattr(analysis, "load_source", lambda source: frame)
+    shown = []
+    namespace = {"display": shown.append}
+    for cell in json.loads(NOTEBOOKS[0].read_text())["cells"]:
+        if cell["cell_type"] == "code":
+            exec("".join(cell["source"]), namespace)
+    expected = [t for title, t in report_tables(frame).items() if title.startswith("paper ordering")]
+    assert len(shown) == len(expected) == 3
+    for table, report in zip(shown, expected):
+        pd.testing.assert_frame_equal(table, report)

@@ -50,7 +50,8 @@ def sweep(tmp_path) -> tuple[Path, float]:
              {"status": "completed", "wall_time": 46.0})
     make_run(folder, "m1-s1", 4, ["0,10,0.5,0.45,12", "1,20,0.52,0.5,14", "2,25,0.55,0.53,"], {"status": "running"},
              running=True, now=now)
-    make_run(folder, "m2-s0", 2, ["0,10,0.3,0.3,30"], {"status": "failed", "reason": "FloatingPointError: loss nan"})
+    make_run(folder, "m2-s0", 2, ["0,10,0.3,0.3,30"], {"status": "failed", "failure": "non_finite",
+                                                       "reason": "training loss became nan at step 12"})
     (folder / "manifest.json").write_text(json.dumps(
         {"name": "hand", "config": None, "runs": [{"id": k, "axes": {}, "overrides": v} for k, v in runs.items()]}))
     return folder, now
@@ -71,10 +72,10 @@ def test_each_run_shows_epoch_accuracies_and_an_eta_from_its_epoch_times(sweep):
     assert by_id["m1-s2"].remaining == pytest.approx(4 * 11 + 6)
     assert by_id["m2-s1"].remaining == pytest.approx(2 * 30 + 6)  # its own model's failed run measured 30 s
     assert by_id["m1-s0"].elapsed == 46.0 and by_id["m1-s0"].remaining is None
-    (folder / "m1-s0" / "metrics.csv").write_text("epoch,val/acc\n0,0.5\n1,0.6\n")  # a file without epoch times
-    assert read_run(folder / "m1-s0", {}).epochs_done == 2
+    (folder / "m1-s0" / "metrics.csv").write_text("epoch,step,val/acc\n0,5,0.5\n0,10,0.6\n")  # evaluations only
+    assert (read_run(folder / "m1-s0", {}).epochs_done, read_run(folder / "m1-s0", {}).val_acc) == (0, 0.6)
     text = render(name, runs, slots=None, now=now)
-    assert "FloatingPointError: loss nan" in text
+    assert "\n    (non_finite: training loss became nan at step 12)\n" in text  # under the failed run's row
     # one slot (one run now running): 21 s, then 50 s, then 66 s
     assert text.splitlines()[-1].startswith("hand: 1 completed, 1 running, 1 failed, 2 pending of 5; ETA 2m17s")
     assert "on 1 slot" in text
@@ -117,7 +118,8 @@ def test_status_of_a_spec_and_of_its_folder_agree_and_report_takes_a_spec(sweep,
     assert "--watch 0 must be a positive number of seconds" in capsys.readouterr().err
     other = folder.parent / "other"  # a sweep with no run finished yet: its report says so
     other.mkdir()
-    (other / "manifest.json").write_text(json.dumps({"name": "other", "config": str(config), "runs": []}))
+    (other / "manifest.json").write_text(json.dumps({"name": "other", "config": str(config), "budget": None,
+                                                               "grid": {"seed_everything": [0]}, "runs": []}))
     spec.write_text(spec.read_text().replace("name: hand", "name: other"))
     assert cli_main(["report", str(spec), "--root", str(folder.parent)]) == 0
     assert capsys.readouterr().out.strip() == str(other / "report.md")

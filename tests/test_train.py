@@ -42,10 +42,14 @@ def test_run_folder_records_everything(tmp_path):
     run_dir = tmp_path / "run"
     assert train_main([*SMALL_RUN, f"--run_dir={run_dir}"]) == 0
     rows = read_metrics(run_dir)
-    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
-    for column in ("train/loss", "train_eval/loss", "train_eval/acc", "val/loss", "val/acc", "test/loss", "test/acc",
-                   "lr", "epoch_time", "images_per_s"):
+    # an evaluation after steps 1, 2, 4, 8 and at each epoch's end (5 steps an epoch), a row each
+    assert [int(r["step"]) for r in rows] == [1, 2, 4, 5, 8, 10, 15]
+    epoch_ends = [r for r in rows if r["train/loss"] != ""]
+    assert [(int(r["epoch"]), int(r["step"])) for r in epoch_ends] == [(0, 5), (1, 10), (2, 15)]
+    for column in ("train_eval/loss", "train_eval/acc", "val/loss", "val/acc", "test/loss", "test/acc", "gap/acc"):
         assert all(r[column] != "" for r in rows), column
+    for column in ("lr", "epoch_time", "images_per_s"):
+        assert all(r[column] != "" for r in epoch_ends), column
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["params"] > 0 and summary["flops"] > 0
     assert summary["final"]["test/acc"] == pytest.approx(float(rows[-1]["test/acc"]))
@@ -153,17 +157,62 @@ def test_compiled_checkpoint_loads_into_an_uncompiled_model():
     plain.load_state_dict(compiled.state_dict())
 
 
-def test_ema_and_wandb_offline(tmp_path, monkeypatch):
+def test_wandb_records_the_nested_config_summaries_and_every_logged_metric(tmp_path, monkeypatch):
+    """Read back from what an offline W&B run recorded (its .wandb log): the nested config once, never overwritten
+    by the module's flat hyperparameters; summaries by define_metric; lr and images/s in the history; one run per
+    run folder, continued by a resume. A metric the module logs reaches metrics.csv, the table and W&B."""
+    from ablations.analysis import load_runs
+    from tests.wandb_records import OfflineRun
+
     monkeypatch.setenv("WANDB_MODE", "offline")  # respected: a local copy, nothing sent
     run_dir = tmp_path / "ema"
-    args = [a for a in SMALL_RUN if "max_epochs" not in a and "logger" not in a]
-    code = train_main([*args, "--trainer.max_epochs=1", "--trainer.callbacks+=lightning_modules.callbacks.EMA",
-                       "--trainer.callbacks.decay=0.9", "--wandb.enabled=true", "--wandb.group=test-sweep",
-                       f"--run_dir={run_dir}"])
-    assert code == 0
+    args = [a for a in SMALL_RUN if "logger" not in a and "class_path" not in a]
+    stop = ["--trainer.callbacks+=tests.helpers.KillOnce", "--trainer.callbacks.epoch=1", "--trainer.callbacks.batch=2",
+            "--trainer.callbacks.signal=SIGTERM", f"--trainer.callbacks.marker={tmp_path / 'stopped'}"]
+    command = [*args, "--model.class_path=tests.helpers.WithErrorRate", "--trainer.callbacks+=lightning_modules.callbacks.EMA",
+               "--trainer.callbacks.decay=0.9", *stop, "--wandb.enabled=true", "--wandb.group=test-sweep",
+               f"--run_dir={run_dir}"]
+    assert train_main(command) == 3  # preempted in epoch 1
+    assert train_main(command) == 0  # resumed
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
-    offline = list((run_dir / "wandb").glob("offline-run-*"))
-    assert offline, "W&B offline run folder missing"
+    run = OfflineRun(run_dir)
+    assert len(list(run_dir.glob("wandb/offline-run-*"))) == 2 and run.id == (run_dir / "wandb_id").read_text()
+    assert run.group == "test-sweep" and run.job_type == "C-T"
+    model = run.config["model"]
+    assert isinstance(model, dict) and model["init_args"]["model"] == "C-T"
+    assert model["init_args"]["num_classes"] == 4 and run.config["trainer"]["max_epochs"] == 3
+    assert all("lr" not in update and "model" not in update or isinstance(update["model"], dict)
+               for update in run.config_records)  # no flat hyperparameter ever written over the nested config
+    rows = read_metrics(run_dir)
+    best = max(float(r["val/acc"]) for r in rows if r["val/acc"])
+    assert run.summary["val/acc"] == {"max": pytest.approx(best)}
+    assert run.summary["train_eval/loss"] == {"min": pytest.approx(min(float(r["train_eval/loss"]) for r in rows))}
+    assert run.summary["test/acc"] == {"last": pytest.approx(float(rows[-1]["test/acc"]))}
+    history = [row for row in run.rows if "lr" in row]
+    assert len(history) >= 3 and all(row["images_per_s"] > 0 for row in history)
+    assert "val/err" in rows[0] and any("val/err" in row for row in run.rows)
+    assert load_runs(run_dir)["val_err"].notna().all()
+
+
+def test_wandb_run_ids_are_per_run_folder_and_online_mode_follows_wandb(tmp_path, monkeypatch):
+    from lightning_modules.wandb_run import run_id, wandb_mode
+
+    assert run_id(tmp_path / "a") == run_id(tmp_path / "a") != run_id(tmp_path / "b")  # same config, two folders
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_") and k != "NETRC"}
+    env.update(HOME=str(tmp_path), NETRC=str(tmp_path / ".netrc"), WANDB_CONFIG_DIR=str(tmp_path / "wandb-config"))
+
+    def mode(**extra) -> str:  # a fresh process each time, as `ablate train` is: W&B reads its settings once
+        return subprocess.run([sys.executable, "-c", "from lightning_modules.wandb_run import wandb_mode; "
+                               "print(wandb_mode())"], cwd=ROOT, env={**env, **extra}, capture_output=True,
+                              text=True, check=True).stdout.strip()
+
+    assert mode() == "offline"  # no credentials anywhere
+    assert mode(WANDB_API_KEY="k" * 40) == "online"
+    (tmp_path / ".netrc").write_text("machine wandb.example.org\n  login user\n  password " + "k" * 40 + "\n")
+    (tmp_path / ".netrc").chmod(0o600)
+    assert mode() == "offline"  # a key for another host is not one for W&B's default server
+    assert mode(WANDB_BASE_URL="https://wandb.example.org") == "online"  # a self-hosted server, by W&B's own rules
+    assert wandb_mode() is None  # W&B reads WANDB_MODE itself
 
 
 @pytest.mark.parametrize("config", sorted((ROOT / "ablations" / "configs").glob("*.yaml")), ids=lambda p: p.stem)
@@ -215,19 +264,20 @@ def test_device_path_trains_as_well_as_the_dataloader_path(tmp_path):
 
 
 def test_training_steps_do_not_read_values_back_from_the_device(tmp_path, monkeypatch):
-    """A `.item()` per step stalls a GPU every step. Reads may happen per epoch (metrics, the loss check at the
-    epoch's end), so their count must not grow with the number of steps."""
+    """A `.item()` per step stalls a GPU every step. Reads may happen per evaluation and per epoch (metrics, the
+    loss check at the epoch's end), so with as many evaluations their count must not grow with the steps."""
     calls = []
     original = torch.Tensor.item
     monkeypatch.setattr(torch.Tensor, "item", lambda self: calls.append(1) or original(self))
     counts = {}
-    for train_size in (64, 192):  # 4 and 12 steps per epoch
+    for train_size in (192, 240):  # 12 and 15 steps, evaluated after steps 1, 2, 4, 8 and the last
         calls.clear()
         args = [arg for arg in SMALL_RUN if not arg.startswith("--data.init_args.train_size")]
         assert train_main([*args, f"--data.init_args.train_size={train_size}", "--data.init_args.val_fraction=0.25",
                            "--trainer.max_epochs=1", f"--run_dir={tmp_path / str(train_size)}"]) == 0
         counts[train_size] = len(calls)
-    assert counts[64] == counts[192], counts
+        assert len(read_metrics(tmp_path / str(train_size))) == 5
+    assert counts[192] == counts[240], counts
 
 
 def test_compile_by_default_on_gpus_only():
