@@ -201,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("status", help="per run: state, epoch k/N, latest accuracies, elapsed, ETA; the sweep's ETA")
-    p.add_argument("spec", help="sweep YAML or sweep folder (e.g. runs/demo)")
+    p.add_argument("spec", help="sweep YAML, sweep folder (e.g. runs/demo) or any folder of run folders")
     p.add_argument("--root", default="runs", help="parent folder of sweep folders (with a spec)")
     p.add_argument("--slots", type=int, help="runs at once for the rest, for the sweep's ETA (default: those running now)")
     p.add_argument("--watch", type=float, nargs="?", const=10.0, metavar="SECONDS",

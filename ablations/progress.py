@@ -45,21 +45,26 @@ class RunProgress:
     reason: str | None = None
 
 
-def sweep_runs(target: str | Path, root: str | Path = "runs") -> tuple[str, Path, list[tuple[str, dict[str, Any]]]]:
-    """(name, folder, [(run id, overrides)]) of a spec file or a sweep folder. The folder's manifest lists the runs
-    last launched (command-line ``--set``/``--grid`` included); a spec whose sweep has not started lists its own."""
+def sweep_runs(target: str | Path, root: str | Path = "runs") -> tuple[str, Path, list[tuple[Path, dict[str, Any]]]]:
+    """(name, folder, [(run folder, overrides)]) of a spec file, a sweep folder, or any folder of run folders (as
+    ``ablate report`` takes). A sweep folder's manifest lists the runs last launched (command-line ``--set``/
+    ``--grid`` included); a spec whose sweep has not started lists its own."""
     target = Path(target)
     if target.is_file():
         spec = SweepSpec.load(target)
         folder, name = sweep_dir(spec, root), spec.name
-        runs = [(r.id, r.overrides) for r in spec.expand()]
-    elif (target / run_folder.MANIFEST).is_file():
-        folder, name, runs = target, target.name, []
+        runs = [(folder / r.id, r.overrides) for r in spec.expand()]
+    elif target.is_dir():
+        folder, name = target, target.resolve().name
+        runs = [(run_dir, {}) for run_dir in run_folder.run_folders(target)]
     else:
-        raise FileNotFoundError(f"{target} is neither a sweep spec nor a sweep folder (a folder with manifest.json)")
+        raise FileNotFoundError(f"{target} is neither a sweep spec nor a folder")
     manifest = run_folder.read_manifest(folder)
     if manifest is not None:
-        name, runs = manifest.get("name", name), [(r["id"], r.get("overrides", {})) for r in manifest["runs"]]
+        name = manifest.get("name", name)
+        runs = [(folder / r["id"], r.get("overrides", {})) for r in manifest["runs"]]
+    if not runs:
+        raise FileNotFoundError(f"{target} holds no runs (a sweep folder has manifest.json, a run folder metrics.csv)")
     return name, folder, runs
 
 
@@ -198,7 +203,7 @@ def duration(seconds: float | None) -> str:
 def collect(target: str | Path, root: str | Path = "runs", now: float | None = None) -> tuple[str, list[RunProgress]]:
     name, folder, runs = sweep_runs(target, root)
     base = (run_folder.read_manifest(folder) or {}).get("config")
-    progress = [read_run(folder / run_id, overrides, base, now) for run_id, overrides in runs]
+    progress = [read_run(run_dir, overrides, base, now) for run_dir, overrides in runs]
     estimate(progress)
     return name, progress
 

@@ -112,8 +112,14 @@ def test_status_of_a_spec_and_of_its_folder_agree_and_report_takes_a_spec(sweep,
     assert "ETA 1m27s" in by_folder
     assert cli_main(["status", str(folder), "--slots", "0"]) == 2
     assert "--slots 0 must be at least 1" in capsys.readouterr().err
-    assert cli_main(["status", str(folder.parent)]) == 2  # the parent of sweep folders is not one
-    assert "is neither a sweep spec nor a sweep folder (a folder with manifest.json)" in capsys.readouterr().err
+    assert cli_main(["status", str(folder.parent / "none")]) == 2
+    assert "none is neither a sweep spec nor a folder" in capsys.readouterr().err
+    (folder.parent / "empty").mkdir()
+    assert cli_main(["status", str(folder.parent / "empty")]) == 2
+    assert "empty holds no runs (a sweep folder has manifest.json" in capsys.readouterr().err
+    assert cli_main(["status", str(folder.parent)]) == 0  # any folder of run folders, as `ablate report` takes
+    assert [line.split()[:3] for line in capsys.readouterr().out.splitlines()[1:3]] == [
+        ["completed", "m1-s0", "4/4"], ["running", "m1-s1", "2/4"]]
     assert cli_main(["status", str(folder), "--watch", "0"]) == 2
     assert "--watch 0 must be a positive number of seconds" in capsys.readouterr().err
     other = folder.parent / "other"  # a sweep with no run finished yet: its report says so
