@@ -74,6 +74,7 @@ def settings(frame: pd.DataFrame) -> list[str]:
 def _run_identity(name: str, run_dir: str, config: dict, summary: dict | None) -> dict:
     model = config["model"]["init_args"]["model"]
     layout, budget = describe_model(model)
+    budget = budget or config["model"]["init_args"].get("budget")  # a layout sized by the matcher
     data = config["data"]["init_args"]
     return {"run": name, "run_dir": run_dir, "layout": layout, "model": model, "budget": budget,
             "data_size": data.get("train_samples") or data["train_fraction"], "seed": config.get("seed_everything"),
@@ -117,16 +118,64 @@ def load_run(run_dir: str | Path) -> pd.DataFrame:
     return load_runs(run_dir, completed_only=False)
 
 
-def load_runs(folder: str | Path, completed_only: bool = True) -> pd.DataFrame:
-    """Every run below ``folder`` (or the one run folder given) as one tidy frame. A sweep folder's settings are its
-    grid axes; for any other folder they are the config keys whose values differ between the runs."""
-    folder = Path(folder)
-    parts = []
-    for run_dir in run_folders_of(folder, completed_only):
-        config = yaml.safe_load((run_dir / run_folder.CONFIG).read_text())
+class UnreadableRun(ValueError):
+    """A run folder whose files do not read back as one complete run."""
+
+
+def _read_run(run_dir: Path, completed_only: bool) -> tuple | None:
+    """(identity, flat config, rows) of one run folder; None when ``completed_only`` and it is not completed.
+    Raises ``UnreadableRun`` saying why when a file is missing or damaged, or when ``metrics.csv`` is cut short
+    (a truncated copy would otherwise enter the tables as a shorter run)."""
+    try:
         summary = run_folder.load_summary(run_dir)
+    except ValueError as err:
+        raise UnreadableRun(f"{run_folder.SUMMARY} unreadable ({' '.join(str(err).split())[:80]})") from None
+    if completed_only and (summary or {}).get("status") != "completed":
+        return None
+    missing = [name for name in (run_folder.CONFIG, run_folder.METRICS) if not (run_dir / name).exists()]
+    if missing:
+        raise UnreadableRun(f"{', '.join(missing)} missing")
+    try:
+        config = yaml.safe_load((run_dir / run_folder.CONFIG).read_text())
+        text = (run_dir / run_folder.METRICS).read_text()
         rows = pd.DataFrame(run_folder.read_rows(run_dir))
-        parts.append((_run_identity(run_dir.name, str(run_dir), config, summary), flatten(config), rows))
+    except (OSError, ValueError, yaml.YAMLError) as err:
+        raise UnreadableRun(f"{type(err).__name__}: {' '.join(str(err).split())[:120]}") from None
+    epochs = int(rows["train/loss"].notna().sum()) if "train/loss" in rows else 0
+    if not text.endswith("\n"):  # every write ends its last row: this copy was cut mid-row
+        raise UnreadableRun(f"{run_folder.METRICS} ends mid-row (truncated)")
+    if summary is not None and summary.get("epochs") is not None and epochs != summary["epochs"]:
+        raise UnreadableRun(f"{run_folder.METRICS} holds {epochs} epoch row(s), {run_folder.SUMMARY} records "
+                            f"{summary['epochs']}")
+    return _run_identity(run_dir.name, str(run_dir), config, summary), flatten(config), rows
+
+
+def _run_candidates(folder: Path) -> list[Path]:
+    """Every folder below ``folder`` (or ``folder`` itself) that holds any of a run's records: one missing its
+    config or metrics is still a run, to be listed as unreadable rather than left out without a word."""
+    marks = (run_folder.SUMMARY, run_folder.METRICS)
+    if any((folder / mark).exists() for mark in marks):
+        return [folder]
+    found = {p.parent for mark in marks for p in folder.rglob(mark) if run_folder.CHECKPOINTS not in p.parts}
+    return sorted(found)
+
+
+def read_runs(folder: str | Path, completed_only: bool = True) -> tuple[pd.DataFrame | None, dict[str, str]]:
+    """Every run below ``folder`` (or the one run folder given) as one tidy frame (None when there is none), and
+    ``{run: why}`` for each run that could not be read: listed, never silently left out. A sweep folder's settings
+    are its grid axes; for any other folder they are the config keys whose values differ between the runs."""
+    folder = Path(folder)
+    parts, unreadable = [], {}
+    for run_dir in _run_candidates(folder):
+        try:
+            part = _read_run(run_dir, completed_only)
+        except UnreadableRun as err:
+            unreadable[run_dir.name] = str(err)
+            continue
+        if part is not None:
+            parts.append(part)
+    if not parts:
+        return None, unreadable
     manifest = run_folder.read_manifest(folder)
     if manifest is not None:
         axes = [flatten(r["axes"]) for r in manifest["runs"]]
@@ -135,7 +184,19 @@ def load_runs(folder: str | Path, completed_only: bool = True) -> pd.DataFrame:
         keys = sorted(set(keys))
     else:
         keys = _varying([flat for _, flat, _ in parts])
-    return _assemble(parts, keys, str(folder))
+    frame = _assemble(parts, keys, str(folder))
+    frame.attrs["unreadable"] = unreadable
+    return frame, unreadable
+
+
+def load_runs(folder: str | Path, completed_only: bool = True) -> pd.DataFrame:
+    """``read_runs`` as a frame; no readable run is a FileNotFoundError that names the unreadable ones."""
+    frame, unreadable = read_runs(folder, completed_only)
+    if frame is None:
+        why = "; ".join(f"{run}: {reason}" for run, reason in unreadable.items())
+        raise FileNotFoundError(f"no {'completed ' if completed_only else ''}runs with metrics under {folder}"
+                                + (f" (unreadable: {why})" if why else ""))
+    return frame
 
 
 def run_folders_of(folder: Path, completed_only: bool = True) -> list[Path]:
@@ -408,6 +469,6 @@ __all__ = [
     "MIN_SEEDS", "PAPER_CAPACITY", "PAPER_GENERALISATION", "accuracy_at_loss", "capacity", "check_order",
     "check_order_at_equal_loss", "common_loss", "describe_model", "equal_loss_table", "final_gap", "from_project_root",
     "generalisation",
-    "load_run", "load_runs", "load_source", "load_wandb", "mean_interval", "ordering_checks", "paired_difference",
+    "load_run", "load_runs", "load_source", "read_runs", "UnreadableRun", "load_wandb", "mean_interval", "ordering_checks", "paired_difference",
     "pairwise", "parse_order", "ranking", "settings", "summarise", "verdict",
 ]

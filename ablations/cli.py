@@ -46,8 +46,10 @@ def cmd_models(args: argparse.Namespace) -> None:
 
 
 def cmd_match(args: argparse.Namespace) -> None:
-    from lightning_modules.backbones import BUDGETS, STUDY_LAYOUTS, match_budget
-    from lightning_modules.backbones.registry import MATCHED
+    from lightning_modules.backbones import BUDGETS, match_budget
+    from lightning_modules.backbones.registry import ATTENTION_LAYOUTS, MATCHED, STUDY_LAYOUTS, SUPERSEDED
+
+    from .model_table import stage_shapes
 
     budgets = [args.budget] if args.budget else list(BUDGETS)
     for name in budgets:
@@ -56,12 +58,17 @@ def cmd_match(args: argparse.Namespace) -> None:
         budget = BUDGETS[name]
         print(f"budget {name}: {budget.params / 1e6:.3g}M params, {budget.macs / 1e9:.3g} GMACs at "
               f"{budget.template.image_size[0]}x{budget.template.image_size[1]}")
-        for layout in args.layouts or STUDY_LAYOUTS:
+        for layout in args.layouts or (*STUDY_LAYOUTS, *ATTENTION_LAYOUTS):
             cfg, cost = match_budget(layout, budget)
             frozen = MATCHED.get((name, layout))
-            note = "" if frozen is None else ("  (= registry)" if frozen == (cfg.depths, cfg.dims) else f"  (registry: {frozen})")
-            print(f"  {layout:<8} depths={cfg.depths} dims={cfg.dims}  {cost.params / 1e6:.2f}M "
-                  f"{cost.macs / 1e9:.3f}G  miss {cost.error(budget.params, budget.macs):.1%}{note}")
+            note = "" if frozen is None else (
+                "  = registry" if frozen == (cfg.stem_dim if layout != "VIT_REL" else None, cfg.depths, cfg.dims)
+                else f"  (registry: {frozen})")
+            before = SUPERSEDED.get((name, layout))
+            if before is not None:
+                note += "  (unchanged)" if before == (cfg.depths, cfg.dims) else f"  (before: depths={before[0]} dims={before[1]})"
+            print(f"  {layout:<8} {stage_shapes(cfg)}  {cost.params / 1e6:.2f}M {cost.macs / 1e9:.3f}G  "
+                  f"miss {cost.error(budget.params, budget.macs):.1%}{note}")
 
 
 def cmd_bench(args: argparse.Namespace) -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import fields
 
 import torch
 from tqdm.auto import tqdm
 
-from lightning_modules.backbones import MODELS, ConvMixerConfig, count_macs, count_params, create_model
+from lightning_modules.backbones import BLOCKS, MODELS, ConvMixerConfig, count_macs, count_params, create_model
 
 
 def _delta(ours: float, paper: float | None) -> str:
@@ -18,7 +19,28 @@ def describe(cfg) -> str:
     if isinstance(cfg, ConvMixerConfig):
         return f"dim {cfg.dim}, depth {cfg.depth}, k{cfg.kernel_size}, p{cfg.patch_size}, {cfg.activation}"
     stem = f"patch {cfg.stem_stride}" if cfg.layout == "VIT_REL" else f"stem {cfg.stem_dim}"
-    return f"{cfg.layout} {stem}, L={cfg.depths}, D={cfg.dims}" + ("" if cfg.head_dim == 32 else f", head {cfg.head_dim}")
+    common = {f.name for letter in "CT" for f in fields(BLOCKS[letter].Settings)}
+    own = {f"{f.name} {getattr(BLOCKS[letter].settings(cfg), f.name)}" for letter in sorted(set(cfg.layout) & BLOCKS.keys())
+           for f in fields(BLOCKS[letter].Settings) if f.name not in common}  # W's window, G's grid, ...
+    return (f"{cfg.layout} {stem}, L={cfg.depths}, D={cfg.dims}" + ("" if cfg.head_dim == 32 else f", head {cfg.head_dim}")
+            + "".join(f", {o}" for o in sorted(own)) + ("" if cfg.style == "paper" else f", {cfg.style} style"))
+
+
+def stage_shapes(cfg) -> str:
+    """Stem width, then per stage its letters, depth, width, heads (attention) and tokens: what a comparison holds."""
+    from lightning_modules.backbones.blocks import TransformerBlock
+    from lightning_modules.backbones.staged import plan_blocks
+
+    layout, _, specs = plan_blocks(cfg)
+    parts = [f"stem {cfg.stem_dim or cfg.dims[0]}" + (f" (patch {cfg.stem_stride})" if layout.patch_stem else "")]
+    for stage in range(1, len(layout.stages) + 1):
+        blocks = [s for s in specs if s.stage == stage]
+        attention = [s for s in blocks if issubclass(BLOCKS[s.letter], TransformerBlock)]
+        heads = f", {blocks[-1].dim_out // cfg.head_dim} heads" if attention else ""
+        height, width = blocks[-1].size
+        parts.append(f"S{stage} {''.join(layout.stages[stage - 1])} {len(blocks)}x{blocks[-1].dim_out}{heads}, "
+                     f"{height * width} tok")
+    return " | ".join(parts)
 
 
 def model_table(names: list[str] | None = None, progress: bool | None = None) -> str:

@@ -4,6 +4,7 @@ folder of run folders or ``wandb:ENTITY/PROJECT``."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -13,7 +14,7 @@ from lightning_modules import run_folder
 
 from .analysis import (
     MIN_SEEDS, PAPER_CAPACITY, PAPER_GENERALISATION, capacity, generalisation, load_source, ordering_checks, pairwise,
-    ranking, run_folders_of, settings,
+    ranking, read_runs, run_folders_of, settings,
 )
 from .plots import PAPER_LAYOUTS, layout_order, save_figures
 
@@ -85,7 +86,7 @@ def report_tables(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
         "ranking by capacity": ranking(cap, "min_train_eval_loss", higher_is_better=False),
         "layout pairs by test accuracy at equal loss": pairwise(gen, "test_acc_at_loss"),
     }
-    if set(PAPER_LAYOUTS) & set(frame["layout"]):
+    if len(set(PAPER_LAYOUTS) & set(frame["layout"])) > 1:
         tables.update({f"paper ordering: {k}": v for k, v in ordering_checks(frame).items()})
     return tables
 
@@ -120,8 +121,9 @@ def build_report(frame: pd.DataFrame, title: str, intro: str, figures: dict[str,
              "`holds`: the interval of the effect is on the paper's side of zero (for `≈`: contains zero; `differs`: "
              "it does not); `reversed`: on the other side; `within noise`: it straddles zero; `too few seeds`: "
              f"fewer than {MIN_SEEDS} seeds of both layouts, no verdict.", "",
-             *(_orderings(frame) if set(PAPER_LAYOUTS) & set(frame["layout"]) else
-               ["The runs have none of the paper's layouts (" + ", ".join(PAPER_LAYOUTS) + ").", ""]),
+             *(_orderings(frame) if len(set(PAPER_LAYOUTS) & set(frame["layout"])) > 1 else
+               ["The orderings compare the paper's layouts (" + ", ".join(PAPER_LAYOUTS) + "); the runs have fewer "
+                "than two of them.", ""]),
              "## Figures", ""]
     captions = {"training_curves": "training loss and test accuracy against steps (the paper's Figure 1)",
                 "accuracy_vs_loss": "test accuracy against clean training loss",
@@ -147,16 +149,25 @@ def write_report(source: str | Path, out: str | Path | None = None, wandb: bool 
         manifest = run_folder.read_manifest(folder)
         title = f"Sweep {manifest['name']}" if manifest else f"Runs under {folder}"
     out = Path(out if out is not None else source)
-    try:
-        frame = load_source(source)
-    except FileNotFoundError:
-        frame = None
-    done = 0 if frame is None else frame["run"].nunique()
+    unreadable: dict[str, str] = {}
+    if source.startswith("wandb:"):
+        try:
+            frame = load_source(source)
+        except FileNotFoundError:
+            frame = None
+    else:
+        frame, unreadable = read_runs(source)
+    done = 0 if frame is None else frame["run"].nunique()  # the runs in every table below
     if manifest is not None:
         intro = (f"{done} of {len(manifest['runs'])} runs completed; base config `{manifest['config']}`, "
                  f"budget `{manifest.get('budget')}`.")
     elif not source.startswith("wandb:"):
         intro = f"{done} completed run(s) of {len(run_folders_of(Path(source), False))} run folder(s)."
+    if unreadable:  # counted apart from the completed runs, each named with the reason, here and on stderr
+        listed = "; ".join(f"`{run}` ({why})" for run, why in sorted(unreadable.items()))
+        intro += f" {len(unreadable)} run(s) could not be read and are left out of every table: {listed}."
+        print(f"ablate report: warning: {len(unreadable)} run(s) could not be read: {listed.replace('`', '')}",
+              file=sys.stderr)
     if frame is None:
         text, figures = f"# {title}\n\n{intro}\n", {}
     else:

@@ -17,15 +17,12 @@ expanding the same spec twice gives the same runs and re-running a sweep is idem
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import itertools
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,12 +30,20 @@ from typing import Any
 
 import yaml
 
-from lightning_modules.backbones import BUDGETS, STUDY_LAYOUTS, variant_name
+from lightning_modules.backbones import BUDGETS, budget_variant, import_block_modules, parse_layout, variant_name
+from lightning_modules.backbones.blocks import BLOCK_DESCRIPTIONS
+from lightning_modules.backbones.registry import MATCHED
 from lightning_modules import run_folder
 from lightning_modules.run_folder import atomic_write, summary_status
 
+from . import runlock
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SPEC_KEYS = {"name", "config", "set", "budget", "grid", "max_retries", "slurm"}
+SPEC_TYPES = {"name": (str, "a string"), "config": (str, "a path to an `ablate train` config"),
+              "set": (dict, "a mapping of `ablate train` options to values"), "budget": (str, "a budget name"),
+              "grid": (dict, "a mapping of `ablate train` options (or layout) to lists of values"),
+              "max_retries": (int, "an integer >= 0"), "slurm": (dict, "a mapping of submitit parameters")}
 SHORT = {"model.init_args.model": "", "data.init_args.train_fraction": "f", "seed_everything": "s"}
 
 
@@ -71,35 +76,70 @@ class SweepSpec:
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:  # syntax, or a python tag the safe loader refuses
             raise ValueError(f"sweep spec {path} is not valid YAML: {' '.join(str(err).split())}") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"sweep spec {path} must be a mapping of {', '.join(sorted(SPEC_KEYS))}; got {raw!r}")
         unknown = sorted(set(raw) - SPEC_KEYS)
         if unknown:
             raise ValueError(f"unknown key(s) {', '.join(unknown)} in sweep spec {path}; valid: {', '.join(sorted(SPEC_KEYS))}")
         for key in ("name", "config", "grid"):
             if key not in raw:
                 raise ValueError(f"sweep spec {path} needs a {key!r} entry")
+        for key, (kind, valid) in SPEC_TYPES.items():
+            if key in raw and not (isinstance(raw[key], kind) and not isinstance(raw[key], bool) or
+                                   (key in ("set", "budget", "slurm") and raw[key] is None)):
+                raise ValueError(f"sweep spec {path}: {key} {raw[key]!r} is not valid; expected {valid}")
         if fixed or grid:
             raw = _command_line(raw, fixed or {}, grid or {}, path)
-        if not isinstance(raw.get("slurm") or {}, dict):
-            raise ValueError(f"'slurm' of sweep spec {path} must be a mapping of submitit parameters")
         from .cluster import settings
 
         settings([raw.get("slurm") or {}])  # names and types checked now, not at submission
-        grid = {k: v if isinstance(v, list) else [v] for k, v in raw["grid"].items()}
+        if "/" in raw["name"] or raw["name"] in ("", ".", ".."):  # the sweep's folder under --root, nowhere else
+            raise ValueError(f"sweep spec {path}: name {raw['name']!r} is not valid; expected a folder name without '/'")
+        if raw.get("max_retries", 0) < 0:
+            raise ValueError(f"sweep spec {path}: max_retries {raw['max_retries']} is not valid; expected an integer >= 0")
+        if not raw["grid"]:
+            raise ValueError(f"sweep spec {path}: grid is empty; expected at least one axis, e.g. seed_everything: [0]")
+        grid = {str(k): v if isinstance(v, list) else [v] for k, v in raw["grid"].items()}
+        empty = [key for key, values in grid.items() if not values]
+        if empty:
+            raise ValueError(f"sweep spec {path}: grid axis {', '.join(empty)} is empty, so the sweep would have no runs; "
+                             "expected a list of at least one value")
         budget = raw.get("budget")
-        if "layout" in grid:
-            if budget not in BUDGETS:
-                raise ValueError(f"the layout axis needs a budget; budget={budget!r}, valid: {', '.join(BUDGETS)}")
-            bad = [layout for layout in grid["layout"] if layout not in STUDY_LAYOUTS]
-            if bad:
-                raise ValueError(f"layout(s) {bad} have no budget-matched variant; valid: {', '.join(STUDY_LAYOUTS)}")
+        if "layout" in grid and budget not in BUDGETS:
+            raise ValueError(f"the layout axis needs a budget; budget={budget!r}, valid: {', '.join(BUDGETS)}")
         # the base config: as given (relative to the working directory), else relative to the project root
         config = Path(raw["config"])
         if not config.is_file() and (PROJECT_ROOT / config).is_file():
             config = PROJECT_ROOT / config
         if not config.is_file():
             raise FileNotFoundError(f"base config {raw['config']} of sweep spec {path} does not exist")
-        return cls(raw["name"], str(config), dict(raw.get("set") or {}), budget, grid, int(raw.get("max_retries", 2)),
-                   dict(raw.get("slurm") or {}))
+        spec = cls(raw["name"], str(config), {str(k): v for k, v in (raw.get("set") or {}).items()}, budget, grid,
+                   int(raw.get("max_retries", 2)), dict(raw.get("slurm") or {}))
+        import_block_modules(spec.model_init_arg("imports"))  # a user's block letters, before layouts are read
+        for layout in grid.get("layout", []):
+            spec.layout_overrides(layout)  # unknown letters and unmatchable layouts fail here, not in a run
+        return spec
+
+    def model_init_arg(self, name: str) -> Any:
+        """``model.init_args.<name>`` as the runs get it: the spec's ``set``, else the base config."""
+        key = f"model.init_args.{name}"
+        if key in self.fixed:
+            return self.fixed[key]
+        base = yaml.safe_load(Path(self.config).read_text()) or {}
+        return ((base.get("model") or {}).get("init_args") or {}).get(name)
+
+    def layout_overrides(self, layout: str) -> dict[str, Any]:
+        """A layout at the sweep's budget: the registry's variant by name where there is one (ids as before), else
+        the layout with the budget and the matcher's depths and widths written out, so the run's config records
+        the shape it trained."""
+        canonical = str(parse_layout(str(layout), BLOCK_DESCRIPTIONS))
+        model_args = dict(self.model_init_arg("model_args") or {})
+        if (self.budget, canonical) in MATCHED and not model_args:
+            return {"model.init_args.model": variant_name(canonical, self.budget)}
+        cfg = budget_variant(canonical, self.budget, **model_args)
+        shape = {"depths": list(cfg.depths), "dims": list(cfg.dims), "stem_dim": cfg.stem_dim}
+        return {"model.init_args.model": canonical, "model.init_args.budget": self.budget,
+                "model.init_args.model_args": {**model_args, **shape}}
 
     def expand(self) -> list[Run]:
         keys = list(self.grid)
@@ -109,7 +149,7 @@ class SweepSpec:
             overrides = dict(self.fixed)
             for key, value in axes.items():
                 if key == "layout":
-                    overrides["model.init_args.model"] = variant_name(value, self.budget)
+                    overrides.update(self.layout_overrides(value))
                 else:
                     overrides[key] = value
             runs.append(Run(run_id(overrides), overrides, axes))
@@ -129,72 +169,25 @@ def _command_line(raw: dict[str, Any], fixed: dict[str, Any], grid: dict[str, li
 
 
 def run_id(overrides: dict[str, Any]) -> str:
-    """Readable prefix from the usual axes, then a hash of every override: stable across expansions."""
-    digest = hashlib.sha1(json.dumps(overrides, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    """Readable prefix from the usual axes, then a hash of every result-affecting override (``affects_result``:
+    never W&B, progress bars or loader workers): stable across expansions and across how a run is watched."""
+    from .train import affects_result
+
+    kept = {key: value for key, value in overrides.items() if affects_result(key)}
+    digest = hashlib.sha1(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:8]
     parts = [f"{short}{overrides[key]}" for key, short in SHORT.items() if key in overrides]
     return "-".join([*parts, digest])
 
 
 # --- the run folder's state ----------------------------------------------------------------------------------
 def read_status(run_dir: Path) -> str:
-    """completed | failed | running (locked by a live process) | interrupted (has a checkpoint) | pending."""
-    lock = run_dir / "lock"
-    if lock.exists() and _lock_alive(lock):
+    """completed | failed | running (its lock held by a live process) | interrupted (has a checkpoint) | pending."""
+    if runlock.is_held(run_dir):
         return "running"
     status = summary_status(run_dir)
     if status in ("completed", "failed"):
         return status
     return "interrupted" if run_folder.last_checkpoint(run_dir).exists() else "pending"
-
-
-def _lock_alive(lock: Path) -> bool:
-    try:
-        owner = json.loads(lock.read_text())
-    except (json.JSONDecodeError, OSError):
-        return False
-    job = os.environ.get("SLURM_JOB_ID")
-    if job and owner.get("job") == job:
-        return False  # our own SLURM job, requeued after preemption: its earlier process is gone
-    if owner.get("host") != socket.gethostname():
-        # another machine's lock: alive while its holder refreshes it (see `execute`), stale after LOCK_STALE_S
-        try:
-            return time.time() - lock.stat().st_mtime < LOCK_STALE_S
-        except FileNotFoundError:
-            return False
-    try:
-        os.kill(int(owner["pid"]), 0)
-    except (ProcessLookupError, ValueError, KeyError):
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-LOCK_STALE_S = 15 * 60  # a lock from another host not refreshed for this long is taken over
-LOCK_REFRESH_S = 60
-
-
-def try_lock(run_dir: Path) -> bool:
-    """Claim a run for this process; a lock left by a dead process on this host is taken over."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    lock = run_dir / "lock"
-    owner = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "job": os.environ.get("SLURM_JOB_ID")})
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            if _lock_alive(lock):
-                return False
-            lock.unlink(missing_ok=True)  # stale: its process is gone
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(owner)
-        return True
-    return False
-
-
-def release(run_dir: Path) -> None:
-    (run_dir / "lock").unlink(missing_ok=True)
 
 
 # --- running -------------------------------------------------------------------------------------------------
@@ -208,12 +201,68 @@ def write_manifest(spec: SweepSpec, runs: list[Run], folder: Path) -> None:
         "runs": [{"id": r.id, "axes": r.axes, "overrides": r.overrides} for r in runs]})
 
 
+def override_args(overrides: dict[str, Any]) -> list[str]:
+    """``--key=value`` as the training process reads them (JSON for anything but a string)."""
+    return [f"--{key}={json.dumps(value) if not isinstance(value, str) else value}" for key, value in overrides.items()]
+
+
 def train_command(spec: SweepSpec, run: Run, run_dir: Path, gpus: int = 1, nodes: int = 1) -> list[str]:
     args = [sys.executable, "-m", "ablations.cli", "train", f"--config={spec.config}"]
     if gpus > 1 or nodes > 1:  # one DDP run over the worker's pinned GPUs, or over a SLURM job's nodes x tasks
         args += [f"--trainer.num_nodes={nodes}", f"--trainer.devices={gpus}", "--trainer.strategy=ddp"]
-    args += [f"--{key}={json.dumps(value) if not isinstance(value, str) else value}" for key, value in run.overrides.items()]
+    args += override_args(run.overrides)
     return args + [f"--run_dir={run_dir}", f"--wandb.group={spec.name}"]
+
+
+def check_overrides(spec: SweepSpec, runs: list[Run]) -> None:
+    """Parse the spec's overrides with `ablate train`'s own parser, once, before any run starts: the fixed ones
+    together, then each grid value on top of them. A key that is no option is named with the closest one; a value
+    its option refuses, with the option's range. Nothing is built and no data is read."""
+    import difflib
+
+    from jsonargparse import ArgumentError
+
+    from .train import check_trainer, one_line, training_parser
+
+    parser = training_parser()
+    base = [f"--config={spec.config}"]
+
+    def parse(overrides: dict[str, Any], where: str) -> Any:
+        try:
+            config = parser.parse_args(base + override_args(overrides))
+            check_trainer(config.trainer)
+            return config
+        except (ArgumentError, ValueError) as err:
+            raise ValueError(f"sweep {spec.name}: {where}: {one_line(err)}") from None
+
+    options = [*flat_keys(parse({}, "config").as_dict()), *flat_keys(parser.get_defaults().as_dict())]
+    known = {key.replace(".init_args.", "."): key for key in options}  # as typed with or without init_args
+
+    def check(key: str, overrides: dict[str, Any], where: str) -> None:
+        plain = key.replace(".init_args.", ".")
+        if not any(k == plain or k.startswith(plain + ".") for k in known):  # no option, nor a parent of options
+            try:
+                parse(overrides, where)  # an option of a data or model class that the overrides pick
+            except ValueError:
+                close = difflib.get_close_matches(plain, sorted(known), n=1, cutoff=0.6)
+                hint = f"; the closest option is {known[close[0]]}" if close else ""
+                raise ValueError(f"sweep {spec.name}: {where} key {key} is not an `ablate train` option{hint}") from None
+        parse(overrides, where)
+
+    for key in spec.fixed:
+        check(key, spec.fixed, "set")
+    pairs = {(key, json.dumps(value, sort_keys=True, default=str)): (key, value)
+             for run in runs for key, value in run.overrides.items() if spec.fixed.get(key, object()) != value}
+    for key, value in pairs.values():
+        check(key, {**spec.fixed, key: value}, "grid")
+
+
+def flat_keys(config: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in config.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        keys += flat_keys(value, name) if isinstance(value, dict) and value else [name]
+    return keys
 
 
 def _attempts(run_dir: Path) -> int:
@@ -239,14 +288,15 @@ def execute(spec: SweepSpec, run: Run, folder: Path, env: dict[str, str], nodes:
             retry: bool = True) -> str:
     """Run one training process until it completes, fails in a way another try cannot change (a configuration
     error, a non-finite loss at a fixed seed), or has used its ``max_retries`` retries (``retry=False``: one
-    attempt), unless another sweep process holds it; returns the final status. The run records its failure kind
-    and reason in summary.json. ``gpus`` (processes per node) defaults to the GPUs the worker's
-    CUDA_VISIBLE_DEVICES pins."""
+    attempt), unless another process holds it; returns the final status. The run records its failure kind and
+    reason in summary.json. The run's lock is taken here and handed to the training process, which keeps it if
+    this sweep dies. ``gpus`` (processes per node) defaults to the GPUs the worker's CUDA_VISIBLE_DEVICES pins."""
     run_dir = folder / run.id
     status = read_status(run_dir)
     if status in ("completed", "running") or (status == "failed" and not _retry(run_dir, spec)):
         return status
-    if not try_lock(run_dir):
+    lock = runlock.try_acquire(run_dir)
+    if lock is None:
         return "running"
     try:
         while True:
@@ -258,14 +308,9 @@ def execute(spec: SweepSpec, run: Run, folder: Path, env: dict[str, str], nodes:
             with open(run_dir / run_folder.LOG, "a") as log:
                 log.write(f"--- attempt {attempts}: {' '.join(command)}\n")
                 log.flush()
-                proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env})
-                while True:  # refresh the lock so that sweeps on other hosts see it is held
-                    try:
-                        proc.wait(timeout=LOCK_REFRESH_S)
-                        break
-                    except subprocess.TimeoutExpired:
-                        with contextlib.suppress(OSError):
-                            os.utime(run_dir / "lock")
+                proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, pass_fds=(lock,),
+                                        env={**os.environ, **env, runlock.INHERITED: str(lock)})
+                proc.wait()
             status = summary_status(run_dir) or "pending"
             if status == "interrupted":  # preempted (SIGTERM/SIGUSR1): checkpoint saved; the next sweep resumes it
                 return status
@@ -278,7 +323,7 @@ def execute(spec: SweepSpec, run: Run, folder: Path, env: dict[str, str], nodes:
                 return status
             (run_dir / run_folder.SUMMARY).unlink()  # retry; the log keeps every attempt
     finally:
-        release(run_dir)
+        runlock.release(lock)
 
 
 def device_slots(parallel: int | None, gpus_per_run: int, runs_per_gpu: int = 1) -> list[dict[str, str]]:
@@ -329,6 +374,7 @@ def run_sweep(spec: SweepSpec, root: str | Path = "runs", parallel: int | None =
     from tqdm.auto import tqdm
 
     runs = spec.expand()
+    check_overrides(spec, runs)
     folder = sweep_dir(spec, root)
     write_manifest(spec, runs, folder)
     slots = device_slots(parallel, gpus_per_run, runs_per_gpu)
@@ -370,7 +416,12 @@ def wandb_sweep_config(spec: SweepSpec, project: str = "stacking-ablations") -> 
     parameters: dict[str, Any] = {key: {"value": literal(value)} for key, value in spec.fixed.items()}
     for key, values in spec.grid.items():
         if key == "layout":
-            parameters["model.init_args.model"] = {"values": [variant_name(v, spec.budget) for v in values]}
+            layouts = [str(parse_layout(str(v), BLOCK_DESCRIPTIONS)) for v in values]
+            if all((spec.budget, layout) in MATCHED for layout in layouts):
+                parameters["model.init_args.model"] = {"values": [variant_name(v, spec.budget) for v in layouts]}
+            else:  # each agent's run sizes its layout for the budget (the registry's variant where there is one)
+                parameters["model.init_args.model"] = {"values": layouts}
+                parameters["model.init_args.budget"] = {"value": spec.budget}
         else:
             parameters[key] = {"values": [literal(v) for v in values]}
     return {
@@ -396,9 +447,9 @@ class SlurmRun:
         run = next(r for r in self.spec.expand() if r.id == self.run_id)
         folder = sweep_dir(self.spec, self.root)
         if os.environ.get("SLURM_PROCID", "0") != "0":
-            status = read_status(folder / run.id)  # task 0 will not start it either: nobody to wait for
-            spent = status == "failed" and not _retry(folder / run.id, self.spec)
-            if status in ("completed", "running") or spent:
+            # task 0 will not start it either: nobody to wait for (its lock cannot tell our task 0 from another job)
+            status = summary_status(folder / run.id)
+            if status == "completed" or (status == "failed" and not _retry(folder / run.id, self.spec)):
                 return status
             command = train_command(self.spec, run, folder / run.id, gpus=self.devices, nodes=self.nodes)
             return str(subprocess.run(command).returncode)
@@ -424,6 +475,7 @@ def submit_sweep(spec: SweepSpec | str, root: str, executor: str = "slurm", slur
     folder = sweep_dir(spec, root)
     params = job_parameters(spec.slurm, slurm or {}, name=f"ablate-{spec.name}")
     runs = spec.expand()
+    check_overrides(spec, runs)
     write_manifest(spec, runs, folder)
     todo = [r for r in runs if read_status(folder / r.id) not in ("completed", "running")]
     if not todo:

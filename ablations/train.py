@@ -9,10 +9,13 @@ Every option is a config key (``--print_config`` prints a YAML that runs again u
 
 from __future__ import annotations
 
+import dataclasses
 import errno
+import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -22,6 +25,7 @@ from typing import Any
 
 import lightning as L
 import torch
+import yaml
 from jsonargparse import ArgumentError
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
@@ -33,28 +37,123 @@ from lightning_modules.callbacks import (
 )
 from lightning_modules.checkpoints import AtomicCheckpointIO, read_summary, resume_checkpoint
 from lightning_modules.classifier import ImageClassifier
+from lightning_modules.ranges import DESCRIPTIONS, NonNegativeFinite, PositiveInt
+
+from . import runlock
 
 
 class RunFolderConfig(SaveConfigCallback):
-    """Saves the resolved config as ``<run_dir>/config.yaml`` (overwriting on resume: same command, same file)."""
+    """Saves the resolved config as ``<run_dir>/config.yaml`` when training first starts, and never again: a resume
+    has the same result-affecting settings (``AblateCLI.before_instantiate_classes``): the file stays the first's."""
 
     def __init__(self, *args, run_dir: Path, **kwargs):
         super().__init__(*args, overwrite=True, **kwargs)
         self.run_dir = run_dir
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if trainer.is_global_zero:  # written beside, then renamed over: never half a config
-            run_folder.atomic_write(self.run_dir / run_folder.CONFIG, self.parser.dump(self.config))
+        path = self.run_dir / run_folder.CONFIG
+        if trainer.is_global_zero and not path.exists():  # written beside, then renamed over: never half a config
+            run_folder.atomic_write(path, self.parser.dump(self.config))
+
+
+# --- what a run's result depends on ---------------------------------------------------------------------------
+# Every setting changes a run's result except these: where the run is written, how it is shown and logged, and how
+# fast data is fed. One list for the run-folder hash, the sweep's run ids and the resume check; a new option
+# counts as result-affecting until it is named here. Keys without ``init_args``; a key covers its sub-keys.
+NOT_RESULT = (
+    "config", "print_config", "run_dir", "runs_root", "wandb", "checkpoint_every_n_steps",
+    "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.logger", "trainer.log_every_n_steps",
+    "trainer.default_root_dir", "trainer.profiler", "trainer.num_sanity_val_steps",
+    "data.num_workers", "data.pin_memory",
+)
+
+
+def affects_result(key: str) -> bool:
+    """Whether the option ``key`` (dotted, with or without ``init_args``) can change a run's result."""
+    plain = key.replace(".init_args.", ".").removeprefix("--")
+    return not any(plain == k or plain.startswith(k + ".") for k in NOT_RESULT)
+
+
+def result_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The result-affecting settings of a resolved config (nested, as ``config.yaml`` holds it), flat by dotted key."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict) and value:
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), inner)
+        else:
+            flat[prefix] = value
+
+    walk("", config)
+    return {key: value for key, value in flat.items() if affects_result(key)}
+
+
+def settings_hash(settings: dict[str, Any]) -> str:
+    return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def settings_diff(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """``key before -> after`` for every setting that differs (``unset`` where one side lacks it)."""
+    keys = sorted(k for k in before.keys() | after.keys() if before.get(k, "unset") != after.get(k, "unset"))
+    return [f"{k} {before.get(k, 'unset')} -> {after.get(k, 'unset')}" for k in keys]
+
+
+class AlreadyCompleted(Exception):
+    """The run folder holds this run, completed: nothing to do."""
+
+
+_HELD: list[int] = []  # run-folder locks this process holds; released when `main` returns (or by the OS at exit)
+_CREATED: list[Path] = []  # run folders this process made; removed again if nothing but the lock went in
 
 
 class AblateCLI(LightningCLI):
+    def _set_seed(self) -> None:
+        """Lightning's seeding without its "Seed set to" line (the seed is in config.yaml): a refused command
+        prints only its error."""
+        from lightning.fabric.utilities.seed import seed_everything
+
+        seed = self.config.seed_everything
+        if seed is not False:
+            self.config.seed_everything = seed_everything(None if seed is True else seed, workers=True, verbose=False)
+
+    def settings(self) -> dict[str, Any]:
+        """This command's result-affecting settings, read back from the YAML that config.yaml is written as."""
+        return result_settings(yaml.safe_load(self.parser.dump(self.config)))
+
+    def before_instantiate_classes(self) -> None:
+        """Refuse what can be refused before anything is built: trainer ranges, a run folder in use, a resume with
+        other settings; and stop here when the run is already completed."""
+        config = self.config
+        check_trainer(config.trainer)
+        settings = self.settings()
+        name = f"{config.model.init_args.model}-{config.data.class_path.rsplit('.', 1)[-1].replace('DataModule', '').lower()}"
+        self.run_dir = Path(config.run_dir or Path(config.runs_root) / f"{name}-{settings_hash(settings)}")
+        if not is_rank_zero():
+            return
+        if not self.run_dir.exists():
+            _CREATED.append(self.run_dir)
+        writable(self.run_dir)
+        _HELD.append(runlock.acquire(self.run_dir))
+        saved = self.run_dir / "config.yaml"
+        if saved.exists():
+            differ = settings_diff(result_settings(yaml.safe_load(saved.read_text()) or {}), settings)
+            if differ:
+                raise ForeignRunFolder(
+                    f"run folder {self.run_dir} holds a run with other settings ({'; '.join(differ)}); a resume must "
+                    "repeat them: choose a new --run_dir for these settings")
+        summary = read_summary(self.run_dir)  # an unreadable one is set aside: the run is not completed
+        if summary is not None and summary.get("status") == "completed":
+            raise AlreadyCompleted(f"{self.run_dir} is already completed; delete its summary.json to run it again")
+
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         """The Trainer gets the run-folder callbacks; they need the parsed config and the built model."""
         config, model = self.config, self.model
-        self.run_dir = Path(config.run_dir or Path(config.runs_root) / run_name(config))
+        preflight(self.run_dir, getattr(model, "params", 0))
         self.recorder = RunRecorder(
             self.run_dir, echo=not sys.stderr.isatty(),
-            extra={"model": model.hparams.model, "run_dir": str(self.run_dir), "seed": config.seed_everything},
+            extra={"model": model.hparams.model, "run_dir": str(self.run_dir), "seed": config.seed_everything,
+                   "backbone": dataclasses.asdict(model.backbone.cfg)},  # the built shape, budget-matched or not
             wandb_open=self._wandb_run if config.wandb.enabled else None,
         )
         self.preemption = Preemption(run_folder.last_checkpoint(self.run_dir), self.recorder)
@@ -66,9 +165,10 @@ class AblateCLI(LightningCLI):
             FiniteLossCheck(),
             # saved at the end of the training epoch, after RunRecorder has written the epoch's metrics row: a kill
             # in between repeats the epoch on resume and its row is replaced, never lost or doubled
+            # one name per checkpoint, replaced in place: never a best-v1.ckpt beside best.ckpt
             ModelCheckpoint(dirpath=run_folder.checkpoints(self.run_dir), filename="best", monitor=monitor, mode="max",
                             save_last=True, every_n_train_steps=config.checkpoint_every_n_steps,
-                            save_on_train_epoch_end=True),
+                            save_on_train_epoch_end=True, enable_version_counter=False),
             self.recorder,
             self.preemption,
             EvaluationSchedule(),
@@ -105,7 +205,7 @@ class AblateCLI(LightningCLI):
         parser.add_argument("--wandb.project", type=str, default="stacking-ablations")
         parser.add_argument("--wandb.group", type=str | None, default=None, help="experiment or sweep name")
         parser.add_argument("--wandb.tags", type=list[str], default=[])
-        parser.add_argument("--checkpoint_every_n_steps", type=int | None, default=None,
+        parser.add_argument("--checkpoint_every_n_steps", type=PositiveInt | None, default=None,
                             help="also save last.ckpt every N steps (long epochs)")
         parser.link_arguments("seed_everything", "data.init_args.seed")  # one seed: init, subset, order, augmentation
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
@@ -147,8 +247,51 @@ def check_devices(trainer: dict[str, Any], gpus: int) -> None:
         raise ValueError(f"--trainer.devices={devices} asks for {devices} GPUs but {seen}; use at most {gpus}")
 
 
+# Lightning declares the Trainer's options with wide types; these are the ranges a finite, scheduled run needs.
+TRAINER_RANGES = {"max_epochs": PositiveInt, "accumulate_grad_batches": PositiveInt,
+                  "check_val_every_n_epoch": PositiveInt, "gradient_clip_val": NonNegativeFinite}
+
+
+def check_trainer(trainer) -> None:
+    """``--trainer.max_epochs 0`` would mark an untrained model completed, ``-1`` train forever: refused in one line
+    (unset keeps Lightning's default)."""
+    for key, kind in TRAINER_RANGES.items():
+        value = trainer.get(key)
+        if value is None:
+            continue
+        try:
+            ok = not isinstance(value, bool) and kind(value) is not None and (kind is not PositiveInt or value == int(value))
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(invalid(f"trainer.{key}", value, DESCRIPTIONS[kind.__name__]))
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    names = {"accelerator": ("auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators())),
+             "strategy": ("auto", *StrategyRegistry.available_strategies())}
+    for key, valid in names.items():  # a name (not an instance) that Lightning would refuse after the set-up
+        value = trainer.get(key)
+        if isinstance(value, str) and value not in valid:
+            raise ValueError(invalid(f"trainer.{key}", value, "one of " + ", ".join(valid)))
+
+
+def invalid(option: str, value: Any, valid: str) -> str:
+    """The one line for a bad value: the option as typed, the value, and what would be valid."""
+    return f"--{option} {value} is not valid; expected {valid}"
+
+
+def is_rank_zero() -> bool:
+    """The process that owns the run folder: not a DDP rank that Lightning, torchrun or SLURM started beside it."""
+    return all(os.environ.get(var, "0") == "0" for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "NODE_RANK"))
+
+
 class RunFolderError(OSError):
     """The run folder cannot hold the run (unwritable, or too little free space)."""
+
+
+class ForeignRunFolder(RunFolderError):
+    """The run folder holds a run with other result-affecting settings: refused, and that run left as it is."""
 
 
 MIN_FREE_BYTES = 100 * 2**20  # below this a run would fail at its first checkpoint
@@ -158,9 +301,7 @@ def free_bytes(folder: Path) -> int:
     return shutil.disk_usage(folder).free
 
 
-def preflight(run_dir: Path, params: int) -> None:
-    """Fail in a second, not after hours: the run folder must be writable and have room for a few checkpoints
-    (weights + AdamW's two moments in fp32, x3 for last/best/the temporary copy), at least ``MIN_FREE_BYTES``."""
+def writable(run_dir: Path) -> None:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=run_dir, prefix=".write-test.")
@@ -169,6 +310,12 @@ def preflight(run_dir: Path, params: int) -> None:
     except OSError as err:
         raise RunFolderError(f"run folder {run_dir} is not writable ({err.strerror or err}); "
                               "choose another with --run_dir or --runs_root") from None
+
+
+def preflight(run_dir: Path, params: int) -> None:
+    """Fail in a second, not after hours: the run folder must be writable and have room for a few checkpoints
+    (weights + AdamW's two moments in fp32, x3 for last/best/the temporary copy), at least ``MIN_FREE_BYTES``."""
+    writable(run_dir)
     need = max(MIN_FREE_BYTES, 3 * 3 * 4 * int(params or 0))
     free = free_bytes(run_dir)
     if free < need:
@@ -176,18 +323,8 @@ def preflight(run_dir: Path, params: int) -> None:
                       f"{need / 2**20:.0f} MiB for its checkpoints; free space or choose another --run_dir")
 
 
-def _config_hash(config: dict[str, Any]) -> str:
-    keep = {k: v for k, v in config.items() if k not in ("run_dir", "runs_root", "config", "wandb")}
-    return hashlib.sha1(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:8]
-
-
-def run_name(config) -> str:
-    data = config.data.class_path.rsplit(".", 1)[-1].replace("DataModule", "").lower()
-    return f"{config.model.init_args.model}-{data}-{_config_hash(config.as_dict())}"
-
-
 USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, NotADirectoryError, PermissionError, RunFolderError,
-               MemoryError)
+               runlock.RunFolderBusy, MemoryError)
 EXIT_INTERRUPTED = 3  # SIGTERM/SIGUSR1: last.ckpt saved, summary "interrupted"; the same command resumes
 
 
@@ -199,30 +336,96 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     # EpochSeeder makes the training loader resume mid-epoch (its sampler skips the batches already trained)
     warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
         return _train(argv)
+    except AlreadyCompleted as done:
+        print(done, file=sys.stderr)
+        return 0
     except (ArgumentError, *USER_ERRORS) as err:
         line = one_line(err)
         if str(err).startswith("Problems parsing config"):  # YAML syntax: name the file(s) and where
-            files = [a.split("=", 1)[1] for a in (argv or sys.argv[1:]) if a.startswith("--config=")]
+            files = [a.split("=", 1)[1] if "=" in a else (args[i + 1] if i + 1 < len(args) else "")
+                     for i, a in enumerate(args) if a == "--config" or a.startswith("--config=")]
             text = str(err).removeprefix("Problems parsing config:")
             where = " ".join(part.strip() for part in text.splitlines()).replace('in "<unicode string>", ', "at ")
             line = f"YAML error in --config {', '.join(files) or '(config)'}: {where}"
         print(f"ablate train: error: {line}", file=sys.stderr)
         _record_failure(argv, err, line)
         return 2
+    finally:
+        while _HELD:
+            runlock.release(_HELD.pop())
+        while _CREATED:  # a command refused before training leaves no folder behind
+            _remove_if_unused(_CREATED.pop())
+
+
+def _remove_if_unused(run_dir: Path) -> None:
+    if run_dir.is_dir() and [p.name for p in run_dir.iterdir()] == [runlock.LOCK_NAME]:
+        (run_dir / runlock.LOCK_NAME).unlink(missing_ok=True)
+        run_dir.rmdir()
+
+
+LINKED = {"data.init_args.seed": "seed_everything"}  # set through the option a user types (add_arguments_to_parser)
+
+
+PLAIN_TYPES = {"bool": "true or false", "NoneType": "null", "float": "a number", "int": "an integer",
+               "str": "a string", "tuple": "a list", "list": "a list", "dict": "a mapping"}
+
+
+def out_of_range(text: str) -> str | None:
+    """``--<option> <value> is not valid; expected <what>`` from jsonargparse's report of a value that the option's
+    type refused (a range of ``lightning_modules.ranges``, a Literal, a bool, a number that does not parse), else
+    None. The innermost ``Parser key`` is the option; what follows it says what was expected and given."""
+    keys = re.findall(r'Parser key "([^"]+)"', text)
+    if not keys or "is not accepted" in text:
+        return None
+    lines = text[text.rindex('Parser key "'):].splitlines()
+    depth = len(text[:text.rindex('Parser key "')].rsplit("\n", 1)[-1])  # the innermost key's indentation
+    block = [line for line in lines[1:] if line.strip()]
+    cut = next((i for i, line in enumerate(block) if len(line) - len(line.lstrip()) <= depth), len(block))
+    inner = "\n".join(block[:cut])
+    expected = []
+    for kind, literal, plain in re.findall(r"Not of type (\w+)|Expected a typing\.Literal\[(.*?)\]|Expected a <class '(\w+)'>",
+                                           inner):
+        if kind:
+            expected.append(DESCRIPTIONS.get(kind, kind))
+        elif literal:
+            expected.append("one of " + ", ".join(c.strip(" '\"") for c in literal.split(",")))
+        else:
+            expected.append(PLAIN_TYPES.get(plain, plain))
+    if not expected:
+        return None
+    given = (re.findall(r"^\s*Given value: (.*)$", inner, re.M) or re.findall(r"Got value: (.*)$", inner, re.M)
+             or re.findall(r"Not of type \w+: (.+?) does not conform", inner) or re.findall(r": '(.*)'$", inner, re.M)
+             or ["?"])[0]
+    given = re.sub(r"^NestedArg\(key='[^']*', val='(.*)'\)$", r"\1", given.strip())
+    option = ".init_args.".join(keys)
+    return invalid(LINKED.get(option, option), given, " or ".join(dict.fromkeys(expected)))
 
 
 def _record_failure(argv: list[str] | None, err: BaseException, line: str) -> None:
     """A run that stops with an error says why in its summary.json, when its folder was named (as a sweep
-    does): the kind decides whether a sweep tries it again."""
+    does): the kind decides whether a sweep tries it again. Only in a folder this process owns (its lock, or the
+    lock its sweep handed down): a refusal because another process holds the folder, or because the folder holds
+    a run with other settings, leaves that run's record alone."""
     import argparse
 
+    if isinstance(err, (runlock.RunFolderBusy, ForeignRunFolder)):
+        return
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     parser.add_argument("--run_dir")
     run_dir = parser.parse_known_args(argv if argv is not None else sys.argv[1:])[0].run_dir
-    if run_dir and Path(run_dir).is_dir():
+    if not (run_dir and Path(run_dir).is_dir()) or Path(run_dir) in _CREATED and not (Path(run_dir) / run_folder.CONFIG).exists():
+        return  # a folder this command made and never trained in holds no run to mark failed
+    try:
+        lock = None if _HELD else runlock.acquire(Path(run_dir))
+    except runlock.RunFolderBusy:
+        return
+    try:
         run_folder.record_failure(Path(run_dir), run_folder.failure_kind(err), line)
+    finally:
+        runlock.release(lock)
 
 
 def one_line(err: BaseException) -> str:
@@ -236,9 +439,13 @@ def one_line(err: BaseException) -> str:
 
         valid = ", ".join(n for n in datamodules.__all__ if n.endswith("DataModule") and n != "ImageDataModule")
         return f"unknown data set {given!r}; valid data sets: {valid} (or a dotted class path)"
+    ranged = out_of_range(text)
+    if ranged:
+        return ranged
     skip = ("Expected a <class", "Given value", "Subtypes:", "Errors:", "Does not validate", "Problem with given",
             "Not a valid subclass", "Subclass types expect", "a class path", "a dict with")
-    reasons = [line.strip(" -") for line in text.splitlines()[1:] if line.strip() and not line.strip(" -").startswith(skip)]
+    reasons = [line.strip().removeprefix("- ") for line in text.splitlines()[1:]
+               if line.strip() and not line.strip().removeprefix("- ").startswith(skip)]
     reason = reasons[-1] if reasons else (text.splitlines() or [type(err).__name__])[0]
     return f"{key}: {reason}" if key else reason
 
@@ -262,20 +469,40 @@ class OutOfMemory(MemoryError):
         return cls(f"out of memory: {hint} ({type(err).__name__}: {first})")
 
 
-def _train(argv: list[str] | None) -> int:
-    cli = AblateCLI(
+def _cli(cls: type[AblateCLI], argv: list[str] | None) -> AblateCLI:
+    return cls(
         ImageClassifier, ImageDataModule, subclass_mode_model=True, subclass_mode_data=True, run=False,
         save_config_callback=None, args=argv, auto_configure_optimizers=False,
         parser_kwargs={"default_env": False, "prog": "ablate train", "exit_on_error": False},
         seed_everything_default=0,
         trainer_defaults={"enable_progress_bar": sys.stderr.isatty(), "enable_model_summary": sys.stderr.isatty()},
     )
+
+
+class _Parser(Exception):
+    def __init__(self, parser):
+        self.parser = parser
+
+
+class _ParserOnly(AblateCLI):
+    def parse_arguments(self, parser, args) -> None:
+        raise _Parser(parser)
+
+
+@functools.cache
+def training_parser():
+    """`ablate train`'s parser, built as for a run but nothing parsed or built: for checking a sweep's overrides
+    (built once per process: it introspects every Trainer, model and data signature)."""
+    try:
+        _cli(_ParserOnly, [])
+    except _Parser as built:
+        return built.parser
+    raise RuntimeError("LightningCLI parsed without calling parse_arguments")
+
+
+def _train(argv: list[str] | None) -> int:
+    cli = _cli(AblateCLI, argv)
     trainer, model, data, run_dir = cli.trainer, cli.model, cli.datamodule, cli.run_dir
-    summary = read_summary(run_dir)  # an unreadable one is set aside: the run is not completed
-    if summary is not None and summary.get("status") == "completed":
-        print(f"{run_dir} is already completed; delete its summary.json to run it again", file=sys.stderr)
-        return 0
-    preflight(run_dir, getattr(model, "params", 0))
     resume = resume_checkpoint(run_folder.checkpoints(run_dir))  # last.ckpt, or the newest good one; damaged ones set aside
     try:
         trainer.fit(model, datamodule=data, ckpt_path=str(resume) if resume else None, weights_only=True)

@@ -14,7 +14,7 @@ workers and torchvision transforms.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence, get_args
 
 import lightning as L
 import numpy as np
@@ -22,9 +22,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
+from lightning_modules.ranges import Finite, Fraction, NonNegativeInt, PositiveFinite, PositiveInt, Probability
+
 from .device import DeviceBatches
 
-AUGMENTATIONS = ("none", "crop_flip", "randaugment")
+Augmentation = Literal["none", "crop_flip", "randaugment"]
+AUGMENTATIONS = get_args(Augmentation)
 
 
 def balanced_subset(targets: Sequence[int], size: int, seed: int) -> np.ndarray:
@@ -108,31 +111,23 @@ class ImageDataModule(L.LightningDataModule):
     def __init__(
         self,
         data_dir: str = "data",
-        batch_size: int = 128,
-        eval_batch_size: int | None = None,
-        train_fraction: float = 1.0,
-        train_samples: int | None = None,
-        val_fraction: float = 0.1,
-        train_eval_samples: int = 10_000,
-        image_size: int | None = None,
-        augmentation: str = "crop_flip",
-        seed: int = 0,
+        batch_size: PositiveInt = 128,
+        eval_batch_size: PositiveInt | None = None,
+        train_fraction: Fraction = 1.0,
+        train_samples: PositiveInt | None = None,
+        val_fraction: Probability = 0.1,
+        train_eval_samples: PositiveInt = 10_000,
+        image_size: PositiveInt | None = None,
+        augmentation: Augmentation = "crop_flip",
+        seed: NonNegativeInt = 0,
         track_test: bool = True,
-        mean: tuple[float, ...] | None = None,
-        std: tuple[float, ...] | None = None,
-        num_workers: int = 0,
+        mean: tuple[Finite, ...] | None = None,
+        std: tuple[PositiveFinite, ...] | None = None,
+        num_workers: NonNegativeInt = 0,
         pin_memory: bool = False,
         device_data: bool = True,
     ):
-        super().__init__()
-        if not 0 < train_fraction <= 1:
-            raise ValueError(f"train_fraction={train_fraction} is outside (0, 1]; use e.g. 0.1 for 10% of the training set")
-        if train_samples is not None and train_samples < 1:
-            raise ValueError(f"train_samples={train_samples} must be a positive number of images")
-        if not 0 <= val_fraction < 1:
-            raise ValueError(f"val_fraction={val_fraction} is outside [0, 1)")
-        if augmentation not in AUGMENTATIONS:
-            raise ValueError(f"augmentation={augmentation!r} is not valid; choose one of {', '.join(AUGMENTATIONS)}")
+        super().__init__()  # the ranges are the annotations' (lightning_modules.ranges), checked while parsing
         self.data_dir = data_dir
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -171,10 +166,14 @@ class ImageDataModule(L.LightningDataModule):
         n = len(targets)
         size = self.train_samples if self.train_samples is not None else max(1, round(self.train_fraction * n))
         if size > n:
-            raise ValueError(f"train_samples={size} is more than the {n} training images")
+            raise ValueError(f"--data.init_args.train_samples {size} is more than the {n} training images; valid: 1..{n}")
         subset = balanced_subset(targets, size, self.seed)
         sub_targets = np.asarray(targets)[subset]
         n_val = round(self.val_fraction * len(subset))
+        if self.val_fraction and not 0 < n_val < len(subset):  # an empty split would silently drop validation
+            raise ValueError(f"--data.init_args.val_fraction {self.val_fraction} of {len(subset)} training images leaves "
+                             f"{n_val} for validation and {len(subset) - n_val} for training; valid: val_fraction 0 "
+                             "(no validation split) or more training images")
         val_pos = balanced_subset(sub_targets, n_val, self.seed + 1) if n_val else np.array([], dtype=int)
         train = np.setdiff1d(subset, subset[val_pos])
         eval_pos = balanced_subset(np.asarray(targets)[train], min(self.train_eval_samples, len(train)), self.seed + 2)

@@ -11,6 +11,8 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import datasets
 
+from lightning_modules.ranges import PositiveInt
+
 from .base import ImageDataModule
 
 
@@ -122,7 +124,7 @@ class ImageFolderDataModule(ImageDataModule):
     mean = (0.485, 0.456, 0.406)
     std = (0.229, 0.224, 0.225)
 
-    def __init__(self, *args, image_size: int = 224, **kwargs):
+    def __init__(self, *args, image_size: PositiveInt = 224, **kwargs):
         super().__init__(*args, image_size=image_size, **kwargs)
         root = Path(self.data_dir)
         for split in ("train", "val"):
@@ -140,6 +142,15 @@ class ImageFolderDataModule(ImageDataModule):
             if not any(f.lower().endswith(extensions) for _, _, files in os.walk(folder) for f in files):
                 raise FileNotFoundError(f"class folder {folder} has no images ({', '.join(extensions)}); "
                                         "add images or remove the folder")
+        if not (root / "val" / "val_annotations.txt").exists():
+            # val/<class>/: a class train/ lacks would have its images dropped from the test set without a word.
+            # (A train/ class missing from val/ drops nothing: the test set just has none of it.)
+            val_classes = sorted(p.name for p in (root / "val").iterdir() if p.is_dir())
+            if set(val_classes) - set(classes):
+                only_train = sorted(set(classes) - set(val_classes)) or "none"
+                only_val = sorted(set(val_classes) - set(classes)) or "none"
+                raise ValueError(f"--data.init_args.data_dir {root}: train/ and val/ hold different classes (only in "
+                                 f"train/: {only_train}; only in val/: {only_val}); valid: every val/ class folder also in train/")
         self.num_classes = len(classes)
         self.class_to_idx = {c: i for i, c in enumerate(classes)}  # ImageFolder's own order: sorted folder names
         self.native_size = None  # photos of any size, cropped to image_size
@@ -175,7 +186,7 @@ class DigitsDataModule(ImageDataModule):
     std = (0.35,)
     test_seed = 1234
 
-    def __init__(self, *args, image_size: int = 32, **kwargs):
+    def __init__(self, *args, image_size: PositiveInt = 32, **kwargs):
         super().__init__(*args, image_size=image_size, **kwargs)
 
     @cached_property
@@ -199,7 +210,8 @@ class DigitsDataModule(ImageDataModule):
 class SyntheticDataModule(ImageDataModule):
     """Random but learnable images (a fixed pattern per class plus noise) for smoke tests and benchmarks."""
 
-    def __init__(self, *args, num_classes: int = 10, image_size: int = 32, train_size: int = 512, test_size: int = 128,
+    def __init__(self, *args, num_classes: PositiveInt = 10, image_size: PositiveInt = 32, train_size: PositiveInt = 512,
+                 test_size: PositiveInt = 128,
                  **kwargs):
         super().__init__(*args, image_size=image_size, **kwargs)
         self.num_classes = num_classes

@@ -14,7 +14,8 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchvision.transforms import v2
 
 from . import compat
-from .backbones import count_macs, count_params, create_model
+from .backbones import budget_variant, count_macs, count_params, create_model, import_block_modules
+from .ranges import NonNegativeFinite, PositiveFinite, PositiveInt, Probability, plain
 
 EVAL_SPLITS = ("val", "train_eval", "test")  # the order of the DataModule's validation loaders
 
@@ -38,7 +39,8 @@ class ImageClassifier(L.LightningModule):
     Defaults follow the paper's ImageNet recipe (Table 10): lr 1e-3 -> 1e-5, weight decay 0.05, label smoothing
     0.1, MixUp 0.8; gradient clipping 1.0 is the Trainer's ``gradient_clip_val``. ``channels_last`` is off by
     default: it sped CoAtNet-0 training up on CPU but can slow hybrid models down; ``ablate bench`` measures it. ``num_classes``, ``image_size``
-    and ``in_chans`` come from the DataModule when trained through ``ablate train``.
+    and ``in_chans`` come from the DataModule when trained through ``ablate train``. ``budget`` sizes a layout
+    ``model`` for a budget (``"C-T-C-T"`` at ``"cifar"``); ``imports`` names modules that register block types.
 
     Every metric it logs is recorded (``metrics.csv``, W&B, the analysis's table) under the name it is logged with;
     ``summaries`` says how a run's W&B summary shows the ones a comparison reads (W&B's default is the last value).
@@ -51,30 +53,39 @@ class ImageClassifier(L.LightningModule):
         self,
         model: str = "cctt_tiny",
         model_args: dict[str, Any] | None = None,
-        num_classes: int = 10,
-        image_size: int | tuple[int, int] = 32,
-        in_chans: int = 3,
-        lr: float = 1e-3,
-        min_lr: float = 1e-5,
-        weight_decay: float = 0.05,
-        warmup_epochs: float = 1.0,
-        label_smoothing: float = 0.1,
-        mixup_alpha: float = 0.8,
-        cutmix_alpha: float = 0.0,
-        drop_path: float = 0.0,
+        num_classes: PositiveInt = 10,
+        image_size: PositiveInt | tuple[PositiveInt, PositiveInt] = 32,
+        in_chans: PositiveInt = 3,
+        lr: PositiveFinite = 1e-3,
+        min_lr: NonNegativeFinite = 1e-5,
+        weight_decay: NonNegativeFinite = 0.05,
+        warmup_epochs: NonNegativeFinite = 1.0,
+        label_smoothing: Probability = 0.1,
+        mixup_alpha: NonNegativeFinite = 0.8,
+        cutmix_alpha: NonNegativeFinite = 0.0,
+        drop_path: Probability = 0.0,
         compile: bool | None = None,
         channels_last: bool = False,
+        budget: str | None = None,
+        imports: list[str] | None = None,
     ):
         super().__init__()
+        if min_lr > lr:  # the schedule's floor above its peak would raise the rate as it "decays"
+            raise ValueError(f"--model.init_args.min_lr {min_lr} is above --model.init_args.lr {lr}; valid: min_lr <= lr")
         self.save_hyperparameters()
+        self.save_hyperparameters(plain(dict(self.hparams)))  # plain numbers: checkpoints load with weights_only
+        import_block_modules(imports)
         size = tuple(image_size) if isinstance(image_size, (list, tuple)) else (image_size, image_size)
         overrides = dict(model_args or {})
         if drop_path:
             overrides.setdefault("drop_path", drop_path)
         build = dict(num_classes=num_classes, image_size=size, in_chans=in_chans, **overrides)
-        self.backbone = create_model(model, **build)
+        if budget is not None:  # matched once (at the budget's own resolution and classes), then built twice
+            cfg = budget_variant(model, budget, **build)
+            build = {**build, "depths": cfg.depths, "dims": cfg.dims, "stem_dim": cfg.stem_dim}
+        self.backbone = create_model(model, budget=budget, **build)
         with torch.device("meta"):  # a weightless twin: MACs without running the real model
-            self.macs = count_macs(create_model(model, **build))
+            self.macs = count_macs(create_model(model, budget=budget, **build))
         self.params = count_params(self.backbone)
         if channels_last:
             self.backbone.to(memory_format=torch.channels_last)

@@ -355,3 +355,27 @@ def test_report_logs_its_tables_and_figures_to_one_wandb_run_in_the_sweeps_group
     assert logged["report/final test accuracy"]["_type"] == "table-file"
     assert logged["report/layout pairs by test accuracy at equal loss"]["_type"] == "table-file"
     assert logged["report/training_curves"]["_type"] == "image-file"
+
+
+def test_a_report_lists_runs_it_cannot_read_and_its_counts_match_its_tables(tiny_study, tmp_path, capsys):
+    """A copy of a finished sweep with one truncated metrics.csv and one config.yaml missing: both are named with
+    the reason, counted apart, and every table holds exactly the runs the header counts as completed."""
+    import re
+    import shutil
+
+    from ablations.report import write_report
+
+    copy = tmp_path / "study"
+    shutil.copytree(tiny_study, copy, ignore=shutil.ignore_patterns("*.ckpt", "*.png", "report.md"))
+    runs = sorted(p.name for p in copy.iterdir() if (p / "summary.json").exists())
+    truncated, no_config = copy / runs[0] / "metrics.csv", copy / runs[1] / "config.yaml"
+    lines = truncated.read_text().splitlines(keepends=True)
+    truncated.write_text("".join(lines[: len(lines) // 2]))  # a copy cut short at a row's end
+    no_config.unlink()
+    text = write_report(copy).read_text()
+    assert f"6 of {len(runs)} runs completed" in text
+    assert re.search(rf"2 run\(s\) could not be read and are left out of every table: `{runs[0]}` \(metrics.csv holds "
+                     rf"[012] epoch row\(s\), summary.json records 3\); `{runs[1]}` \(config.yaml missing\)", text)
+    assert capsys.readouterr().err.startswith(f"ablate report: warning: 2 run(s) could not be read: {runs[0]} (")
+    final_table = text.split("## Final test accuracy")[1].split("##")[0]
+    assert sum(int(n) for n in re.findall(r"\(n=(\d+)\)", final_table)) == 6

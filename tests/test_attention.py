@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_modules.backbones import create_model
-from lightning_modules.backbones.attention import RelativeAttention, RelativePositionBias, relative_index
+from lightning_modules.backbones import BLOCKS, StagedNetConfig, create_model
+from lightning_modules.backbones.attention import LinearAttention, RelativeAttention, RelativePositionBias, relative_index
 
 
 def reference_attention(attn: RelativeAttention, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -137,6 +137,96 @@ def test_interface_coatnet_0_from_224_to_384():
     assert big.stages[3][0].attn.rel_bias.table.shape == (24, 23, 23)
 
 
+# --- W (window), G (grid) and L (linear attention) against loops over token positions -------------------------
+def attention_groups(height: int, width: int, kind: str, size: int) -> list[list[tuple[int, int]]]:
+    """The token positions that attend to each other, enumerated one by one (row-major inside a group)."""
+    if kind == "window":  # size x size tiles
+        return [[(wy * size + a, wx * size + b) for a in range(size) for b in range(size)]
+                for wy in range(height // size) for wx in range(width // size)]
+    step_y, step_x = height // size, width // size  # grid: a size x size lattice with step (H/size, W/size)
+    return [[(i * step_y + a, j * step_x + b) for i in range(size) for j in range(size)]
+            for a in range(step_y) for b in range(step_x)]
+
+
+@pytest.mark.parametrize("letter,kind", [("W", "window"), ("G", "grid")])
+@pytest.mark.parametrize("rel_pos", ["pre", "none"])
+def test_window_and_grid_attention_match_reference(letter, kind, rel_pos):
+    torch.manual_seed(0)
+    height, width, size = 4, 6, 2
+    cfg = StagedNetConfig(head_dim=8).replace(**{kind: size, "rel_pos": rel_pos})
+    block = BLOCKS[letter](16, 16, stride=1, size=(height, width), drop_path=0.0, cfg=cfg)
+    if block.attn.rel_bias is not None:
+        torch.nn.init.normal_(block.attn.rel_bias.table, std=1.0)
+        assert block.attn.rel_bias.table.shape == (2, 2 * size - 1, 2 * size - 1)  # the bias lives in the group
+    y = torch.randn(2, height, width, 16)
+    expected = torch.zeros(2, height, width, 16)
+    groups = attention_groups(height, width, kind, size)
+    assert sorted(p for g in groups for p in g) == [(r, c) for r in range(height) for c in range(width)]
+    for group in groups:
+        mixed = reference_attention(block.attn, torch.stack([y[:, r, c] for r, c in group], 1), (size, size))
+        for n, (r, c) in enumerate(group):
+            expected[:, r, c] = mixed[:, n]
+    torch.testing.assert_close(block.mix(y), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_grid_attention_mixes_distant_tokens_and_window_does_not():
+    """Changing one corner token moves the opposite corner under G (same lattice group) but not under W."""
+    torch.manual_seed(0)
+    cfg = StagedNetConfig(head_dim=8).replace(window=2, grid=2)
+    y = torch.randn(1, 4, 4, 16)
+    moved = y.clone()
+    moved[0, 0, 0] += 1.0
+    for letter, changes in (("W", False), ("G", True)):
+        block = BLOCKS[letter](16, 16, stride=1, size=(4, 4), drop_path=0.0, cfg=cfg)
+        assert (not torch.allclose(block.mix(y)[0, 2, 2], block.mix(moved)[0, 2, 2])) == changes, letter
+
+
+def test_linear_attention_matches_reference():
+    """Katharopoulos et al. Eq. 5: y_i = sum_j phi(q_i).phi(k_j) v_j / sum_j phi(q_i).phi(k_j), summed in loops."""
+    torch.manual_seed(0)
+    attn = LinearAttention(dim_in=12, dim_out=16, head_dim=8)
+    x = torch.randn(2, 5, 12)
+    q, k, v = (x @ attn.qkv.weight.T + attn.qkv.bias).split(16, dim=-1)
+    phi = lambda t: F.elu(t) + 1  # noqa: E731
+    out = torch.zeros(2, 5, 16)
+    for b in range(2):
+        for h in range(2):
+            cols = slice(8 * h, 8 * h + 8)
+            for i in range(5):
+                num, den = torch.zeros(8), torch.zeros(())
+                for j in range(5):
+                    sim = phi(q[b, i, cols]) @ phi(k[b, j, cols])
+                    num, den = num + sim * v[b, j, cols], den + sim
+                out[b, i, cols] = num / (den + attn.eps)
+    torch.testing.assert_close(attn(x), out @ attn.proj.weight.T + attn.proj.bias, atol=1e-5, rtol=1e-5)
+
+
+def test_new_letters_mix_in_any_layout_and_count_attention_macs():
+    from lightning_modules.backbones.profile import attention_macs, macs_by_op
+
+    shares = {}
+    for layout in ("C-C-W-T", "C-C-WG-WG", "C-L-G-W", "C-C-T-T", "C-C-C-C"):
+        segments = len(layout.replace("-", ""))
+        args = dict(depths=(1,) * segments, dims=(16, 32, 64, 64, 64, 64)[:segments], stem_dim=16, head_dim=16,
+                    stem_stride=1, strides=(1, 2, 2, 2), image_size=16, num_classes=3, window=2, grid=2)
+        model = create_model(layout, **args).eval()
+        assert model(torch.randn(2, 3, 16, 16)).shape == (2, 3)
+        with torch.device("meta"):
+            shares[layout] = attention_macs(macs_by_op(create_model(layout, **args)))
+    assert shares["C-C-C-C"] == 0 and min(v for k, v in shares.items() if k != "C-C-C-C") > 0
+    # at S3 (4x4 tokens) 2x2 windows compare 4 tokens instead of 16: W's attention products are a quarter of T's
+    assert shares["C-C-W-T"] < shares["C-C-T-T"]
+
+
+@pytest.mark.parametrize("layout,option,message", [
+    ("C-C-W-W", dict(window=3), r"stage S3 \(W\) of layout 'C-C-W-W': window 3 does not divide the 4x4 feature map"),
+    ("C-C-G-G", dict(grid=3), r"stage S3 \(G\) of layout 'C-C-G-G': grid 3 does not divide the 4x4 feature map"),
+    ("C-C-T-T", dict(widow=3), r"unknown option\(s\) widow; valid: layout"),
+])
+def test_window_or_grid_that_does_not_divide_is_one_line(layout, option, message):
+    with pytest.raises(ValueError, match=message) as err:
+        create_model(layout, image_size=64, **option)
+    assert "\n" not in str(err.value)
 @pytest.mark.parametrize("size", [(7, 7), (14, 14), (4, 4), (3, 5)])
 def test_bias_handed_to_attention_kernels_has_aligned_rows(size):
     """Memory-efficient SDPA kernels need mask rows on 16-element boundaries; an unaligned (49 x 49) bias of

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_modules.backbones import BLOCKS, create_model, parse_layout, register_block
+from lightning_modules.backbones import BLOCKS, Block, create_model, parse_layout, register_block
 from lightning_modules.backbones.blocks import BLOCK_DESCRIPTIONS, MBConv, TransformerBlock
 from lightning_modules.backbones.layout import Layout
 
@@ -161,7 +161,7 @@ def test_layout_with_other_segment_count_needs_depths_and_dims():
 
 def test_a_new_stage_type_is_one_class_and_one_entry():
     @register_block("Z", "identity-ish test block")
-    class Conv3(nn.Module):
+    class Conv3(Block):
         def __init__(self, dim_in, dim_out, *, stride, size, drop_path, cfg):
             super().__init__()
             self.conv = nn.Conv2d(dim_in, dim_out, 3, stride, 1)

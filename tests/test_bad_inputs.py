@@ -14,15 +14,17 @@ from tests.test_train import SMALL_RUN
 
 MODEL_ARGS = "--model.init_args.model_args={depths: [1, 1], dims: [16, 32], stem_dim: 16, head_dim: 16"
 NO_DATA = [a for a in SMALL_RUN if not a.startswith("--data")]
+DIGITS = Path(__file__).resolve().parents[1] / "ablations" / "configs" / "digits_tiny.yaml"
 
 
-def image_folder(root: Path, corrupt: bool = False, empty_class: bool = False) -> Path:
-    """train/ and val/ with two classes of 16x16 PNGs; optionally one damaged file, or one class without images."""
+def image_folder(root: Path, corrupt: bool = False, empty_class: bool = False, val_classes=("cat", "dog")) -> Path:
+    """train/ and val/ with two classes of 16x16 PNGs; optionally one damaged file, one class without images, or
+    other classes in val/."""
     from PIL import Image
 
     rng = np.random.default_rng(0)
     for split in ("train", "val"):
-        for cls in ("cat", "dog"):
+        for cls in ("cat", "dog") if split == "train" else val_classes:
             folder = root / split / cls
             folder.mkdir(parents=True)
             for i in range(6 if split == "train" else 2):
@@ -61,18 +63,27 @@ CATALOGUE = [
     ("unknown model option", [MODEL_ARGS + ", depht: 3}"], "unknown option(s) depht"),
     ("relative-bias mode", [MODEL_ARGS + ", rel_pos: pre_softmax}"], "rel_pos='pre_softmax' is not valid"),
     ("downsample mode", [MODEL_ARGS + ", downsample: maxpool}"], "downsample='maxpool' is not valid"),
-    ("fraction above 1", ["--data.init_args.train_fraction=1.5"], "train_fraction=1.5 is outside (0, 1]"),
-    ("fraction 0", ["--data.init_args.train_fraction=0"], "train_fraction=0.0 is outside (0, 1]"),
-    ("validation fraction 1", ["--data.init_args.val_fraction=1.0"], "val_fraction=1.0 is outside [0, 1)"),
-    ("no training samples", ["--data.init_args.train_samples=0"], "train_samples=0 must be a positive number"),
-    ("more samples than exist", ["--data.init_args.train_samples=5000"], "train_samples=5000 is more than the 96"),
+    ("window vs feature map", ["--model.init_args.model=C-W", MODEL_ARGS + ", window: 3}"],
+     "stage S2 (W) of layout 'C-W': window 3 does not divide the 2x2 feature map"),
+    ("unknown budget", ["--model.init_args.model=C-T-C-T", "--model.init_args.budget=huge"],
+     "unknown budget 'huge'; valid budgets: paper, cifar, tiny"),
+    ("block module", ["--model.init_args.imports=[my_blocks]"], "imports: module 'my_blocks' cannot be imported"),
+    ("fraction above 1", ["--data.init_args.train_fraction=1.5"],
+     "--data.init_args.train_fraction 1.5 is not valid; expected a number in (0, 1]"),
+    ("fraction 0", ["--data.init_args.train_fraction=0"], "--data.init_args.train_fraction 0 is not valid"),
+    ("validation fraction 1", ["--data.init_args.val_fraction=1.0"],
+     "--data.init_args.val_fraction 1.0 is not valid; expected a number in [0, 1)"),
+    ("no training samples", ["--data.init_args.train_samples=0"],
+     "--data.init_args.train_samples 0 is not valid; expected an integer > 0"),
+    ("more samples than exist", ["--data.init_args.train_samples=5000"],
+     "--data.init_args.train_samples 5000 is more than the 96 training images; valid: 1..96"),
     ("unknown data set", ["--data=FooDataModule"], "unknown data set 'FooDataModule'; valid data sets:"),
     ("unknown augmentation preset", ["--data.init_args.augmentation=autoaugment"],
-     "augmentation='autoaugment' is not valid; choose one of none, crop_flip, randaugment"),
+     "--data.init_args.augmentation autoaugment is not valid; expected one of none, crop_flip, randaugment"),
     ("mean/std lengths", ["--data.init_args.mean=[0.5]", "--data.init_args.std=[0.5, 0.5]"],
      "need one value per channel"),
     ("option typo", ["--data.init_args.batchsize=3"], "Option 'batchsize' is not accepted"),
-    ("wrong type", ["--trainer.max_epochs=many"], "max_epochs"),
+    ("wrong type", ["--trainer.max_epochs=many"], "--trainer.max_epochs many is not valid; expected an integer"),
     ("EMA decay", ["--trainer.callbacks+=lightning_modules.callbacks.EMA", "--trainer.callbacks.decay=1.5"],
      "EMA decay=1.5 must be in (0, 1), e.g. 0.9999"),
     ("GPU asked, none present", ["--trainer.accelerator=gpu"],
@@ -80,6 +91,8 @@ CATALOGUE = [
     ("YAML unknown key", lambda t: [config_file(t, "trainr:\n  max_epochs: 1\n"), *SMALL_RUN], "trainr"),
     ("YAML syntax", lambda t: [config_file(t, "model: [unclosed\n"), *SMALL_RUN],
      "config.yaml: while parsing a flow sequence at line 1, column 8 did not find expected ',' or ']'"),
+    ("YAML syntax, --config PATH", lambda t: ["--config", config_file(t, "model: [unclosed\n").split("=", 1)[1], *SMALL_RUN],
+     "config.yaml: while parsing a flow sequence at line 1"),
     ("config file missing", lambda t: [f"--config={t / 'nope.yaml'}", *SMALL_RUN], "nope.yaml"),
     ("CIFAR missing, download off", lambda t: [*NO_DATA, "--data=datamodules.CIFAR10DataModule",
                                                f"--data.init_args.data_dir={t / 'data'}"],
@@ -88,6 +101,52 @@ CATALOGUE = [
                                         f"--data.init_args.data_dir={t / 'imagenet'}"], "imagenet/train does not exist"),
     ("empty class folder", lambda t: folder_args(t, empty_class=True), "images/train/bird has no images"),
     ("corrupt image file", lambda t: folder_args(t, corrupt=True), "corrupt image file "),
+    ("image folders with different classes", lambda t: folder_args(t, val_classes=("cat", "owl")),
+     "train/ and val/ hold different classes (only in train/: ['dog']; only in val/: ['owl'])"),
+    # every numeric option at 0, negative, NaN, inf, a wrong type; every enumerated option with a bogus value
+    ("learning rate NaN", ["--model.init_args.lr=nan"], "--model.init_args.lr nan is not valid; expected a finite number > 0"),
+    ("learning rate negative", ["--model.init_args.lr=-1"], "--model.init_args.lr -1 is not valid"),
+    ("learning rate inf", ["--model.init_args.lr=inf"], "--model.init_args.lr inf is not valid"),
+    ("learning rate 0", ["--model.init_args.lr=0"], "--model.init_args.lr 0 is not valid"),
+    ("min_lr above lr", ["--model.init_args.min_lr=0.1"], "--model.init_args.min_lr 0.1 is above --model.init_args.lr 0.003"),
+    ("min_lr not a number", ["--model.init_args.min_lr=abc"], "--model.init_args.min_lr abc is not valid; expected a finite number >= 0"),
+    ("weight decay negative", ["--model.init_args.weight_decay=-0.1"], "--model.init_args.weight_decay -0.1 is not valid"),
+    ("warm-up inf", ["--model.init_args.warmup_epochs=inf"], "--model.init_args.warmup_epochs inf is not valid"),
+    ("label smoothing 1.5", ["--model.init_args.label_smoothing=1.5"],
+     "--model.init_args.label_smoothing 1.5 is not valid; expected a number in [0, 1)"),
+    ("MixUp alpha negative", ["--model.init_args.mixup_alpha=-1"],
+     "--model.init_args.mixup_alpha -1 is not valid; expected a finite number >= 0"),
+    ("CutMix alpha NaN", ["--model.init_args.cutmix_alpha=nan"], "--model.init_args.cutmix_alpha nan is not valid"),
+    ("drop path 1.5", ["--model.init_args.drop_path=1.5"], "--model.init_args.drop_path 1.5 is not valid; expected a number in [0, 1)"),
+    ("compile not a bool", ["--model.init_args.compile=maybe"], "--model.init_args.compile maybe is not valid; expected true or false"),
+    ("model image size 0", ["--model.init_args.image_size=0"], "--model.init_args.image_size 0 is not valid"),
+    ("batch size 0", ["--data.init_args.batch_size=0"], "--data.init_args.batch_size 0 is not valid; expected an integer > 0"),
+    ("batch size negative", ["--data.init_args.batch_size=-1"], "--data.init_args.batch_size -1 is not valid"),
+    ("batch size not an integer", ["--data.init_args.batch_size=1.5"], "--data.init_args.batch_size 1.5 is not valid"),
+    ("eval batch size 0", ["--data.init_args.eval_batch_size=0"], "--data.init_args.eval_batch_size 0 is not valid"),
+    ("fraction not a number", ["--data.init_args.train_fraction=abc"],
+     "--data.init_args.train_fraction abc is not valid; expected a number in (0, 1]"),
+    ("fraction NaN", ["--data.init_args.train_fraction=nan"], "--data.init_args.train_fraction nan is not valid"),
+    ("validation fraction negative", ["--data.init_args.val_fraction=-0.1"], "--data.init_args.val_fraction -0.1 is not valid"),
+    ("clean-subset size 0", ["--data.init_args.train_eval_samples=0"], "--data.init_args.train_eval_samples 0 is not valid"),
+    ("loader workers negative", ["--data.init_args.num_workers=-1"],
+     "--data.init_args.num_workers -1 is not valid; expected an integer >= 0"),
+    ("std 0", ["--data.init_args.std=[0.0]"], "--data.init_args.std [0.0] is not valid; expected a finite number > 0"),
+    ("synthetic classes 0", ["--data.init_args.num_classes=0"], "--data.init_args.num_classes 0 is not valid"),
+    ("synthetic train size negative", ["--data.init_args.train_size=-5"], "--data.init_args.train_size -5 is not valid"),
+    ("data image size inf", ["--data.init_args.image_size=inf"], "--data.init_args.image_size inf is not valid"),
+    ("device data not a bool", ["--data.init_args.device_data=perhaps"], "--data.init_args.device_data perhaps is not valid"),
+    ("validation split of no images", ["--data.init_args.train_samples=5"],
+     "--data.init_args.val_fraction 0.1 of 5 training images leaves 0 for validation"),
+    ("seed negative", ["--seed_everything=-3"], "--seed_everything -3 is not valid; expected an integer >= 0"),
+    ("epochs 0", ["--trainer.max_epochs=0"], "--trainer.max_epochs 0 is not valid; expected an integer > 0"),
+    ("epochs -1", ["--trainer.max_epochs=-1"], "--trainer.max_epochs -1 is not valid; expected an integer > 0"),
+    ("gradient clip NaN", ["--trainer.gradient_clip_val=nan"], "--trainer.gradient_clip_val nan is not valid"),
+    ("gradient accumulation 0", ["--trainer.accumulate_grad_batches=0"], "--trainer.accumulate_grad_batches 0 is not valid"),
+    ("precision bogus", ["--trainer.precision=bogus"], "--trainer.precision bogus is not valid; expected an integer or one of"),
+    ("accelerator bogus", ["--trainer.accelerator=tpu9"], "--trainer.accelerator tpu9 is not valid; expected one of auto, gpu, cpu"),
+    ("strategy bogus", ["--trainer.strategy=dpp"], "--trainer.strategy dpp is not valid; expected one of auto, ddp, "),
+    ("checkpoint interval 0", ["--checkpoint_every_n_steps=0"], "--checkpoint_every_n_steps 0 is not valid"),
     ("non-finite loss", ["--model.init_args.lr=1e30", "--model.init_args.warmup_epochs=0"],
      "training loss became nan at epoch 0"),
     ("batch too large for memory", ["--trainer.callbacks+=tests.helpers.OutOfMemoryAt"],
@@ -150,13 +209,39 @@ def test_cpu_processes_are_not_gpus():
     ("name: x\nconfig: c.yaml\ngird: {}\n", "unknown key(s) gird in sweep spec"),
     ("name: x\nconfig: c.yaml\nbudget: huge\ngrid: {layout: [C-C-T-T]}\n", "the layout axis needs a budget; budget='huge'"),
     ("name: x\nconfig: missing.yaml\ngrid: {seed_everything: [0]}\n", "base config missing.yaml of sweep spec"),
+    # every spec key with a wrong type, an empty axis, a negative retry count
+    (f"name: x\nconfig: {DIGITS}\ngrid: {{seed_everything: []}}\n", "grid axis seed_everything is empty, so the sweep would have no runs"),
+    (f"name: x\nconfig: {DIGITS}\ngrid: {{}}\n", "grid is empty; expected at least one axis"),
+    (f"name: x\nconfig: {DIGITS}\ngrid: [seed_everything, 0]\n", "grid ['seed_everything', 0] is not valid; expected a mapping"),
+    (f"name: x\nconfig: {DIGITS}\nmax_retries: -1\ngrid: {{seed_everything: [0]}}\n", "max_retries -1 is not valid; expected an integer >= 0"),
+    (f"name: x\nconfig: {DIGITS}\nmax_retries: two\ngrid: {{seed_everything: [0]}}\n", "max_retries 'two' is not valid; expected an integer >= 0"),
+    (f"name: x\nconfig: {DIGITS}\nmax_retries: true\ngrid: {{seed_everything: [0]}}\n", "max_retries True is not valid"),
+    (f"name: [x]\nconfig: {DIGITS}\ngrid: {{seed_everything: [0]}}\n", "name ['x'] is not valid; expected a string"),
+    (f"name: x\nconfig: 3\ngrid: {{seed_everything: [0]}}\n", "config 3 is not valid; expected a path"),
+    (f"name: ../elsewhere\nconfig: {DIGITS}\ngrid: {{seed_everything: [0]}}\n",
+     "name '../elsewhere' is not valid; expected a folder name without '/'"),
+    (f"name: x\nconfig: {DIGITS}\nset: [a, b]\ngrid: {{seed_everything: [0]}}\n", "set ['a', 'b'] is not valid; expected a mapping"),
+    (f"name: x\nconfig: {DIGITS}\nbudget: 5\ngrid: {{seed_everything: [0]}}\n", "budget 5 is not valid; expected a budget name"),
+    ("- a list\n", "must be a mapping of budget, config, grid, max_retries, name, set"),
+    # overrides checked by `ablate train`'s parser before any run: a typo named with the closest option, bad values
+    (f"name: x\nconfig: {DIGITS}\ngrid: {{data.init_args.train_fraktion: [0.2, 0.3]}}\n",
+     "sweep x: grid key data.init_args.train_fraktion is not an `ablate train` option; the closest option is "
+     "data.init_args.train_fraction"),
+    (f"name: x\nconfig: {DIGITS}\nset: {{data.init_args.batchsize: 8}}\ngrid: {{seed_everything: [0]}}\n",
+     "sweep x: set key data.init_args.batchsize is not an `ablate train` option; the closest option is "
+     "data.init_args.batch_size"),
+    (f"name: x\nconfig: {DIGITS}\ngrid: {{model.init_args.lr: [0.001, -1]}}\n",
+     "sweep x: grid: --model.init_args.lr -1 is not valid; expected a finite number > 0"),
+    (f"name: x\nconfig: {DIGITS}\nset: {{trainer.max_epochs: 0}}\ngrid: {{seed_everything: [0]}}\n",
+     "sweep x: set: --trainer.max_epochs 0 is not valid; expected an integer > 0"),
 ])
 def test_bad_sweep_spec_is_one_line(tmp_path, capsys, spec, needle):
     path = tmp_path / "spec.yaml"
     path.write_text(spec)
     assert cli_main(["sweep", str(path), "--root", str(tmp_path / "runs")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("ablate sweep: error: ") and needle in err and "\n" not in err
+    assert err.startswith("ablate sweep: error: ") and needle in err and "\n" not in err, err
+    assert not (tmp_path / "runs").exists()  # refused before any run folder, manifest or training
 
 
 def test_yaml_cannot_execute_code(tmp_path, capsys):
@@ -172,3 +257,70 @@ def test_yaml_cannot_execute_code(tmp_path, capsys):
     assert not marker.exists()
     err = capsys.readouterr().err.strip().splitlines()
     assert "could not determine a constructor for the tag" in err[-1] and f"sweep spec {spec}" in err[-1]
+
+
+def test_a_refused_command_prints_only_its_error():
+    """As a user sees it, in a fresh process: no "Seed set to", no GPU lines, no tip before the one error line."""
+    from tests.test_train import run_cli
+
+    proc = run_cli("--config=ablations/configs/digits_tiny.yaml", "--trainer.max_epochs=0", check=False)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == "ablate train: error: --trainer.max_epochs 0 is not valid; expected an integer > 0\n"
+
+
+def _numeric_parameters():
+    """(option, type) for every numeric parameter of the LightningModule and the DataModules, from their signatures."""
+    import inspect
+    import typing
+
+    from datamodules import CIFAR10DataModule, DigitsDataModule, ImageDataModule, ImageFolderDataModule, SyntheticDataModule
+    from lightning_modules.classifier import ImageClassifier
+
+    classes = [("model", ImageClassifier), *(("data", c) for c in (ImageDataModule, SyntheticDataModule, DigitsDataModule,
+                                                                   ImageFolderDataModule, CIFAR10DataModule))]
+    for prefix, cls in classes:
+        hints = typing.get_type_hints(cls.__init__)
+        for name in inspect.signature(cls.__init__).parameters:
+            if name in hints and _numbers_in(hints[name]):
+                yield f"{prefix}.init_args.{name}", hints[name], cls
+
+
+def _numbers_in(hint) -> list:
+    import typing
+
+    args = typing.get_args(hint)
+    if args:
+        return [t for a in args if a is not Ellipsis for t in _numbers_in(a)]
+    return [hint] if isinstance(hint, type) and issubclass(hint, (int, float)) and hint is not bool else []
+
+
+def test_every_numeric_option_declares_a_range():
+    """A new numeric option typed plain `int` or `float` fails here: its range belongs in its annotation."""
+    plain = [option for option, hint, _ in _numeric_parameters() if {int, float} & set(_numbers_in(hint))]
+    assert not plain, f"numeric options without a declared range: {plain}"
+
+
+LINK_TARGETS = {"model.init_args.num_classes", "model.init_args.in_chans", "data.init_args.seed"}  # set through links
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf", "abc"])
+def test_every_numeric_option_refuses_negative_nan_inf_and_text_while_parsing(value):
+    """Every scalar numeric option of the model and data modules, through `ablate train`'s parser (nothing built):
+    one line naming the option, the value and what is valid."""
+    from jsonargparse import ArgumentError
+
+    from ablations.train import one_line, training_parser
+
+    parser = training_parser()
+    checked = set()
+    for option, hint, cls in _numeric_parameters():
+        if option in LINK_TARGETS or option in checked or "tuple" in str(hint).split("|")[0]:
+            continue
+        checked.add(option)
+        data = f"--data={cls.__module__}.{cls.__name__}" if option.startswith("data") and cls.__name__ != "ImageDataModule" else ""
+        args = [a for a in SMALL_RUN if not (data and a.startswith("--data"))] + ([data] if data else [])
+        with pytest.raises(ArgumentError) as err:
+            parser.parse_args([*args, f"--{option}={value}"])
+        line = one_line(err.value)
+        assert line.startswith(f"--{option} {value} is not valid; expected ") and "\n" not in line, line
+    assert len(checked) >= 20, sorted(checked)

@@ -138,7 +138,7 @@ def test_bad_sweep_settings_are_one_line_exit_2_and_submit_nothing(tmp_path, fak
 def test_a_bad_slurm_mapping_in_the_spec_is_refused_when_loaded(tmp_path):
     with pytest.raises(ValueError, match="unknown SLURM setting 'gpus'.*; valid: account"):
         SweepSpec.load(write_spec(tmp_path, TINY_SPEC + "slurm:\n  gpus: 8\n"))
-    with pytest.raises(ValueError, match="'slurm' of sweep spec .* must be a mapping"):
+    with pytest.raises(ValueError, match="sweep spec .*: slurm \\['account'\\] is not valid; expected a mapping of submitit parameters"):
         SweepSpec.load(write_spec(tmp_path, TINY_SPEC + "slurm: [account]\n"))
 
 

@@ -74,17 +74,6 @@ def test_train_samples_is_a_sample_count():
     assert data.split_sizes["train"] + data.split_sizes["val"] == 100
 
 
-@pytest.mark.parametrize("kwargs,needle", [
-    (dict(train_fraction=0.0), r"train_fraction=0.0 is outside \(0, 1\]"),
-    (dict(train_fraction=1.5), r"train_fraction=1.5 is outside \(0, 1\]"),
-    (dict(augmentation="autoaugment"), "augmentation='autoaugment' is not valid; choose one of none, crop_flip"),
-    (dict(val_fraction=1.0), "val_fraction=1.0"),
-])
-def test_bad_data_options(kwargs, needle):
-    with pytest.raises(ValueError, match=needle):
-        SyntheticDataModule(**kwargs)
-
-
 @pytest.mark.parametrize("cls,num_classes", [(CIFAR10DataModule, 10), (CIFAR100DataModule, 100)])
 def test_cifar_from_python_pickles(tmp_path, cls, num_classes):
     write_cifar(tmp_path, num_classes)

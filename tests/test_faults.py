@@ -44,6 +44,7 @@ def assert_same_as(straight: Path, run_dir: Path) -> None:
     assert summary(run_dir)["status"] == "completed"
     a, b = summary(straight)["final"], summary(run_dir)["final"]
     assert (a["test/loss"], a["test/acc"]) == (b["test/loss"], b["test/acc"])
+    assert not list(run_dir.rglob("*-v[0-9]*.ckpt"))  # checkpoints replaced in place, never forked into -v1
 
 
 @pytest.mark.parametrize("at,batch,extra", [
@@ -209,3 +210,57 @@ def test_mid_epoch_resume_is_exact_with_mixup_and_stochastic_depth(tmp_path, dat
     assert train_main([*run, *signaller, f"--run_dir={tmp_path / 'run'}"]) == 3
     assert train_main([*run, *signaller, f"--run_dir={tmp_path / 'run'}"]) == 0
     assert_same_as(tmp_path / "straight", tmp_path / "run")
+
+
+def test_a_resume_with_other_settings_is_refused_and_config_yaml_is_never_rewritten(straight, tmp_path, capsys):
+    """A run folder belongs to one config. A rerun that changes a result-affecting setting (the learning rate, the
+    model) is refused in one line naming the differing keys, before anything is built; one that changes only how
+    the run is shown or logged resumes, exactly; config.yaml stays the first run's."""
+    run_dir = tmp_path / "run"
+    stopper = ["--trainer.callbacks+=tests.helpers.KillOnce", "--trainer.callbacks.epoch=1",
+               "--trainer.callbacks.batch=1", "--trainer.callbacks.signal=SIGUSR1",
+               f"--trainer.callbacks.marker={tmp_path / 'stopped'}"]
+    assert train_main([*RUN, *stopper, f"--run_dir={run_dir}"]) == 3  # last.ckpt mid-epoch 1
+    config = (run_dir / "config.yaml").read_text()
+    capsys.readouterr()
+    for change, differ in ((["--model.init_args.lr=0.05"], "model.init_args.lr 0.003 -> 0.05"),
+                           (["--model.init_args.model=T-T"], "model.init_args.model C-T -> T-T"),
+                           (["--trainer.max_epochs=3", "--seed_everything=1"],
+                            "seed_everything 0 -> 1; trainer.max_epochs 2 -> 3")):
+        assert train_main([*RUN, *stopper, *change, f"--run_dir={run_dir}"]) == 2
+        assert capsys.readouterr().err.strip() == (
+            f"ablate train: error: run folder {run_dir} holds a run with other settings ({differ}); a resume must "
+            "repeat them: choose a new --run_dir for these settings")
+        assert (run_dir / "config.yaml").read_text() == config
+        assert summary(run_dir)["status"] == "interrupted"
+    watched = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--wandb.project=other",
+               "--checkpoint_every_n_steps=100"]
+    assert train_main([*RUN, *stopper, *watched, f"--run_dir={run_dir}"]) == 0
+    assert_same_as(straight, run_dir)
+    assert not list(run_dir.rglob("*.corrupt-*"))  # resumed from its own last.ckpt, not started again
+    assert (run_dir / "config.yaml").read_text() == config
+
+
+def test_the_default_run_folder_depends_only_on_result_settings(tmp_path, monkeypatch):
+    """The same command lands in the same folder with or without a terminal (progress bar, model summary), with
+    W&B on or off and any number of loader workers; a changed learning rate or seed gets its own."""
+    from ablations.train import AblateCLI
+
+    seen = []
+
+    def stop(self):
+        seen.append(self.run_dir)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(AblateCLI, "instantiate_classes", stop)
+    base = [*SMALL_RUN, f"--runs_root={tmp_path}"]
+    variants = [[], "terminal", ["--trainer.enable_progress_bar=false", "--data.init_args.num_workers=2",
+                                 "--wandb.enabled=true", "--wandb.project=p", "--wandb.tags=[a]"],
+                ["--model.init_args.lr=0.01"], ["--seed_everything=1"]]
+    for extra in variants:
+        with monkeypatch.context() as mp:
+            mp.setattr(sys.stderr, "isatty", lambda: extra == "terminal")
+            with pytest.raises(SystemExit):
+                train_main([*base, *([] if extra == "terminal" else extra)])
+    assert seen[0] == seen[1] == seen[2] and len(set(seen)) == 3
+    assert seen[0].parent == tmp_path and seen[0].name.startswith("C-T-synthetic-")

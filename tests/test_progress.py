@@ -3,16 +3,17 @@
 import io
 import json
 import os
-import socket
 import time
 from pathlib import Path
 
 import pytest
 
+from ablations import runlock
 from ablations.cli import main as cli_main
 from ablations.progress import collect, read_run, render, watch
 
 HEADER = "epoch,step,val/acc,test/acc,epoch_time\n"
+HELD: dict[str, int] = {}  # run id -> the lock this test process holds for it, as a sweep would
 
 
 def make_run(folder: Path, run_id: str, max_epochs: int, rows: list[str], summary: dict | None = None,
@@ -25,8 +26,8 @@ def make_run(folder: Path, run_id: str, max_epochs: int, rows: list[str], summar
         (run / "metrics.csv").write_text(HEADER + "".join(r + "\n" for r in rows))
     if summary is not None:
         (run / "summary.json").write_text(json.dumps(summary))
-    if running:  # held by this (live) process, as a sweep on this host would
-        (run / "lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    if running:  # held by this (live) process, as a sweep would
+        HELD[run_id] = runlock.try_acquire(run)
         (run / "attempts").write_text("1")
         os.utime(run / "attempts", (now - 40, now - 40))
         if rows:
@@ -38,7 +39,7 @@ def overrides(model: str, seed: int, epochs: int) -> dict:
 
 
 @pytest.fixture
-def sweep(tmp_path) -> tuple[Path, float]:
+def sweep(tmp_path):
     """m1: one completed (4 x 10 s epochs in a 46 s run), one running (12 s, 14 s, then a mid-epoch evaluation
     row without an epoch time, 5 s into epoch 2), one pending; m2 (2 epochs): one failed after a 30 s epoch, one
     pending."""
@@ -54,7 +55,9 @@ def sweep(tmp_path) -> tuple[Path, float]:
                                                        "reason": "training loss became nan at step 12"})
     (folder / "manifest.json").write_text(json.dumps(
         {"name": "hand", "config": None, "runs": [{"id": k, "axes": {}, "overrides": v} for k, v in runs.items()]}))
-    return folder, now
+    yield folder, now
+    while HELD:
+        runlock.release(HELD.popitem()[1])
 
 
 def test_each_run_shows_epoch_accuracies_and_an_eta_from_its_epoch_times(sweep):
@@ -98,8 +101,14 @@ def test_a_run_just_started_and_a_run_timed_by_its_folder(sweep):
     assert runs["m1-s2"].status == "running" and runs["m1-s2"].remaining == pytest.approx(3 * 11 + 14, abs=0.01)
 
 
-def test_status_of_a_spec_and_of_its_folder_agree_and_report_takes_a_spec(sweep, capsys):
-    folder, _ = sweep
+def test_status_of_a_spec_and_of_its_folder_agree_and_report_takes_a_spec(sweep, capsys, monkeypatch):
+    import types
+
+    import ablations.progress
+
+    folder, now = sweep
+    clock = types.SimpleNamespace(time=lambda: now, localtime=time.localtime, strftime=time.strftime, sleep=time.sleep)
+    monkeypatch.setattr(ablations.progress, "time", clock)  # loading the spec takes a while: the same moment
     spec = folder.parent.parent / "hand.yaml"
     config = Path(__file__).resolve().parents[1] / "ablations/configs/digits_tiny.yaml"
     spec.write_text(f"name: hand\nconfig: {config}\ngrid: {{seed_everything: [0]}}\n")
@@ -150,7 +159,7 @@ def test_watch_redraws_on_a_terminal_and_prints_changes_elsewhere(sweep):
     assert sum(line.startswith("hand: ") for line in lines) == 2  # the sweep's line every round
     for run_id in ("m1-s1", "m1-s2", "m2-s1"):  # nothing left to wait for: one round, then it returns
         (folder / run_id).mkdir(exist_ok=True)
-        (folder / run_id / "lock").unlink(missing_ok=True)
+        runlock.release(HELD.pop(run_id, None))
         (folder / run_id / "summary.json").write_text(json.dumps({"status": "completed"}))
     done = io.StringIO()
     watch(folder, "runs", slots=None, every=60, out=done)

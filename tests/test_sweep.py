@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ablations.cli import main as cli_main
-from ablations.sweep import SweepSpec, read_status, run_sweep, sweep_status, try_lock
+from ablations.sweep import SweepSpec, read_status, run_sweep, sweep_status
 from tests.specs import tiny_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +36,8 @@ def test_demo_spec_expands_to_the_five_layouts_with_stable_ids():
 
 @pytest.mark.parametrize("text,needle", [
     ("name: x\nconfig: c.yaml\ngrid: {layout: [C-C-T-T]}\n", "the layout axis needs a budget"),
-    ("name: x\nconfig: c.yaml\nbudget: tiny\ngrid: {layout: [C-Q-T-T]}\n", r"layout\(s\) \['C-Q-T-T'\] have no budget-matched"),
+    (f"name: x\nconfig: {ROOT / 'ablations/configs/digits_tiny.yaml'}\nbudget: tiny\ngrid: {{layout: [C-Q-T-T]}}\n",
+     "unknown stage type 'Q' in layout 'C-Q-T-T'"),
     ("name: x\nconfig: c.yaml\ngird: {}\n", "unknown key\\(s\\) gird"),
     ("name: x\ngrid: {seed_everything: [0]}\n", "needs a 'config' entry"),
 ])
@@ -45,13 +46,40 @@ def test_bad_specs_name_the_problem(tmp_path, text, needle):
         SweepSpec.load(write_spec(tmp_path, text))
 
 
-def test_locks_are_exclusive_and_stale_locks_are_taken_over(tmp_path):
+def test_two_trainings_on_one_run_folder_the_second_is_refused_naming_the_first(tmp_path, capsys):
+    """While `ablate train` trains into a folder, a second one (here with another lr) is refused in one line naming
+    the first's pid and host, and touches nothing; once the first is SIGKILLed the OS has freed the folder."""
+    import signal
+    import socket
+    import time
+
+    from ablations import runlock
+    from ablations.train import main as train_main
+    from tests.test_train import SMALL_RUN
+
     run_dir = tmp_path / "run"
-    assert try_lock(run_dir) and not try_lock(run_dir)  # this process holds it
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    (run_dir / "lock").write_text(json.dumps({"pid": int(dead.stdout), "host": os.uname().nodename}))
-    assert read_status(run_dir) == "pending"  # a dead owner does not count as running
-    assert try_lock(run_dir)
+    first = subprocess.Popen([sys.executable, "-m", "ablations.cli", "train", *SMALL_RUN, "--trainer.max_epochs=500",
+                              f"--run_dir={run_dir}"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env={**os.environ, "WANDB_MODE": "disabled"})
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not (run_dir / "metrics.csv").exists():
+            time.sleep(0.2)
+        config = (run_dir / "config.yaml").read_text()
+        assert read_status(run_dir) == "running"
+        assert train_main([*SMALL_RUN, "--model.init_args.lr=0.01", f"--run_dir={run_dir}"]) == 2
+        assert capsys.readouterr().err.strip() == (
+            f"ablate train: error: run folder {run_dir} is in use by pid {first.pid} on host {socket.gethostname()} "
+            "(its lock file lock); wait for that run to end, or choose another --run_dir")
+        assert (run_dir / "config.yaml").read_text() == config
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    assert read_status(run_dir) != "running"  # no stale lock: freed with its holder
+    fd = runlock.try_acquire(run_dir)
+    assert fd is not None
+    runlock.release(fd)
+    assert not list(run_dir.rglob("*-v[0-9]*.ckpt"))
 
 
 def test_parallel_sweep_runs_every_run_once_and_rerun_is_idempotent(tmp_path, capsys):
@@ -158,6 +186,35 @@ def test_sweep_killed_midway_then_rerun_completes_every_run_exactly_once(tmp_pat
         assert steps == sorted(set(steps))  # each evaluation once
 
 
+def test_a_killed_sweeps_training_child_keeps_its_run_and_a_rerun_does_not_start_it_again(tmp_path):
+    """`kill -KILL <sweep pid>` alone: the training child trains on holding the run's lock, so `status` says running
+    and a rerun of the sweep starts no second training into the folder."""
+    import signal
+    import time
+
+    spec_path = write_spec(tmp_path, TINY_SPEC.replace("trainer.max_epochs: 1", "trainer.max_epochs: 500")
+                           .replace("[C-T, T-C]", "[C-T]").replace("seed_everything: [0, 1]", "seed_everything: [0]"))
+    spec = SweepSpec.load(spec_path)
+    run = spec.expand()[0]
+    run_dir = tmp_path / "runs" / "tiny" / run.id
+    proc = _sweep_process(spec_path, tmp_path / "runs")
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not (run_dir / "metrics.csv").exists():  # the child is training
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGKILL)  # the sweep process only
+        proc.wait()
+        child = json.loads((run_dir / "lock").read_text())["pid"]
+        assert child != proc.pid and os.kill(child, 0) is None  # the training process, alive
+        assert [s for _, s in sweep_status(spec, tmp_path / "runs")] == ["running"]
+        assert run_sweep(spec, tmp_path / "runs", progress=False) == {run.id: "running"}
+        assert (run_dir / "attempts").read_text() == "1"
+        assert (run_dir / "train.log").read_text().count("--- attempt") == 1
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the child, still in the sweep's process group
+    assert not list(run_dir.rglob("*-v1*"))
+
+
 def test_two_sweep_processes_on_one_folder_never_run_a_run_twice(tmp_path):
     spec_path = write_spec(tmp_path)
     procs = [_sweep_process(spec_path, tmp_path / "runs") for _ in range(2)]
@@ -210,8 +267,11 @@ def test_demo_spec_exports_the_layout_axis_as_model_names(tmp_path):
 
 @pytest.mark.parametrize("name,runs", [("demo", 20), ("cifar100", 60), ("imagenet", 10)])
 def test_shipped_specs_load(name, runs):
+    from ablations.sweep import check_overrides
+
     spec = SweepSpec.load(ROOT / "ablations" / "sweeps" / f"{name}.yaml")
     assert len(spec.expand()) == runs and Path(spec.config).is_file()
+    check_overrides(spec, spec.expand())  # every override is an `ablate train` option with a valid value
 
 
 def test_submitit_local_executor_runs_a_two_run_array(tmp_path):
@@ -221,15 +281,6 @@ def test_submitit_local_executor_runs_a_two_run_array(tmp_path):
     jobs = submit_sweep(str(spec_path), str(tmp_path / "runs"), executor="local", wait=True)
     assert len(jobs) == 2 and [job.result() for job in jobs] == ["completed", "completed"]
     assert submit_sweep(str(spec_path), str(tmp_path / "runs"), executor="local") == []  # nothing left to run
-
-
-def test_requeued_slurm_job_takes_its_own_lock_back(tmp_path, monkeypatch):
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    (run_dir / "lock").write_text(json.dumps({"pid": 1, "host": "another-node", "job": "4242"}))
-    assert not try_lock(run_dir)  # someone else's job on another node
-    monkeypatch.setenv("SLURM_JOB_ID", "4242")
-    assert try_lock(run_dir)  # the same job, requeued
 
 
 def test_ablate_demo_runs_the_study_and_prints_the_report(tmp_path, monkeypatch, capsys):
@@ -277,37 +328,30 @@ def test_sweep_flags_below_one_are_refused(tmp_path, capsys):
     assert "--runs-per-gpu 0 must be at least 1" in capsys.readouterr().err
 
 
-def test_a_lock_from_another_host_is_stale_once_no_longer_refreshed(tmp_path):
-    """A sweep refreshes its locks every minute; one left by a killed process on another node stops blocking."""
-    import time
-
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    lock = run_dir / "lock"
-    lock.write_text(json.dumps({"pid": 1, "host": "another-node", "job": None}))
-    assert read_status(run_dir) == "running" and not try_lock(run_dir)  # recently refreshed: held
-    old = time.time() - 16 * 60
-    os.utime(lock, (old, old))
-    assert read_status(run_dir) == "pending" and try_lock(run_dir)  # not refreshed for 16 min: taken over
-
-
 def test_an_interrupted_run_is_left_for_the_next_sweep_not_failed(tmp_path, monkeypatch):
     """`ablate train` stopped by SIGTERM/SIGUSR1 exits with code 3 and says interrupted: the sweep neither retries
-    it nor marks it failed, and refreshes the run's lock while the process runs."""
+    it nor marks it failed. The training process holds the run's lock while it runs (handed down by the sweep)."""
     import ablations.sweep as sweep
 
     spec = SweepSpec.load(write_spec(tmp_path))
     run = spec.expand()[0]
-    script = ("import json, sys, time, pathlib; time.sleep(0.6); d = pathlib.Path(sys.argv[1]); "
+    script = ("import json, os, sys, pathlib; from ablations import runlock; d = pathlib.Path(sys.argv[1]); "
+              "fd = runlock.acquire(d); (d / 'held').write_text(str(runlock.is_held(d))); "
               "(d / 'summary.json').write_text(json.dumps({'status': 'interrupted', 'reason': 'received SIGTERM'})); "
               "sys.exit(3)")
     monkeypatch.setattr(sweep, "train_command", lambda spec, run, run_dir, gpus=1, nodes=1: [sys.executable, "-c", script, str(run_dir)])
-    monkeypatch.setattr(sweep, "LOCK_REFRESH_S", 0.1)
-    touched = []
-    real_utime = os.utime
-    monkeypatch.setattr(sweep.os, "utime", lambda path, *a, **k: (touched.append(path), real_utime(path, *a, **k)))
-    assert sweep.execute(spec, run, tmp_path / "runs", env={}) == "interrupted"
+    assert sweep.execute(spec, run, tmp_path / "runs", env={"PYTHONPATH": str(ROOT)}) == "interrupted"
     run_dir = tmp_path / "runs" / run.id
-    assert (run_dir / "attempts").read_text() == "1" and not (run_dir / "lock").exists()
+    assert (run_dir / "held").read_text() == "True"  # the child got the sweep's lock instead of being refused
+    assert (run_dir / "attempts").read_text() == "1" and read_status(run_dir) == "pending"
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
-    assert touched and all(Path(p) == run_dir / "lock" for p in touched)
+
+
+def test_run_ids_do_not_depend_on_how_a_run_is_watched(tmp_path):
+    """W&B, progress bars and loader workers in a spec's `set:` leave every run id as it was; the lr does not."""
+    plain = [r.id for r in SweepSpec.load(write_spec(tmp_path)).expand()]
+    watched = TINY_SPEC.replace("set:\n", "set:\n  wandb.enabled: true\n  wandb.project: other\n"
+                                "  trainer.enable_progress_bar: true\n  data.init_args.num_workers: 2\n")
+    assert [r.id for r in SweepSpec.load(write_spec(tmp_path, watched)).expand()] == plain
+    other_lr = TINY_SPEC.replace("set:\n", "set:\n  model.init_args.lr: 0.01\n")
+    assert not set(r.id for r in SweepSpec.load(write_spec(tmp_path, other_lr)).expand()) & set(plain)

@@ -105,7 +105,7 @@ def test_non_finite_loss_fails_the_run_with_the_reason(tmp_path, capsys):
 @pytest.mark.parametrize("args,needle", [
     (["--model.init_args.model=coatnet_99"], "unknown model 'coatnet_99'; valid names:"),
     (["--model.init_args.model=C-Q-T"], "unknown stage type 'Q'"),
-    (["--data.init_args.train_fraction=1.5"], r"train_fraction=1.5 is outside (0, 1]"),
+    (["--data.init_args.train_fraction=1.5"], "--data.init_args.train_fraction 1.5 is not valid; expected a number in (0, 1]"),
     (["--data=FooDataModule"], "unknown data set 'FooDataModule'; valid data sets: CIFAR100DataModule, CIFAR10DataModule"),
     (["--data.init_args.batchsize=3"], "data: Option 'batchsize' is not accepted"),
 ])

@@ -96,3 +96,58 @@ class RelativeAttention(nn.Module):
             else:
                 out = F.scaled_dot_product_attention(q, k, v) + bias @ v
         return self.proj(out.transpose(1, 2).reshape(batch, tokens, -1))
+
+
+def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
+    """(B, H, W, C) -> (B * windows, window * window, C): non-overlapping ``window x window`` tiles."""
+    batch, height, width, channels = x.shape
+    x = x.view(batch, height // window, window, width // window, window, channels)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window * window, channels)
+
+
+def window_merge(x: torch.Tensor, window: int, height: int, width: int) -> torch.Tensor:
+    channels = x.shape[-1]
+    x = x.view(-1, height // window, width // window, window, window, channels)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, height, width, channels)
+
+
+def grid_partition(x: torch.Tensor, grid: int) -> torch.Tensor:
+    """(B, H, W, C) -> (B * H/grid * W/grid, grid * grid, C): each group is a ``grid x grid`` lattice of tokens
+    spread over the whole map with step (H/grid, W/grid), MaxViT's dilated "grid" attention."""
+    batch, height, width, channels = x.shape
+    x = x.view(batch, grid, height // grid, grid, width // grid, channels)
+    return x.permute(0, 2, 4, 1, 3, 5).reshape(-1, grid * grid, channels)
+
+
+def grid_merge(x: torch.Tensor, grid: int, height: int, width: int) -> torch.Tensor:
+    channels = x.shape[-1]
+    x = x.view(-1, height // grid, width // grid, grid, grid, channels)
+    return x.permute(0, 3, 1, 4, 2, 5).reshape(-1, height, width, channels)
+
+
+class LinearAttention(nn.Module):
+    """Kernelised linear attention of Katharopoulos et al., "Transformers are RNNs" (ICML 2020), Eq. 4-6:
+    ``softmax(q k^T) v`` becomes ``phi(q) (phi(k)^T v) / (phi(q) sum_j phi(k_j))`` with ``phi = elu + 1``, so the
+    cost is O(N d^2) instead of O(N^2 d). No relative bias: it needs the N x N matrix this avoids.
+    Products go through ``torch.matmul`` so the FLOP counter books them as attention (``bmm``)."""
+
+    eps = 1e-6
+
+    def __init__(self, dim_in: int, dim_out: int, head_dim: int):
+        super().__init__()
+        if dim_out % head_dim:
+            raise ValueError(f"attention width {dim_out} is not a multiple of head_dim={head_dim}")
+        self.num_heads = dim_out // head_dim
+        self.head_dim = head_dim
+        self.qkv = nn.Linear(dim_in, 3 * dim_out)
+        self.proj = nn.Linear(dim_out, dim_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, _ = x.shape
+        qkv = self.qkv(x).view(batch, tokens, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, N, head_dim)
+        q, k = F.elu(q) + 1, F.elu(k) + 1
+        kv = torch.matmul(k.transpose(-1, -2), v)  # (B, heads, d, d): the sum over tokens, done once
+        norm = torch.matmul(q, k.sum(-2, keepdim=True).transpose(-1, -2))  # (B, heads, N, 1)
+        out = torch.matmul(q, kv) / (norm + self.eps)
+        return self.proj(out.transpose(1, 2).reshape(batch, tokens, -1))

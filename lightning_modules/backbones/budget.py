@@ -18,7 +18,7 @@ from torch import nn
 
 from .config import StagedNetConfig
 from .profile import count_params, macs_by_op
-from .blocks import BLOCK_DESCRIPTIONS
+from .blocks import BLOCK_DESCRIPTIONS, BLOCKS
 from .layout import parse_layout
 from .staged import BlockSpec, ClassifierHead, build_block, build_stem, plan_blocks
 
@@ -55,25 +55,26 @@ def _block_cost(spec: BlockSpec, settings: StagedNetConfig) -> Cost:
 
 
 @lru_cache(maxsize=None)
-def _stem_cost(in_chans: int, dim: int, stride: int, image_size: tuple[int, int], patch_stem: bool) -> Cost:
-    cfg = StagedNetConfig(in_chans=in_chans, stem_dim=dim, stem_stride=stride)
+def _stem_cost(cfg: StagedNetConfig, patch_stem: bool) -> Cost:
     with torch.device("meta"):
         stem = build_stem(cfg, patch_stem)
-    return _measure(stem, (1, in_chans, *image_size))
+    return _measure(stem, (1, cfg.in_chans, *cfg.image_size))
 
 
-def _head_cost(dim: int, num_classes: int) -> Cost:
+def _fixed_cost(cfg: StagedNetConfig, patch_stem: bool, dim_out: int) -> Cost:
+    """Stem and head."""
+    stem = cfg.replace(layout="C", depths=(1,), dims=(cfg.stem_dim or cfg.dims[0],), strides=None, block_options=(),
+                       num_classes=0, drop_path=0.0)
     with torch.device("meta"):
-        head = ClassifierHead(dim, num_classes)
-    return Cost(count_params(head), dim * num_classes)
+        head = ClassifierHead(dim_out, cfg.num_classes, cfg)
+    return _stem_cost(stem, patch_stem) + _measure(head, (1, dim_out, 1, 1))
 
 
 def estimate_cost(cfg: StagedNetConfig) -> Cost:
     """Parameters and MACs of ``StagedNet(cfg)`` without building it (sum of cached per-block costs)."""
     layout, _, specs = plan_blocks(cfg)
     settings = _arch_free(cfg)
-    total = _stem_cost(cfg.in_chans, cfg.stem_dim or cfg.dims[0], cfg.stem_stride, cfg.image_size, layout.patch_stem)
-    total = total + _head_cost(specs[-1].dim_out, cfg.num_classes)
+    total = _fixed_cost(cfg, layout.patch_stem, specs[-1].dim_out)
     for spec in specs:
         total = total + _block_cost(spec, settings)
     return total
@@ -88,10 +89,12 @@ class Budget:
     macs: float
     template: StagedNetConfig  # stem, strides, image size, classes, head size, base widths and depths
     vit_patch: int  # the ViT_REL patch size: the stride at which the multi-stage nets enter S3
-    tolerance: float = 0.05
 
 
-WIDTH_MULTIPLIERS = (0.5, 0.625, 0.75, 0.875, 1.0, 1.125, 1.25, 1.375, 1.5)
+# One multiplier scales the stem and every stage; candidates step by 1/32 (widths then round to the blocks' multiple).
+WIDTH_MULTIPLIERS = tuple(m / 32 for m in range(16, 65))
+DEPTH_FACTOR = 1.5  # a stage's depth stays within this factor of the template's (rounded outward, +-1 at least)
+ROUNDING = 0.1  # a width may sit this far from the template's times the multiplier after rounding
 SLACK = 0.02  # candidates this close to both targets count as exact; the shape preference decides among them
 
 
@@ -99,15 +102,45 @@ def _round_width(width: float, multiple: int) -> int:
     return max(multiple, int(round(width / multiple)) * multiple)
 
 
+def depth_ranges(template_depths: tuple[int, ...]) -> list[range]:
+    """The depths each stage may take: within ``DEPTH_FACTOR`` of the template's, at least one block either way.
+    (Keeping S1 and S4 at the template's depth, as the CoAtNet family does, leaves C-C-C-T 5-9% off budget.)"""
+    return [depth_range(d) for d in template_depths]
+
+
+def depth_range(template_depth: int) -> range:
+    low = max(1, min(template_depth - 1, math.floor(template_depth / DEPTH_FACTOR)))
+    high = max(template_depth + 1, math.ceil(template_depth * DEPTH_FACTOR))
+    return range(low, high + 1)
+
+
 def _segment_costs(cfg: StagedNetConfig) -> tuple[Cost, list[tuple[Cost, Cost]]]:
     """Fixed cost (stem, head) and, per segment, the cost of its first block and of each further block."""
     two = cfg.replace(depths=(2,) * len(cfg.depths))
     layout, _, specs = plan_blocks(two)
     settings = _arch_free(cfg)
-    fixed = _stem_cost(cfg.in_chans, cfg.stem_dim or cfg.dims[0], cfg.stem_stride, cfg.image_size, layout.patch_stem)
-    fixed = fixed + _head_cost(specs[-1].dim_out, cfg.num_classes)
+    fixed = _fixed_cost(cfg, layout.patch_stem, specs[-1].dim_out)
     per_segment = [(_block_cost(specs[i], settings), _block_cost(specs[i + 1], settings)) for i in range(0, len(specs), 2)]
     return fixed, per_segment
+
+
+def shaped_widths(template: StagedNetConfig, letters: tuple[str, ...], mult: float) -> tuple[int, tuple[int, ...]] | None:
+    """(stem width, stage widths) at width multiplier ``mult``, or None where the constraints rule it out.
+
+    Every width is the template's times ``mult``, rounded to one multiple that every block of the layout accepts
+    (each block says which: ``Block.width_multiple``; the stem to 8) and off by at most ``ROUNDING``; widths never
+    decrease from the stem; every block gets at least its ``Block.min_width`` (two heads for attention)."""
+    blocks = [BLOCKS[letter] for letter in letters]
+    exact = ((template.stem_dim or template.dims[0]) * mult, *(d * mult for d in template.dims))
+    multiple = math.lcm(*(b.width_multiple(template) for b in blocks))  # one rounding for the whole network
+    widths = (_round_width(exact[0], 8), *(_round_width(w, multiple) for w in exact[1:]))
+    if any(abs(w / e - 1) > ROUNDING for w, e in zip(widths, exact)):
+        return None
+    if any(w < b.min_width(template) for w, b in zip(widths[1:], blocks)):
+        return None
+    if any(a > b for a, b in zip(widths, widths[1:])):
+        return None
+    return widths[0], widths[1:]
 
 
 def _candidates(template: StagedNetConfig, layout: str, budget: "Budget"):
@@ -122,15 +155,20 @@ def _candidates(template: StagedNetConfig, layout: str, budget: "Budget"):
                 # ViT-like proportions (width ~ 64 x depth, as ViT-B's 768 / 12) among equally good fits
                 yield cfg.replace(depths=(depth,)), cost, abs(math.log(width / (64 * depth)))
         return
-    max_depths = tuple(max(4, 3 * d) for d in template.depths)
+    letters = parse_layout(layout, BLOCK_DESCRIPTIONS).segments
+    if len(letters) != len(template.dims):
+        raise ValueError(f"layout {layout!r} has {len(letters)} segments; the budget's template has {len(template.dims)} "
+                         "stages, so only layouts of one letter per stage are matched")
+    seen = set()
     for mult in WIDTH_MULTIPLIERS:
-        # Attention widths stay multiples of the head size; convolution widths multiples of 16.
-        letters = parse_layout(layout, BLOCK_DESCRIPTIONS).segments
-        dims = tuple(_round_width(d * mult, template.head_dim if letter == "T" else 16)
-                     for d, letter in zip(template.dims, letters))
-        cfg = template.replace(layout=layout, dims=dims)
+        widths = shaped_widths(template, letters, mult)
+        if widths is None or widths in seen:
+            continue
+        seen.add(widths)
+        stem, dims = widths
+        cfg = template.replace(layout=layout, dims=dims, stem_dim=stem)
         fixed, per_segment = _segment_costs(cfg)
-        for depths in itertools.product(*(range(1, m + 1) for m in max_depths)):
+        for depths in itertools.product(*depth_ranges(template.depths)):
             cost = fixed
             for depth, (first, rest) in zip(depths, per_segment):
                 cost = cost + first + Cost(rest.params * (depth - 1), rest.macs * (depth - 1))
@@ -138,14 +176,17 @@ def _candidates(template: StagedNetConfig, layout: str, budget: "Budget"):
             yield cfg.replace(depths=depths), cost, penalty
 
 
-def match_budget(layout: str, budget: Budget) -> tuple[StagedNetConfig, Cost]:
-    """Depths and widths for ``layout`` closest to ``budget``.
+@lru_cache(maxsize=None)
+def match_budget(layout: str, budget: Budget, options: tuple[tuple[str, object], ...] = ()) -> tuple[StagedNetConfig, Cost]:
+    """Depths and widths for ``layout`` closest to ``budget`` (``options``: overrides of the template, such as a
+    block setting, as sorted pairs).
 
     Among candidates within ``SLACK`` of both targets the matcher prefers the template's widths and depths
     (multi-stage) or ViT-like proportions (``VIT_REL``), so matched variants stay recognisable.
     """
+    template = budget.template.replace(**dict(options)) if options else budget.template
     best = min(
-        _candidates(budget.template, layout, budget),
+        _candidates(template, layout, budget),
         key=lambda c: (max(c[1].error(budget.params, budget.macs), SLACK), c[2]),
     )
     return best[0], best[1]

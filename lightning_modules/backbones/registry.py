@@ -69,15 +69,46 @@ BUDGETS: dict[str, Budget] = {
     "paper": Budget("paper", 25.0e6, 5.0e9, StagedNetConfig(), vit_patch=16),
     "cifar": Budget("cifar", 10.7e6, 0.70e9, StagedNetConfig(
         stem_dim=64, stem_stride=1, strides=(1, 2, 2, 2), dims=(64, 128, 256, 512), depths=(2, 3, 5, 2),
-        image_size=(32, 32), num_classes=100), vit_patch=4),
+        image_size=(32, 32), num_classes=100).replace(window=4, grid=4), vit_patch=4),
     "tiny": Budget("tiny", 1.27e6, 20.5e6, StagedNetConfig(
         stem_dim=32, stem_stride=2, strides=(1, 2, 2, 2), dims=(32, 64, 128, 256), depths=(1, 2, 2, 1),
-        image_size=(32, 32), num_classes=10), vit_patch=8),
+        image_size=(32, 32), num_classes=10).replace(window=2, grid=2), vit_patch=8),
 }
 STUDY_LAYOUTS = ("VIT_REL", "C-C-C-C", "C-C-C-T", "C-C-T-T", "C-T-T-T")
+ATTENTION_LAYOUTS = ("C-C-W-W", "C-C-G-G", "C-C-L-L")  # the paper's C-C-T-T with the other attention letters
 
-# The matcher's choices (``ablate match`` prints them), frozen so that names stay stable: (depths, dims).
-MATCHED: dict[tuple[str, str], tuple[tuple[int, ...], tuple[int, ...]]] = {
+# The constrained matcher's choices (``ablate match`` prints them), frozen so that names stay stable:
+# (stem width, depths, widths). See ``budget.py`` for the constraints.
+MATCHED: dict[tuple[str, str], tuple[int | None, tuple[int, ...], tuple[int, ...]]] = {
+    ("paper", "VIT_REL"): (None, (6,), (576,)),
+    ("paper", "C-C-C-C"): (88, (1, 3, 5, 1), (128, 264, 528, 1056)),
+    ("paper", "C-C-C-T"): (80, (2, 3, 5, 1), (128, 256, 480, 992)),
+    ("paper", "C-C-T-T"): (64, (3, 3, 8, 2), (96, 192, 352, 704)),
+    ("paper", "C-T-T-T"): (64, (1, 3, 5, 2), (96, 192, 384, 768)),
+    ("paper", "C-C-W-W"): (64, (2, 4, 7, 1), (96, 192, 416, 832)),
+    ("paper", "C-C-G-G"): (64, (2, 4, 7, 1), (96, 192, 416, 832)),
+    ("paper", "C-C-L-L"): (80, (1, 3, 4, 1), (128, 256, 480, 992)),
+    ("cifar", "VIT_REL"): (None, (6,), (384,)),
+    ("cifar", "C-C-C-C"): (80, (2, 3, 6, 1), (80, 160, 328, 656)),
+    ("cifar", "C-C-C-T"): (88, (1, 4, 3, 1), (96, 192, 352, 704)),
+    ("cifar", "C-C-T-T"): (64, (1, 5, 8, 1), (64, 128, 256, 544)),
+    ("cifar", "C-T-T-T"): (64, (3, 3, 5, 2), (64, 128, 256, 512)),
+    ("cifar", "C-C-W-W"): (64, (1, 5, 8, 1), (64, 128, 256, 544)),
+    ("cifar", "C-C-G-G"): (64, (1, 5, 8, 1), (64, 128, 256, 544)),
+    ("cifar", "C-C-L-L"): (64, (1, 5, 8, 1), (64, 128, 256, 544)),
+    ("tiny", "VIT_REL"): (None, (4,), (160,)),
+    ("tiny", "C-C-C-C"): (32, (1, 3, 3, 1), (32, 64, 136, 272)),
+    ("tiny", "C-C-C-T"): (32, (2, 2, 3, 1), (32, 64, 128, 256)),
+    ("tiny", "C-C-T-T"): (32, (1, 3, 2, 1), (32, 64, 128, 256)),
+    ("tiny", "C-T-T-T"): (32, (1, 2, 2, 1), (32, 64, 128, 256)),
+    ("tiny", "C-C-W-W"): (32, (1, 3, 2, 1), (32, 64, 128, 256)),
+    ("tiny", "C-C-G-G"): (32, (1, 3, 2, 1), (32, 64, 128, 256)),
+    ("tiny", "C-C-L-L"): (32, (1, 3, 2, 1), (32, 64, 128, 256)),
+}
+
+# The unconstrained matcher's earlier choices (depths, widths; stem as in the template), for ``ablate match``'s
+# old-vs-new column: e.g. cttt_tiny had S1 narrower than the stem, one head in S2 and 19 blocks.
+SUPERSEDED: dict[tuple[str, str], tuple[tuple[int, ...], tuple[int, ...]]] = {
     ("paper", "VIT_REL"): ((6,), (576,)),
     ("paper", "C-C-C-C"): ((5, 3, 5, 2), (112, 224, 432, 864)),
     ("paper", "C-C-C-T"): ((2, 4, 5, 1), (128, 240, 480, 960)),
@@ -100,17 +131,18 @@ def variant_name(layout: str, budget: str) -> str:
     return f"{layout.replace('-', '').lower()}_{budget}"
 
 
-def budget_config(budget: Budget, layout: str, depths: tuple[int, ...], dims: tuple[int, ...]) -> StagedNetConfig:
+def budget_config(budget: Budget, layout: str, depths: tuple[int, ...], dims: tuple[int, ...],
+                  stem_dim: int | None = None) -> StagedNetConfig:
     """The template of ``budget`` with a layout's depths and widths (ViT_REL: patch stem, one stage)."""
     if layout == VIT_REL:
         return budget.template.replace(layout=VIT_REL, depths=depths, dims=dims, stem_dim=None,
                                        stem_stride=budget.vit_patch, strides=None)
-    return budget.template.replace(layout=layout, depths=depths, dims=dims)
+    return budget.template.replace(layout=layout, depths=depths, dims=dims, stem_dim=stem_dim or budget.template.stem_dim)
 
 
-for (_budget, _layout), (_depths, _dims) in MATCHED.items():
+for (_budget, _layout), (_stem, _depths, _dims) in MATCHED.items():
     register_model(variant_name(_layout, _budget), ModelEntry(
-        budget_config(BUDGETS[_budget], _layout, _depths, _dims),
+        budget_config(BUDGETS[_budget], _layout, _depths, _dims, _stem),
         f"{_layout} at the {_budget} budget ({BUDGETS[_budget].params / 1e6:.3g}M params, "
         f"{BUDGETS[_budget].macs / 1e9:.3g} GMACs at {BUDGETS[_budget].template.image_size[0]}px)",
     ))
@@ -135,13 +167,44 @@ def list_models() -> list[str]:
 _LAYOUT_LIKE = re.compile(r"[A-Z]+(-[A-Z]+)*")
 
 
-def create_model(name: str, **overrides: Any) -> nn.Module:
+# What a budget's variant may differ in from the budget itself: the data set's shape and regularisation.
+DATA_FIELDS = ("num_classes", "in_chans", "image_size", "drop_path")
+
+
+def budget_variant(layout: str, budget: str, **overrides: Any) -> StagedNetConfig:
+    """``layout`` sized for ``budget``: the registry's frozen variant when there is one, else the budget matcher's
+    choice (deterministic) under the architectural ``overrides`` (block settings such as ``window``); explicit
+    ``depths`` and ``dims`` skip the matching. Data fields (``DATA_FIELDS``) are applied after matching."""
+    from .budget import match_budget
+
+    if budget not in BUDGETS:
+        raise ValueError(f"unknown budget {budget!r}; valid budgets: {', '.join(BUDGETS)}")
+    canonical = str(parse_layout(layout, BLOCK_DESCRIPTIONS))
+    arch = {k: v for k, v in overrides.items() if k not in DATA_FIELDS}
+    data = {k: v for k, v in overrides.items() if k in DATA_FIELDS}
+    if {"depths", "dims"} <= arch.keys():
+        cfg = budget_config(BUDGETS[budget], canonical, tuple(arch.pop("depths")), tuple(arch.pop("dims")),
+                            arch.pop("stem_dim", None))
+        return _apply_overrides(cfg, {**arch, **data})
+    if not arch and (budget, canonical) in MATCHED:
+        return MODELS[variant_name(canonical, budget)].config.replace(**data)
+    cfg, _ = match_budget(canonical, BUDGETS[budget], tuple(sorted(arch.items())))
+    return cfg.replace(**data)
+
+
+def create_model(name: str, budget: str | None = None, **overrides: Any) -> nn.Module:
     """Build a registered model by name, or a layout such as ``"C-C-T-T"``, with config overrides.
 
     ``create_model("coatnet_0", num_classes=10, image_size=(160, 224))``; ``create_model("C-T-T-T", depths=...,
-    dims=...)``. A layout without depths/dims borrows them from CoAtNet-0 (4 stages) or ``vit_rel_paper``.
+    dims=...)``. A layout without depths/dims borrows them from CoAtNet-0 (4 stages) or ``vit_rel_paper``;
+    ``create_model("C-T-C-T", budget="cifar")`` sizes it for a budget (see ``budget_variant``).
     """
     key = name.strip()
+    if budget is not None:
+        if key.lower() in MODELS:
+            raise ValueError(f"budget={budget!r} sizes a layout such as 'C-T-C-T'; {name!r} is a registry model "
+                             "with its own size")
+        return StagedNet(budget_variant(key, budget, **overrides))
     if key.lower() in MODELS:
         return MODELS[key.lower()].build(**overrides)
     if key.upper().replace("-", "_") == VIT_REL or _LAYOUT_LIKE.fullmatch(key):
@@ -158,6 +221,8 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
 
 
 def _apply_overrides(cfg: StagedNetConfig | ConvMixerConfig, overrides: dict[str, Any]):
+    if isinstance(cfg, StagedNetConfig):  # other names are block settings, checked when the network is planned
+        return cfg.replace(**overrides)
     valid = [f.name for f in fields(cfg)]
     unknown = sorted(set(overrides) - set(valid))
     if unknown:

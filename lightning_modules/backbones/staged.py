@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .blocks import BLOCK_DESCRIPTIONS, BLOCKS
+from .blocks import BLOCK_DESCRIPTIONS, BLOCKS, check_block_options, layer_norm
 from .config import StagedNetConfig, as_hw
 from .layout import Layout, parse_layout
 
@@ -16,20 +16,20 @@ from .layout import Layout, parse_layout
 class ConvStem(nn.Sequential):
     """S0 of the paper: two 3x3 convs, the first strided."""
 
-    def __init__(self, in_chans: int, dim: int, stride: int):
+    def __init__(self, in_chans: int, dim: int, stride: int, bias: bool = True):
         super().__init__(
             nn.Conv2d(in_chans, dim, 3, stride, padding=1, bias=False),
             nn.BatchNorm2d(dim),
             nn.GELU(),
-            nn.Conv2d(dim, dim, 3, 1, padding=1),
+            nn.Conv2d(dim, dim, 3, 1, padding=1, bias=bias),
         )
 
 
 class PatchStem(nn.Conv2d):
     """ViT's stem: non-overlapping ``patch x patch`` patches, linearly embedded."""
 
-    def __init__(self, in_chans: int, dim: int, patch: int):
-        super().__init__(in_chans, dim, patch, patch)
+    def __init__(self, in_chans: int, dim: int, patch: int, bias: bool = True):
+        super().__init__(in_chans, dim, patch, patch, bias=bias)
 
 
 def _check_lengths(cfg: StagedNetConfig, layout: Layout) -> None:
@@ -68,6 +68,7 @@ def plan_blocks(cfg: StagedNetConfig) -> tuple[Layout, tuple[int, int], list[Blo
     """Validate ``cfg`` and lay out every block: the single source of the network's shape."""
     layout = parse_layout(cfg.layout, BLOCK_DESCRIPTIONS)
     _check_lengths(cfg, layout)
+    check_block_options(cfg)
     strides = stage_strides(cfg, layout)
     image_size = as_hw(cfg.image_size)
     total_stride = cfg.stem_stride * math.prod(strides)
@@ -88,6 +89,9 @@ def plan_blocks(cfg: StagedNetConfig) -> tuple[Layout, tuple[int, int], list[Blo
         size = downsample(size, stride, f"S{stage_idx} ({''.join(letters)})")
         for seg_idx in range(len(letters)):
             letter, depth, dim = next(segments)
+            problem = BLOCKS[letter].check_size(size, cfg)
+            if problem:
+                raise ValueError(f"stage S{stage_idx} ({''.join(letters)}) of layout {cfg.layout!r}: {problem}")
             for i in range(depth):
                 block_stride = stride if i == 0 and seg_idx == 0 else 1
                 specs.append(BlockSpec(letter, dim_in, dim, block_stride, size, stage_idx))
@@ -101,19 +105,21 @@ def build_block(spec: BlockSpec, cfg: StagedNetConfig, drop_path: float = 0.0) -
 
 def build_stem(cfg: StagedNetConfig, patch_stem: bool) -> nn.Module:
     stem_cls = PatchStem if patch_stem else ConvStem
-    return stem_cls(cfg.in_chans, cfg.stem_dim or cfg.dims[0], cfg.stem_stride)
+    return stem_cls(cfg.in_chans, cfg.stem_dim or cfg.dims[0], cfg.stem_stride, bias=cfg.style == "paper")
 
 
 class ClassifierHead(nn.Module):
-    """Global average pooling (no class token), LayerNorm, linear classifier."""
+    """Global average pooling (no class token), LayerNorm, (timm's optional ``Linear + tanh``), linear classifier."""
 
-    def __init__(self, dim: int, num_classes: int):
+    def __init__(self, dim: int, num_classes: int, cfg: StagedNetConfig | None = None):
         super().__init__()
-        self.norm = nn.LayerNorm(dim)
+        cfg = cfg or StagedNetConfig()
+        self.norm = layer_norm(dim, cfg)
+        self.pre_logits = nn.Sequential(nn.Linear(dim, dim), nn.Tanh()) if cfg.pre_logits else nn.Identity()
         self.fc = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        pooled = self.norm(features.mean((2, 3)))
+        pooled = self.pre_logits(self.norm(features.mean((2, 3))))
         return pooled if pre_logits else self.fc(pooled)
 
 
@@ -132,7 +138,7 @@ class StagedNet(nn.Module):
             for stage in range(1, len(self.layout.stages) + 1)
         ])
         self.num_features = specs[-1].dim_out
-        self.head = ClassifierHead(self.num_features, cfg.num_classes)
+        self.head = ClassifierHead(self.num_features, cfg.num_classes, cfg)
         self.apply(_init_weights)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
