@@ -11,14 +11,18 @@ from typing import Any, Sequence
 import yaml
 
 
-def _parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
-    """``["downsample=dw", "depths=[2,2,6,2]"]`` -> ``{"downsample": "dw", "depths": [2, 2, 6, 2]}`` (YAML values)."""
+def _parse_overrides(pairs: Sequence[str], flag: str = "--set", values: bool = False) -> dict[str, Any]:
+    """``["downsample=dw", "depths=[2,2,6,2]"]`` -> ``{"downsample": "dw", "depths": [2, 2, 6, 2]}`` (YAML values);
+    with ``values`` (``--grid``), a comma-separated list: ``seed_everything=0,1,2`` -> ``[0, 1, 2]``."""
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set expects KEY=VALUE, got {pair!r}")
-        out[key.strip()] = yaml.safe_load(value)
+        if not sep or not key.strip() or (values and not value.strip()):
+            raise ValueError(f"{flag} expects KEY={'V1,V2,...' if values else 'VALUE'}, got {pair!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(f"[{value}]" if values else value)
+        except yaml.YAMLError:
+            raise ValueError(f"{flag} {pair!r}: the value is not valid YAML") from None
     return out
 
 
@@ -96,10 +100,10 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     from .report import write_report
     from .sweep import SweepSpec, run_sweep, sweep_dir
 
-    for flag in ("parallel", "gpus_per_run", "runs_per_gpu"):
-        if getattr(args, flag) < 1:
+    for flag in ("parallel", "gpus_per_run", "runs_per_gpu", "nodes_per_run", "time"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} {getattr(args, flag)} must be at least 1")
-    spec = SweepSpec.load(args.spec)
+    spec = SweepSpec.load(args.spec, _parse_overrides(args.set), _parse_overrides(args.grid, "--grid", values=True))
     if args.export_wandb:
         from .sweep import wandb_sweep_config
 
@@ -107,17 +111,19 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         print(f"wrote {args.export_wandb}: `wandb sweep {args.export_wandb}`, then `wandb agent ID` once per GPU")
         return
     if args.executor != "processes":
+        from .cluster import parse_settings
         from .sweep import submit_sweep
 
-        jobs = submit_sweep(args.spec, args.root, executor=args.executor, partition=args.partition,
-                            time_min=args.time, gpus_per_node=args.gpus_per_run, nodes_per_run=args.nodes_per_run,
-                            wait=args.executor == "local")
+        shorthands = {"partition": args.partition, "timeout_min": args.time, "nodes": args.nodes_per_run,
+                      "gpus_per_node": args.gpus_per_run}
+        slurm = {**{k: v for k, v in shorthands.items() if v is not None}, **parse_settings(args.slurm)}
+        jobs = submit_sweep(spec, args.root, executor=args.executor, slurm=slurm, wait=args.executor == "local")
         print(f"submitted {len(jobs)} run(s): {', '.join(str(j.job_id) for j in jobs) or 'nothing left to run'}; "
               f"`ablate status {args.spec}` follows them")
         if args.executor == "local":
             print(write_report(sweep_dir(spec, args.root)))
         return
-    results = run_sweep(spec, args.root, parallel=args.parallel, gpus_per_run=args.gpus_per_run,
+    results = run_sweep(spec, args.root, parallel=args.parallel, gpus_per_run=args.gpus_per_run or 1,
                         runs_per_gpu=args.runs_per_gpu)
     counts = {s: list(results.values()).count(s) for s in sorted(set(results.values()))}
     report = write_report(sweep_dir(spec, args.root), wandb=bool(spec.fixed.get("wandb.enabled")))
@@ -133,24 +139,30 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> None:
-    from .sweep import SweepSpec, failure, sweep_dir, sweep_status
+    from .progress import collect, render, watch
 
-    spec = SweepSpec.load(args.spec)
-    rows = sweep_status(spec, args.root)
-    for run, status in rows:
-        reason = ""
-        if status == "failed":
-            kind, why = failure(sweep_dir(spec, args.root) / run.id)
-            reason = f"  ({kind}: {why})"
-        print(f"{status:<12} {run.id}{reason}")
-    counts = {s: [st for _, st in rows].count(s) for s in ("completed", "running", "interrupted", "failed", "pending")}
-    print(", ".join(f"{n} {s}" for s, n in counts.items() if n))
+    if args.slots is not None and args.slots < 1:
+        raise ValueError(f"--slots {args.slots} must be at least 1")
+    if args.watch is not None:
+        if args.watch <= 0:
+            raise ValueError(f"--watch {args.watch:g} must be a positive number of seconds")
+        try:
+            watch(args.spec, args.root, args.slots, args.watch)
+        except KeyboardInterrupt:
+            pass
+        return
+    print(render(*collect(args.spec, args.root), args.slots))
 
 
 def cmd_report(args: argparse.Namespace) -> None:
     from .report import write_report
 
-    print(write_report(args.source, args.out, wandb=args.wandb))
+    source = args.source
+    if Path(source).is_file():  # a sweep spec: its sweep folder
+        from .sweep import SweepSpec, sweep_dir
+
+        source = sweep_dir(SweepSpec.load(source), args.root)
+    print(write_report(source, args.out, wandb=args.wandb))
 
 
 DEMO_SPEC = Path(__file__).parent / "sweeps" / "demo.yaml"
@@ -173,25 +185,40 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="run a sweep spec (resumable; re-running skips completed runs)")
     p.add_argument("spec", help="sweep YAML, e.g. ablations/sweeps/demo.yaml")
     p.add_argument("--root", default="runs", help="parent folder of sweep folders")
-    p.add_argument("--parallel", type=int, default=1, help="runs at once on CPU")
-    p.add_argument("--gpus-per-run", type=int, default=1, help="GPUs per run (one DDP run over k GPUs)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="fixed override on top of the spec's set (run ids follow), e.g. trainer.max_epochs=2")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                   help="grid axis added or replaced, e.g. seed_everything=0,1,2")
+    p.add_argument("--parallel", type=int,
+                   help="slots (runs at once): CPU processes sharing the cores (default 1); on GPUs spread "
+                        "round-robin over them (default: one per GPU group, or --runs-per-gpu)")
+    p.add_argument("--gpus-per-run", type=int,
+                   help="GPUs per run (one DDP run over k GPUs; default 1); with --executor slurm, GPUs per node")
     p.add_argument("--runs-per-gpu", type=int, default=1,
-                   help="runs sharing each GPU at once, for runs too small to fill one (e.g. CIFAR-budget models)")
+                   help="slots per GPU, for runs too small to fill one (e.g. CIFAR-budget models)")
     p.add_argument("--export-wandb", metavar="PATH", help="write a W&B sweep YAML instead of running")
     p.add_argument("--executor", default="processes", choices=["processes", "slurm", "local"],
                    help="processes: here, in parallel; slurm: a submitit job array; local: submitit's local executor")
-    p.add_argument("--partition", help="SLURM partition")
-    p.add_argument("--time", type=int, default=24 * 60, help="SLURM time limit per job, minutes (requeued after)")
-    p.add_argument("--nodes-per-run", type=int, default=1, help="SLURM nodes per run (multi-node DDP)")
+    p.add_argument("--partition", help="SLURM partition (= --slurm partition=...)")
+    p.add_argument("--time", type=int, help="SLURM time limit per job, minutes, requeued after (default 1440)")
+    p.add_argument("--nodes-per-run", type=int, help="SLURM nodes per run, multi-node DDP (= --slurm nodes=N)")
+    p.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
+                   help="any submitit SLURM parameter over the spec's slurm: mapping, e.g. account=proj qos=high "
+                        "mem=64G constraint=a100 cpus_per_task=10 array_parallelism=8 (ablations/cluster.py)")
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("status", help="completed / running / failed / pending per run of a sweep")
-    p.add_argument("spec")
-    p.add_argument("--root", default="runs")
+    p = sub.add_parser("status", help="per run: state, epoch k/N, latest accuracies, elapsed, ETA; the sweep's ETA")
+    p.add_argument("spec", help="sweep YAML, sweep folder (e.g. runs/demo) or any folder of run folders")
+    p.add_argument("--root", default="runs", help="parent folder of sweep folders (with a spec)")
+    p.add_argument("--slots", type=int, help="runs at once for the rest, for the sweep's ETA (default: those running now)")
+    p.add_argument("--watch", type=float, nargs="?", const=10.0, metavar="SECONDS",
+                   help="refresh every SECONDS (default 10) until no run is running or pending")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("report", help="write report.md and plots for a folder of runs or a W&B project")
-    p.add_argument("source", help="a folder of run folders (a sweep's, e.g. runs/demo, or runs) or wandb:ENTITY/PROJECT")
+    p.add_argument("source", help="a folder of run folders (a sweep's, e.g. runs/demo, or runs), a sweep YAML, "
+                                  "or wandb:ENTITY/PROJECT")
+    p.add_argument("--root", default="runs", help="parent folder of sweep folders (with a sweep YAML)")
     p.add_argument("--out", help="folder for report.md and its PNGs (default: the source folder)")
     p.add_argument("--wandb", action="store_true",
                    help="also log the tables and figures to one W&B run (job type report) in the sweep's group")

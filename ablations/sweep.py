@@ -24,7 +24,7 @@ import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +39,11 @@ from lightning_modules.run_folder import atomic_write, summary_status
 from . import runlock
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SPEC_KEYS = {"name", "config", "set", "budget", "grid", "max_retries"}
+SPEC_KEYS = {"name", "config", "set", "budget", "grid", "max_retries", "slurm"}
 SPEC_TYPES = {"name": (str, "a string"), "config": (str, "a path to an `ablate train` config"),
               "set": (dict, "a mapping of `ablate train` options to values"), "budget": (str, "a budget name"),
               "grid": (dict, "a mapping of `ablate train` options (or layout) to lists of values"),
-              "max_retries": (int, "an integer >= 0")}
+              "max_retries": (int, "an integer >= 0"), "slurm": (dict, "a mapping of submitit parameters")}
 SHORT = {"model.init_args.model": "", "data.init_args.train_fraction": "f", "seed_everything": "s"}
 
 
@@ -62,9 +62,12 @@ class SweepSpec:
     budget: str | None
     grid: dict[str, list[Any]]
     max_retries: int = 2
+    slurm: dict[str, Any] = field(default_factory=dict)  # submitit parameters (ablations/cluster.py)
 
     @classmethod
-    def load(cls, path: str | Path) -> "SweepSpec":
+    def load(cls, path: str | Path, fixed: dict[str, Any] | None = None,
+             grid: dict[str, list[Any]] | None = None) -> "SweepSpec":
+        """The spec at ``path``; ``fixed`` and ``grid`` (``--set``, ``--grid``) extend its ``set`` and ``grid``."""
         path = Path(path)
         if not path.is_file():
             shipped = sorted(p.relative_to(PROJECT_ROOT) for p in (PROJECT_ROOT / "ablations" / "sweeps").glob("*.yaml"))
@@ -83,8 +86,13 @@ class SweepSpec:
                 raise ValueError(f"sweep spec {path} needs a {key!r} entry")
         for key, (kind, valid) in SPEC_TYPES.items():
             if key in raw and not (isinstance(raw[key], kind) and not isinstance(raw[key], bool) or
-                                   (key in ("set", "budget") and raw[key] is None)):
+                                   (key in ("set", "budget", "slurm") and raw[key] is None)):
                 raise ValueError(f"sweep spec {path}: {key} {raw[key]!r} is not valid; expected {valid}")
+        if fixed or grid:
+            raw = _command_line(raw, fixed or {}, grid or {}, path)
+        from .cluster import settings
+
+        settings([raw.get("slurm") or {}])  # names and types checked now, not at submission
         if "/" in raw["name"] or raw["name"] in ("", ".", ".."):  # the sweep's folder under --root, nowhere else
             raise ValueError(f"sweep spec {path}: name {raw['name']!r} is not valid; expected a folder name without '/'")
         if raw.get("max_retries", 0) < 0:
@@ -106,7 +114,7 @@ class SweepSpec:
         if not config.is_file():
             raise FileNotFoundError(f"base config {raw['config']} of sweep spec {path} does not exist")
         spec = cls(raw["name"], str(config), {str(k): v for k, v in (raw.get("set") or {}).items()}, budget, grid,
-                   int(raw.get("max_retries", 2)))
+                   int(raw.get("max_retries", 2)), dict(raw.get("slurm") or {}))
         import_block_modules(spec.model_init_arg("imports"))  # a user's block letters, before layouts are read
         for layout in grid.get("layout", []):
             spec.layout_overrides(layout)  # unknown letters and unmatchable layouts fail here, not in a run
@@ -151,6 +159,15 @@ class SweepSpec:
         return runs
 
 
+def _command_line(raw: dict[str, Any], fixed: dict[str, Any], grid: dict[str, list[Any]], path: Path) -> dict[str, Any]:
+    """``--set`` joins the spec's ``set``, ``--grid`` adds or replaces axes: run ids follow the same rules."""
+    clash = sorted(set(fixed) & set(raw["grid"] or {}))
+    if clash:
+        raise ValueError(f"--set {clash[0]}: {clash[0]} is a grid axis of {path}; give its values with --grid")
+    kept = {k: v for k, v in (raw.get("set") or {}).items() if k not in grid}
+    return {**raw, "set": {**kept, **fixed}, "grid": {**(raw["grid"] or {}), **grid}}
+
+
 def run_id(overrides: dict[str, Any]) -> str:
     """Readable prefix from the usual axes, then a hash of every result-affecting override (``affects_result``:
     never W&B, progress bars or loader workers): stable across expansions and across how a run is watched."""
@@ -189,10 +206,10 @@ def override_args(overrides: dict[str, Any]) -> list[str]:
     return [f"--{key}={json.dumps(value) if not isinstance(value, str) else value}" for key, value in overrides.items()]
 
 
-def train_command(spec: SweepSpec, run: Run, run_dir: Path, gpus: int = 1) -> list[str]:
+def train_command(spec: SweepSpec, run: Run, run_dir: Path, gpus: int = 1, nodes: int = 1) -> list[str]:
     args = [sys.executable, "-m", "ablations.cli", "train", f"--config={spec.config}"]
-    if gpus > 1:  # one DDP run over the worker's pinned GPUs
-        args += [f"--trainer.devices={gpus}", "--trainer.strategy=ddp"]
+    if gpus > 1 or nodes > 1:  # one DDP run over the worker's pinned GPUs, or over a SLURM job's nodes x tasks
+        args += [f"--trainer.num_nodes={nodes}", f"--trainer.devices={gpus}", "--trainer.strategy=ddp"]
     args += override_args(run.overrides)
     return args + [f"--run_dir={run_dir}", f"--wandb.group={spec.name}"]
 
@@ -267,11 +284,13 @@ def _retry(run_dir: Path, spec: SweepSpec) -> bool:
     return failure(run_dir)[0] in run_folder.RETRYABLE and _attempts(run_dir) <= spec.max_retries
 
 
-def execute(spec: SweepSpec, run: Run, folder: Path, env: dict[str, str]) -> str:
+def execute(spec: SweepSpec, run: Run, folder: Path, env: dict[str, str], nodes: int = 1, gpus: int | None = None,
+            retry: bool = True) -> str:
     """Run one training process until it completes, fails in a way another try cannot change (a configuration
-    error, a non-finite loss at a fixed seed), or has used its ``max_retries`` retries, unless another process
-    holds it; returns the final status. The run records its failure kind and reason in summary.json. The run's
-    lock is taken here and handed to the training process, which keeps it if this sweep dies."""
+    error, a non-finite loss at a fixed seed), or has used its ``max_retries`` retries (``retry=False``: one
+    attempt), unless another process holds it; returns the final status. The run records its failure kind and
+    reason in summary.json. The run's lock is taken here and handed to the training process, which keeps it if
+    this sweep dies. ``gpus`` (processes per node) defaults to the GPUs the worker's CUDA_VISIBLE_DEVICES pins."""
     run_dir = folder / run.id
     status = read_status(run_dir)
     if status in ("completed", "running") or (status == "failed" and not _retry(run_dir, spec)):
@@ -284,7 +303,8 @@ def execute(spec: SweepSpec, run: Run, folder: Path, env: dict[str, str]) -> str
             attempts = _attempts(run_dir) + 1
             atomic_write(run_dir / "attempts", str(attempts))
             visible = env.get("CUDA_VISIBLE_DEVICES", "")
-            command = train_command(spec, run, run_dir, gpus=len(visible.split(",")) if visible else 1)
+            command = train_command(spec, run, run_dir, gpus=gpus or (len(visible.split(",")) if visible else 1),
+                                    nodes=nodes)
             with open(run_dir / run_folder.LOG, "a") as log:
                 log.write(f"--- attempt {attempts}: {' '.join(command)}\n")
                 log.flush()
@@ -299,22 +319,25 @@ def execute(spec: SweepSpec, run: Run, folder: Path, env: dict[str, str]) -> str
                 run_folder.record_failure(run_dir, kind, f"train exited with code {proc.returncode} without recording "
                                                          f"why (log: {run_dir / run_folder.LOG})")
                 status = "failed"
-            if status != "failed" or not _retry(run_dir, spec):
+            if status != "failed" or not retry or not _retry(run_dir, spec):
                 return status
             (run_dir / run_folder.SUMMARY).unlink()  # retry; the log keeps every attempt
     finally:
         runlock.release(lock)
 
 
-def device_slots(parallel: int, gpus_per_run: int, runs_per_gpu: int = 1) -> list[dict[str, str]]:
-    """One environment per worker. On GPUs each worker is pinned to its own GPU(s) with CUDA_VISIBLE_DEVICES;
-    ``runs_per_gpu`` workers share each GPU, for runs too small to fill one. The CPU cores are split evenly."""
+def device_slots(parallel: int | None, gpus_per_run: int, runs_per_gpu: int = 1) -> list[dict[str, str]]:
+    """One environment per slot (a run at once). CPU: ``parallel`` processes (default 1). GPUs: each slot pinned
+    with CUDA_VISIBLE_DEVICES to a group of ``gpus_per_run`` GPUs, ``runs_per_gpu`` slots per group (default: all
+    groups once); ``parallel`` instead spreads that many slots round-robin over the groups. The CPU cores are split
+    evenly between the slots."""
     import torch
 
     cores = os.cpu_count() or 1
     if not torch.cuda.is_available():  # share the cores instead of oversubscribing them
         if runs_per_gpu > 1:
             raise ValueError(f"--runs-per-gpu {runs_per_gpu} needs GPUs and none is visible; on CPU use --parallel N")
+        parallel = parallel or 1
         threads = str(max(1, cores // parallel))
         return [{"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": threads} for _ in range(parallel)]
     count = torch.cuda.device_count()
@@ -324,12 +347,28 @@ def device_slots(parallel: int, gpus_per_run: int, runs_per_gpu: int = 1) -> lis
     groups = [list(range(i, i + gpus_per_run)) for i in range(0, count - gpus_per_run + 1, gpus_per_run)]
     if not groups:
         raise ValueError(f"--gpus-per-run {gpus_per_run} asks for more GPUs than the {count} visible")
-    threads = str(max(1, cores // (len(groups) * runs_per_gpu)))
-    return [{"CUDA_VISIBLE_DEVICES": ",".join(map(str, g)), "OMP_NUM_THREADS": threads}
-            for g in groups for _ in range(runs_per_gpu)]
+    if parallel is not None and runs_per_gpu > 1:
+        raise ValueError(f"--parallel {parallel} and --runs-per-gpu {runs_per_gpu} both set the slots; give one")
+    total = parallel or len(groups) * runs_per_gpu
+    if parallel is not None and gpus_per_run > 1 and parallel > len(groups):
+        raise ValueError(f"--parallel {parallel} runs of {gpus_per_run} GPUs need {parallel * gpus_per_run} GPUs; "
+                         f"{count} are visible")
+    threads = str(max(1, cores // total))
+    return [{"CUDA_VISIBLE_DEVICES": ",".join(map(str, groups[i % len(groups)])), "OMP_NUM_THREADS": threads}
+            for i in range(total)]
 
 
-def run_sweep(spec: SweepSpec, root: str | Path = "runs", parallel: int = 1, gpus_per_run: int = 1,
+def describe_slots(slots: list[dict[str, str]]) -> str:
+    """``3 slots: GPU 0 x2, GPU 1 x1, 5 CPU threads each`` (what the sweep runs at once, and where)."""
+    places = {}
+    for slot in slots:
+        place = f"GPU {slot['CUDA_VISIBLE_DEVICES']}" if slot["CUDA_VISIBLE_DEVICES"] else "CPU"
+        places[place] = places.get(place, 0) + 1
+    where = ", ".join(f"{place} x{n}" for place, n in places.items())
+    return f"{len(slots)} slot{'s' * (len(slots) != 1)}: {where}, {slots[0]['OMP_NUM_THREADS']} CPU threads each"
+
+
+def run_sweep(spec: SweepSpec, root: str | Path = "runs", parallel: int | None = None, gpus_per_run: int = 1,
               progress: bool | None = None, runs_per_gpu: int = 1) -> dict[str, str]:
     """Run every run of the sweep not yet completed; returns {run id: final status}."""
     from tqdm.auto import tqdm
@@ -342,6 +381,7 @@ def run_sweep(spec: SweepSpec, root: str | Path = "runs", parallel: int = 1, gpu
     free = list(range(len(slots)))
     results: dict[str, str] = {}
     show = sys.stderr.isatty() if progress is None else progress
+    print(f"sweep {spec.name}: {len(runs)} runs, {describe_slots(slots)}", file=sys.stderr, flush=True)
 
     def work(run: Run) -> tuple[str, str]:
         slot = free.pop()
@@ -396,33 +436,44 @@ def wandb_sweep_config(spec: SweepSpec, project: str = "stacking-ablations") -> 
 class SlurmRun:
     """One run as a submitit job. On preemption or timeout submitit calls ``checkpoint`` and requeues the job,
     which resumes the run from its last checkpoint. Under multi-node DDP every task starts the training process
-    (Lightning reads the SLURM variables); task 0 also holds the run's lock and records its status."""
+    with the job's shape, ``nodes`` x ``devices`` processes (Lightning reads the SLURM variables and checks that
+    shape against them); task 0 also holds the run's lock and records its status. The job carries the spec
+    itself, so command-line ``--set``/``--grid`` reach it and an edited spec file cannot change its run."""
 
-    def __init__(self, spec_path: str, run_id: str, root: str):
-        self.spec_path, self.run_id, self.root = spec_path, run_id, root
+    def __init__(self, spec: SweepSpec, run_id: str, root: str, nodes: int = 1, devices: int = 1):
+        self.spec, self.run_id, self.root, self.nodes, self.devices = spec, run_id, root, nodes, devices
 
     def __call__(self) -> str:
-        spec = SweepSpec.load(self.spec_path)
-        run = next(r for r in spec.expand() if r.id == self.run_id)
-        folder = sweep_dir(spec, self.root)
+        run = next(r for r in self.spec.expand() if r.id == self.run_id)
+        folder = sweep_dir(self.spec, self.root)
         if os.environ.get("SLURM_PROCID", "0") != "0":
-            return str(subprocess.run(train_command(spec, run, folder / run.id)).returncode)
-        return execute(spec, run, folder, env={})
+            # task 0 will not start it either: nobody to wait for (its lock cannot tell our task 0 from another job)
+            status = summary_status(folder / run.id)
+            if status == "completed" or (status == "failed" and not _retry(folder / run.id, self.spec)):
+                return status
+            command = train_command(self.spec, run, folder / run.id, gpus=self.devices, nodes=self.nodes)
+            return str(subprocess.run(command).returncode)
+        # the other tasks cannot be restarted from here: a multi-task run is retried by the next submission
+        return execute(self.spec, run, folder, env={}, nodes=self.nodes, gpus=self.devices,
+                       retry=self.nodes * self.devices == 1)
 
     def checkpoint(self, *args, **kwargs):
         import submitit
 
-        return submitit.helpers.DelayedSubmission(SlurmRun(self.spec_path, self.run_id, self.root))
+        return submitit.helpers.DelayedSubmission(SlurmRun(self.spec, self.run_id, self.root, self.nodes, self.devices))
 
 
-def submit_sweep(spec_path: str, root: str, executor: str = "slurm", partition: str | None = None,
-                 time_min: int = 60 * 24, gpus_per_node: int = 1, nodes_per_run: int = 1, cpus_per_task: int = 8,
+def submit_sweep(spec: SweepSpec | str, root: str, executor: str = "slurm", slurm: dict[str, Any] | None = None,
                  wait: bool = False) -> list[Any]:
-    """Submit every unfinished run of the sweep as one job array (``executor="local"`` runs it here)."""
+    """Submit every unfinished run of the sweep as one job array (``executor="local"`` runs it here). ``slurm``:
+    command-line settings over the spec's ``slurm:`` (see ablations/cluster.py)."""
     import submitit
 
-    spec = SweepSpec.load(spec_path)
+    from .cluster import job_parameters, run_shape
+
+    spec = spec if isinstance(spec, SweepSpec) else SweepSpec.load(spec)
     folder = sweep_dir(spec, root)
+    params = job_parameters(spec.slurm, slurm or {}, name=f"ablate-{spec.name}")
     runs = spec.expand()
     check_overrides(spec, runs)
     write_manifest(spec, runs, folder)
@@ -431,16 +482,14 @@ def submit_sweep(spec_path: str, root: str, executor: str = "slurm", partition: 
         return []
     if executor == "local":
         ex = submitit.LocalExecutor(folder=folder / "submitit")
-        ex.update_parameters(timeout_min=time_min)
+        ex.update_parameters(timeout_min=params.get("timeout_min", 24 * 60))
+        nodes, devices = 1, 1
     else:
         ex = submitit.AutoExecutor(folder=folder / "submitit", cluster=executor)
-        ex.update_parameters(
-            timeout_min=time_min, nodes=nodes_per_run, tasks_per_node=gpus_per_node, gpus_per_node=gpus_per_node,
-            cpus_per_task=cpus_per_task, name=f"ablate-{spec.name}",
-            **({"slurm_partition": partition} if partition else {}),
-        )
+        ex.update_parameters(**params)
+        nodes, devices = run_shape(params)
     # each job is the SlurmRun itself, so that submitit finds its `checkpoint` method and requeues it
-    submissions = [SlurmRun(str(spec_path), r.id, str(root)) for r in todo]
+    submissions = [SlurmRun(spec, r.id, str(root), nodes, devices) for r in todo]
     if executor == "local":
         jobs = [ex.submit(job) for job in submissions]
     else:

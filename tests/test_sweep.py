@@ -121,7 +121,8 @@ def test_a_non_finite_loss_is_not_retried_and_is_reported_at_once(tmp_path, caps
     capsys.readouterr()
     assert cli_main(["status", str(spec_path), "--root", str(tmp_path / "runs")]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("failed") and "(non_finite: " in out
+    assert out.splitlines()[1].startswith(f"failed      {run_dir.name}     0/1")  # in epoch 0
+    assert "(non_finite: " in out and "training loss became" in out
 
 
 def test_a_crash_is_retried_and_then_completes(tmp_path):
@@ -295,20 +296,31 @@ def test_ablate_demo_runs_the_study_and_prints_the_report(tmp_path, monkeypatch,
 def test_runs_per_gpu_places_k_workers_on_each_gpu(monkeypatch):
     import torch
 
-    from ablations.sweep import device_slots
+    from ablations.sweep import describe_slots, device_slots
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
-    slots = device_slots(parallel=1, gpus_per_run=1, runs_per_gpu=3)
-    assert [s["CUDA_VISIBLE_DEVICES"] for s in slots] == ["0", "0", "0", "1", "1", "1"]
+    slots = device_slots(parallel=None, gpus_per_run=1, runs_per_gpu=3)
+    assert sorted(s["CUDA_VISIBLE_DEVICES"] for s in slots) == ["0", "0", "0", "1", "1", "1"]
     assert {s["OMP_NUM_THREADS"] for s in slots} == {"2"}  # 16 cores over 6 runs
-    assert [s["CUDA_VISIBLE_DEVICES"] for s in device_slots(1, 2)] == ["0,1"]
+    assert [s["CUDA_VISIBLE_DEVICES"] for s in device_slots(None, 2)] == ["0,1"]
+    assert [s["CUDA_VISIBLE_DEVICES"] for s in device_slots(None, 1)] == ["0", "1"]  # default: one per GPU
+    # --parallel is not ignored on GPUs: N slots round-robin over them, the first runs on different GPUs
+    slots = device_slots(4, 1)
+    assert [s["CUDA_VISIBLE_DEVICES"] for s in slots] == ["0", "1", "0", "1"] and slots[0]["OMP_NUM_THREADS"] == "4"
+    assert [s["CUDA_VISIBLE_DEVICES"] for s in device_slots(1, 1)] == ["0"]
+    with pytest.raises(ValueError, match="--parallel 2 runs of 2 GPUs need 4 GPUs; 2 are visible"):
+        device_slots(2, 2)
+    with pytest.raises(ValueError, match="--parallel 4 and --runs-per-gpu 2 both set the slots; give one"):
+        device_slots(4, 1, runs_per_gpu=2)
     with pytest.raises(ValueError, match="--runs-per-gpu 2 shares one GPU between runs; it cannot combine with --gpus-per-run 2"):
         device_slots(1, 2, runs_per_gpu=2)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="--runs-per-gpu 2 needs GPUs and none is visible; on CPU use --parallel N"):
-        device_slots(1, 1, runs_per_gpu=2)
+        device_slots(None, 1, runs_per_gpu=2)
+    assert [s["OMP_NUM_THREADS"] for s in device_slots(None, 1)] == ["16"]  # CPU: one process by default
+    assert describe_slots(device_slots(2, 1)) == "2 slots: CPU x2, 8 CPU threads each"
 
 
 def test_sweep_flags_below_one_are_refused(tmp_path, capsys):
@@ -327,7 +339,7 @@ def test_an_interrupted_run_is_left_for_the_next_sweep_not_failed(tmp_path, monk
               "fd = runlock.acquire(d); (d / 'held').write_text(str(runlock.is_held(d))); "
               "(d / 'summary.json').write_text(json.dumps({'status': 'interrupted', 'reason': 'received SIGTERM'})); "
               "sys.exit(3)")
-    monkeypatch.setattr(sweep, "train_command", lambda spec, run, run_dir, gpus=1: [sys.executable, "-c", script, str(run_dir)])
+    monkeypatch.setattr(sweep, "train_command", lambda spec, run, run_dir, gpus=1, nodes=1: [sys.executable, "-c", script, str(run_dir)])
     assert sweep.execute(spec, run, tmp_path / "runs", env={"PYTHONPATH": str(ROOT)}) == "interrupted"
     run_dir = tmp_path / "runs" / run.id
     assert (run_dir / "held").read_text() == "True"  # the child got the sweep's lock instead of being refused
