@@ -40,8 +40,9 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from lightning_modules.backbones import STUDY_LAYOUTS
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-STUDY = ("VIT_REL", "C-C-C-C", "C-C-C-T", "C-C-T-T", "C-T-T-T")
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class Plan:
 
     device: str = "cuda"
     budget: str = "cifar"  # the layouts' budget; models are variant_name(layout, budget)
-    layouts: tuple[str, ...] = STUDY
+    layouts: tuple[str, ...] = STUDY_LAYOUTS
     small_size: int = 32
     small_batch: int = 256
     num_classes: int = 100
