@@ -204,7 +204,7 @@ def test_wandb_run_ids_are_per_run_folder_and_online_mode_follows_wandb(tmp_path
     def mode(**extra) -> str:  # a fresh process each time, as `ablate train` is: W&B reads its settings once
         return subprocess.run([sys.executable, "-c", "from lightning_modules.wandb_run import wandb_mode; "
                                "print(wandb_mode())"], cwd=ROOT, env={**env, **extra}, capture_output=True,
-                              text=True, check=True).stdout.strip()
+                              text=True, check=True, timeout=120).stdout.strip()
 
     assert mode() == "offline"  # no credentials anywhere
     assert mode(WANDB_API_KEY="k" * 40) == "online"
