@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,17 +15,26 @@ from . import run_folder
 
 ID_FILE = "wandb_id"
 STEP = "trainer/global_step"
+LOGIN_PROBE = "import wandb; print(wandb.login(prompt=False, verify=False))"
+LOGIN_PROBE_TIMEOUT_S = 60
 
 
 def wandb_mode() -> str | None:
     """None (W&B decides, reading ``WANDB_MODE``) when ``WANDB_MODE`` is set; else online when W&B finds
     credentials by its own rules (``WANDB_API_KEY``, ``wandb login``, a netrc entry for ``WANDB_BASE_URL``'s host,
-    settings files), offline otherwise."""
+    settings files), offline otherwise.
+
+    W&B's ``login`` is asked in a silent child process: a non-silent login starts W&B's service to look up the user
+    name, and a service that cannot reach the server kept the process from exiting. The child leaves this process's
+    W&B settings untouched and is given up after ``LOGIN_PROBE_TIMEOUT_S`` (then offline)."""
     if os.environ.get("WANDB_MODE"):
         return None
-    import wandb
-
-    return "online" if wandb.login(prompt=False, verify=False) else "offline"
+    try:
+        probe = subprocess.run([sys.executable, "-c", LOGIN_PROBE], env={**os.environ, "WANDB_SILENT": "true"},
+                               capture_output=True, text=True, timeout=LOGIN_PROBE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return "offline"
+    return "online" if probe.stdout.strip().endswith("True") else "offline"
 
 
 def run_id(run_dir: Path) -> str:

@@ -195,23 +195,29 @@ def test_wandb_records_the_nested_config_summaries_and_every_logged_metric(tmp_p
 
 
 def test_wandb_run_ids_are_per_run_folder_and_online_mode_follows_wandb(tmp_path, monkeypatch):
+    import psutil
+
     from lightning_modules.wandb_run import run_id, wandb_mode
 
     assert run_id(tmp_path / "a") == run_id(tmp_path / "a") != run_id(tmp_path / "b")  # same config, two folders
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_") and k != "NETRC"}
-    env.update(HOME=str(tmp_path), NETRC=str(tmp_path / ".netrc"), WANDB_CONFIG_DIR=str(tmp_path / "wandb-config"))
+    for key in [k for k in os.environ if k.startswith("WANDB_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("NETRC", str(tmp_path / ".netrc"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
 
-    def mode(**extra) -> str:  # a fresh process each time, as `ablate train` is: W&B reads its settings once
-        return subprocess.run([sys.executable, "-c", "from lightning_modules.wandb_run import wandb_mode; "
-                               "print(wandb_mode())"], cwd=ROOT, env={**env, **extra}, capture_output=True,
-                              text=True, check=True, timeout=120).stdout.strip()
-
-    assert mode() == "offline"  # no credentials anywhere
-    assert mode(WANDB_API_KEY="k" * 40) == "online"
+    assert wandb_mode() == "offline"  # no credentials anywhere
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    assert wandb_mode() == "online"
+    monkeypatch.delenv("WANDB_API_KEY")
     (tmp_path / ".netrc").write_text("machine wandb.example.org\n  login user\n  password " + "k" * 40 + "\n")
     (tmp_path / ".netrc").chmod(0o600)
-    assert mode() == "offline"  # a key for another host is not one for W&B's default server
-    assert mode(WANDB_BASE_URL="https://wandb.example.org") == "online"  # a self-hosted server, by W&B's own rules
+    assert wandb_mode() == "offline"  # a key for another host is not one for W&B's default server
+    monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.org")
+    assert wandb_mode() == "online"  # a self-hosted server, by W&B's own rules
+    # Deciding started no W&B service here: one that cannot reach the server once kept a run from exiting.
+    assert "wandb" not in " ".join(child.name() for child in psutil.Process().children(recursive=True))
+    monkeypatch.setenv("WANDB_MODE", "offline")
     assert wandb_mode() is None  # W&B reads WANDB_MODE itself
 
 
