@@ -42,7 +42,7 @@ def test_two_node_job_script_and_training_command_agree(tmp_path, fake_sbatch, m
     import lightning as L
     from submitit.core.utils import DelayedSubmission
 
-    import ablations.sweep as sweep
+    from ablations.sweep import launch, slurm
 
     spec_text = TINY_SPEC + ("slurm:\n  account: proj\n  qos: high\n  mem: 64G\n  constraint: a100\n  time: 120\n"
                              "  cpus_per_task: 4\n")
@@ -78,7 +78,7 @@ def test_two_node_job_script_and_training_command_agree(tmp_path, fake_sbatch, m
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     commands = []
-    monkeypatch.setattr(sweep.subprocess, "run", lambda command, **kw: (commands.append(command),
+    monkeypatch.setattr(slurm.subprocess, "run", lambda command, **kw: (commands.append(command),
                                                                         subprocess.CompletedProcess(command, 0))[1])
     assert job() == "0"  # task 5: a training process
 
@@ -93,7 +93,7 @@ def test_two_node_job_script_and_training_command_agree(tmp_path, fake_sbatch, m
         def wait(self, timeout=None):
             return 1
 
-    monkeypatch.setattr(sweep.subprocess, "Popen", Failed)
+    monkeypatch.setattr(launch.subprocess, "Popen", Failed)
     monkeypatch.setenv("SLURM_PROCID", "0")
     # one attempt: task 0 alone retrying would wait for 7 tasks that have exited; the next submission retries
     assert job() == "failed" and (root / "tiny" / job.run_id / "attempts").read_text() == "1"

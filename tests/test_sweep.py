@@ -331,7 +331,7 @@ def test_sweep_flags_below_one_are_refused(tmp_path, capsys):
 def test_an_interrupted_run_is_left_for_the_next_sweep_not_failed(tmp_path, monkeypatch):
     """`ablate train` stopped by SIGTERM/SIGUSR1 exits with code 3 and says interrupted: the sweep neither retries
     it nor marks it failed. The training process holds the run's lock while it runs (handed down by the sweep)."""
-    import ablations.sweep as sweep
+    from ablations.sweep import execute, launch
 
     spec = SweepSpec.load(write_spec(tmp_path))
     run = spec.expand()[0]
@@ -339,8 +339,8 @@ def test_an_interrupted_run_is_left_for_the_next_sweep_not_failed(tmp_path, monk
               "fd = runlock.acquire(d); (d / 'held').write_text(str(runlock.is_held(d))); "
               "(d / 'summary.json').write_text(json.dumps({'status': 'interrupted', 'reason': 'received SIGTERM'})); "
               "sys.exit(3)")
-    monkeypatch.setattr(sweep, "train_command", lambda spec, run, run_dir, gpus=1, nodes=1: [sys.executable, "-c", script, str(run_dir)])
-    assert sweep.execute(spec, run, tmp_path / "runs", env={"PYTHONPATH": str(ROOT)}) == "interrupted"
+    monkeypatch.setattr(launch, "TRAIN_PROGRAM", [sys.executable, "-c", script, str(tmp_path / "runs" / run.id)])
+    assert execute(spec, run, tmp_path / "runs", env={"PYTHONPATH": str(ROOT)}) == "interrupted"
     run_dir = tmp_path / "runs" / run.id
     assert (run_dir / "held").read_text() == "True"  # the child got the sweep's lock instead of being refused
     assert (run_dir / "attempts").read_text() == "1" and read_status(run_dir) == "pending"
@@ -355,3 +355,35 @@ def test_run_ids_do_not_depend_on_how_a_run_is_watched(tmp_path):
     assert [r.id for r in SweepSpec.load(write_spec(tmp_path, watched)).expand()] == plain
     other_lr = TINY_SPEC.replace("set:\n", "set:\n  model.init_args.lr: 0.01\n")
     assert not set(r.id for r in SweepSpec.load(write_spec(tmp_path, other_lr)).expand()) & set(plain)
+
+
+def test_a_forked_run_trains_as_a_new_process_does_and_a_killed_one_ends_alone(tmp_path):
+    """CPU sweeps fork each run from a server that imported torch once (``launch.forked``): the run's metrics equal
+    a fresh interpreter's to the last digit, and a run killed by a signal ends with its
+    own exit code (``lost``, retried) while the server forks the next attempt."""
+    import csv
+
+    from ablations.sweep import execute, launch
+
+    one = TINY_SPEC.replace("[C-T, T-C]", "[C-T]").replace("seed_everything: [0, 1]", "seed_everything: [0]")
+    spec = SweepSpec.load(write_spec(tmp_path, one))
+    run = spec.expand()[0]
+    env = {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    assert execute(spec, run, tmp_path / "new", env, launcher=launch.in_new_process) == "completed"
+    assert execute(spec, run, tmp_path / "forked", env, launcher=launch.forked) == "completed"
+
+    def rows(root):  # every logged value but the clock's
+        with open(root / run.id / "metrics.csv") as f:
+            return [{k: v for k, v in row.items() if k not in ("epoch_time", "images_per_s")} for row in csv.DictReader(f)]
+
+    assert rows(tmp_path / "forked") == rows(tmp_path / "new") and len(rows(tmp_path / "new")) > 2
+
+    killed = spec.fixed | {"trainer.callbacks": [{"class_path": "tests.helpers.KillOnce", "init_args": {
+        "epoch": 0, "batch": 1, "marker": str(tmp_path / "killed")}}]}
+    spec = SweepSpec(spec.name, spec.config, killed, spec.budget, spec.grid)
+    run = spec.expand()[0]
+    assert execute(spec, run, tmp_path / "forked", env, launcher=launch.forked) == "completed"
+    run_dir = tmp_path / "forked" / run.id
+    assert (tmp_path / "killed").exists() and (run_dir / "attempts").read_text() == "2"
+    assert "train exited with code -9" not in (run_dir / "summary.json").read_text()  # the retry's record replaced it
+    assert (run_dir / "train.log").read_text().count("--- attempt") == 2

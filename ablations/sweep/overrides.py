@@ -1,0 +1,74 @@
+"""A sweep's overrides as ``ablate train`` arguments, checked with ``ablate train``'s own parser before any run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .spec import Run, SweepSpec
+
+
+def override_args(overrides: dict[str, Any]) -> list[str]:
+    """``--key=value`` as the training process reads them (JSON for anything but a string)."""
+    return [f"--{key}={json.dumps(value) if not isinstance(value, str) else value}" for key, value in overrides.items()]
+
+
+def train_args(spec: SweepSpec, run: Run, run_dir: Path, gpus: int = 1, nodes: int = 1) -> list[str]:
+    """The ``ablate train`` arguments of a run (``launch`` decides how the process starts)."""
+    args = [f"--config={spec.config}"]
+    if gpus > 1 or nodes > 1:  # one DDP run over the worker's pinned GPUs, or over a SLURM job's nodes x tasks
+        args += [f"--trainer.num_nodes={nodes}", f"--trainer.devices={gpus}", "--trainer.strategy=ddp"]
+    args += override_args(run.overrides)
+    return args + [f"--run_dir={run_dir}", f"--wandb.group={spec.name}"]
+
+
+def check_overrides(spec: SweepSpec, runs: list[Run]) -> None:
+    """Parse the spec's overrides with `ablate train`'s own parser, once, before any run starts: the fixed ones
+    together, then each grid value on top of them. A key that is no option is named with the closest one; a value
+    its option refuses, with the option's range. Nothing is built and no data is read."""
+    import difflib
+
+    from jsonargparse import ArgumentError
+
+    from ..train import check_trainer, one_line, training_parser
+
+    parser = training_parser()
+    base = [f"--config={spec.config}"]
+
+    def parse(overrides: dict[str, Any], where: str) -> Any:
+        try:
+            config = parser.parse_args(base + override_args(overrides))
+            check_trainer(config.trainer)
+            return config
+        except (ArgumentError, ValueError) as err:
+            raise ValueError(f"sweep {spec.name}: {where}: {one_line(err)}") from None
+
+    options = [*flat_keys(parse({}, "config").as_dict()), *flat_keys(parser.get_defaults().as_dict())]
+    known = {key.replace(".init_args.", "."): key for key in options}  # as typed with or without init_args
+
+    def check(key: str, overrides: dict[str, Any], where: str) -> None:
+        plain = key.replace(".init_args.", ".")
+        if not any(k == plain or k.startswith(plain + ".") for k in known):  # no option, nor a parent of options
+            try:
+                parse(overrides, where)  # an option of a data or model class that the overrides pick
+            except ValueError:
+                close = difflib.get_close_matches(plain, sorted(known), n=1, cutoff=0.6)
+                hint = f"; the closest option is {known[close[0]]}" if close else ""
+                raise ValueError(f"sweep {spec.name}: {where} key {key} is not an `ablate train` option{hint}") from None
+        parse(overrides, where)
+
+    for key in spec.fixed:
+        check(key, spec.fixed, "set")
+    pairs = {(key, json.dumps(value, sort_keys=True, default=str)): (key, value)
+             for run in runs for key, value in run.overrides.items() if spec.fixed.get(key, object()) != value}
+    for key, value in pairs.values():
+        check(key, {**spec.fixed, key: value}, "grid")
+
+
+def flat_keys(config: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in config.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        keys += flat_keys(value, name) if isinstance(value, dict) and value else [name]
+    return keys

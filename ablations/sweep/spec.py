@@ -1,0 +1,145 @@
+"""A sweep spec: the YAML file (``name``, ``config``, ``set``, ``budget``, ``grid``, ``max_retries``, ``slurm``),
+checked as it loads and expanded into runs. See the package docstring for the format."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lightning_modules.backbones import BUDGETS, budget_variant, import_block_modules, parse_layout, variant_name
+from lightning_modules.backbones.blocks import BLOCK_DESCRIPTIONS
+from lightning_modules.backbones.registry import MATCHED
+
+from .run_ids import run_id
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+SPEC_KEYS = {"name", "config", "set", "budget", "grid", "max_retries", "slurm"}
+SPEC_TYPES = {"name": (str, "a string"), "config": (str, "a path to an `ablate train` config"),
+              "set": (dict, "a mapping of `ablate train` options to values"), "budget": (str, "a budget name"),
+              "grid": (dict, "a mapping of `ablate train` options (or layout) to lists of values"),
+              "max_retries": (int, "an integer >= 0"), "slurm": (dict, "a mapping of submitit parameters")}
+
+
+@dataclass(frozen=True)
+class Run:
+    id: str
+    overrides: dict[str, Any]  # `ablate train` options on top of the base config
+    axes: dict[str, Any]  # the grid values that define this run (for tables)
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    name: str
+    config: str
+    fixed: dict[str, Any]
+    budget: str | None
+    grid: dict[str, list[Any]]
+    max_retries: int = 2
+    slurm: dict[str, Any] = field(default_factory=dict)  # submitit parameters (ablations/cluster.py)
+
+    @classmethod
+    def load(cls, path: str | Path, fixed: dict[str, Any] | None = None,
+             grid: dict[str, list[Any]] | None = None) -> "SweepSpec":
+        """The spec at ``path``; ``fixed`` and ``grid`` (``--set``, ``--grid``) extend its ``set`` and ``grid``."""
+        path = Path(path)
+        if not path.is_file():
+            shipped = sorted(p.relative_to(PROJECT_ROOT) for p in (PROJECT_ROOT / "ablations" / "sweeps").glob("*.yaml"))
+            raise FileNotFoundError(f"sweep spec {path} does not exist; shipped specs: {', '.join(map(str, shipped))}")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:  # syntax, or a python tag the safe loader refuses
+            raise ValueError(f"sweep spec {path} is not valid YAML: {' '.join(str(err).split())}") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"sweep spec {path} must be a mapping of {', '.join(sorted(SPEC_KEYS))}; got {raw!r}")
+        unknown = sorted(set(raw) - SPEC_KEYS)
+        if unknown:
+            raise ValueError(f"unknown key(s) {', '.join(unknown)} in sweep spec {path}; valid: {', '.join(sorted(SPEC_KEYS))}")
+        for key in ("name", "config", "grid"):
+            if key not in raw:
+                raise ValueError(f"sweep spec {path} needs a {key!r} entry")
+        for key, (kind, valid) in SPEC_TYPES.items():
+            if key in raw and not (isinstance(raw[key], kind) and not isinstance(raw[key], bool) or
+                                   (key in ("set", "budget", "slurm") and raw[key] is None)):
+                raise ValueError(f"sweep spec {path}: {key} {raw[key]!r} is not valid; expected {valid}")
+        if fixed or grid:
+            raw = _command_line(raw, fixed or {}, grid or {}, path)
+        from ..cluster import settings
+
+        settings([raw.get("slurm") or {}])  # names and types checked now, not at submission
+        if "/" in raw["name"] or raw["name"] in ("", ".", ".."):  # the sweep's folder under --root, nowhere else
+            raise ValueError(f"sweep spec {path}: name {raw['name']!r} is not valid; expected a folder name without '/'")
+        if raw.get("max_retries", 0) < 0:
+            raise ValueError(f"sweep spec {path}: max_retries {raw['max_retries']} is not valid; expected an integer >= 0")
+        if not raw["grid"]:
+            raise ValueError(f"sweep spec {path}: grid is empty; expected at least one axis, e.g. seed_everything: [0]")
+        grid = {str(k): v if isinstance(v, list) else [v] for k, v in raw["grid"].items()}
+        empty = [key for key, values in grid.items() if not values]
+        if empty:
+            raise ValueError(f"sweep spec {path}: grid axis {', '.join(empty)} is empty, so the sweep would have no runs; "
+                             "expected a list of at least one value")
+        budget = raw.get("budget")
+        if "layout" in grid and budget not in BUDGETS:
+            raise ValueError(f"the layout axis needs a budget; budget={budget!r}, valid: {', '.join(BUDGETS)}")
+        # the base config: as given (relative to the working directory), else relative to the project root
+        config = Path(raw["config"])
+        if not config.is_file() and (PROJECT_ROOT / config).is_file():
+            config = PROJECT_ROOT / config
+        if not config.is_file():
+            raise FileNotFoundError(f"base config {raw['config']} of sweep spec {path} does not exist")
+        spec = cls(raw["name"], str(config), {str(k): v for k, v in (raw.get("set") or {}).items()}, budget, grid,
+                   int(raw.get("max_retries", 2)), dict(raw.get("slurm") or {}))
+        import_block_modules(spec.model_init_arg("imports"))  # a user's block letters, before layouts are read
+        for layout in grid.get("layout", []):
+            spec.layout_overrides(layout)  # unknown letters and unmatchable layouts fail here, not in a run
+        return spec
+
+    def model_init_arg(self, name: str) -> Any:
+        """``model.init_args.<name>`` as the runs get it: the spec's ``set``, else the base config."""
+        key = f"model.init_args.{name}"
+        if key in self.fixed:
+            return self.fixed[key]
+        base = yaml.safe_load(Path(self.config).read_text()) or {}
+        return ((base.get("model") or {}).get("init_args") or {}).get(name)
+
+    def layout_overrides(self, layout: str) -> dict[str, Any]:
+        """A layout at the sweep's budget: the registry's variant by name where there is one (ids as before), else
+        the layout with the budget and the matcher's depths and widths written out, so the run's config records
+        the shape it trained."""
+        canonical = str(parse_layout(str(layout), BLOCK_DESCRIPTIONS))
+        model_args = dict(self.model_init_arg("model_args") or {})
+        if (self.budget, canonical) in MATCHED and not model_args:
+            return {"model.init_args.model": variant_name(canonical, self.budget)}
+        cfg = budget_variant(canonical, self.budget, **model_args)
+        shape = {"depths": list(cfg.depths), "dims": list(cfg.dims), "stem_dim": cfg.stem_dim}
+        return {"model.init_args.model": canonical, "model.init_args.budget": self.budget,
+                "model.init_args.model_args": {**model_args, **shape}}
+
+    def expand(self) -> list[Run]:
+        keys = list(self.grid)
+        runs = []
+        for values in itertools.product(*(self.grid[k] for k in keys)):
+            axes = dict(zip(keys, values))
+            overrides = dict(self.fixed)
+            for key, value in axes.items():
+                if key == "layout":
+                    overrides.update(self.layout_overrides(value))
+                else:
+                    overrides[key] = value
+            runs.append(Run(run_id(overrides), overrides, axes))
+        ids = [r.id for r in runs]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"sweep {self.name!r} expands to duplicate runs; remove repeated grid values")
+        return runs
+
+
+def _command_line(raw: dict[str, Any], fixed: dict[str, Any], grid: dict[str, list[Any]], path: Path) -> dict[str, Any]:
+    """``--set`` joins the spec's ``set``, ``--grid`` adds or replaces axes: run ids follow the same rules."""
+    clash = sorted(set(fixed) & set(raw["grid"] or {}))
+    if clash:
+        raise ValueError(f"--set {clash[0]}: {clash[0]} is a grid axis of {path}; give its values with --grid")
+    kept = {k: v for k, v in (raw.get("set") or {}).items() if k not in grid}
+    return {**raw, "set": {**kept, **fixed}, "grid": {**(raw["grid"] or {}), **grid}}
