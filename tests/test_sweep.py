@@ -26,7 +26,7 @@ def write_spec(tmp_path, text=TINY_SPEC) -> Path:
 def test_demo_spec_expands_to_the_five_layouts_with_stable_ids():
     spec = SweepSpec.load(ROOT / "ablations/sweeps/demo.yaml")
     runs = spec.expand()
-    assert len(runs) == 5 * 2 * 2
+    assert len(runs) == 5 * 2 * 3
     models = {r.overrides["model.init_args.model"] for r in runs}
     assert models == {"vit_rel_tiny", "cccc_tiny", "ccct_tiny", "cctt_tiny", "cttt_tiny"}
     assert [r.id for r in runs] == [r.id for r in SweepSpec.load(ROOT / "ablations/sweeps/demo.yaml").expand()]
