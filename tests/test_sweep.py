@@ -265,7 +265,7 @@ def test_demo_spec_exports_the_layout_axis_as_model_names(tmp_path):
     assert sweep["parameters"]["trainer.max_epochs"] == {"value": 4}
 
 
-@pytest.mark.parametrize("name,runs", [("demo", 20), ("cifar100", 60), ("imagenet", 10)])
+@pytest.mark.parametrize("name,runs", [("demo", 30), ("cifar100", 60), ("imagenet", 10)])
 def test_shipped_specs_load(name, runs):
     from ablations.sweep import check_overrides
 
@@ -387,3 +387,22 @@ def test_a_forked_run_trains_as_a_new_process_does_and_a_killed_one_ends_alone(t
     assert (tmp_path / "killed").exists() and (run_dir / "attempts").read_text() == "2"
     assert "train exited with code -9" not in (run_dir / "summary.json").read_text()  # the retry's record replaced it
     assert (run_dir / "train.log").read_text().count("--- attempt") == 2
+
+
+def test_a_new_executor_writes_only_launch_and_gets_the_checks_and_manifest(tmp_path):
+    """Another scheduler is a subclass of ``Executor`` with a ``launch``: the sweep's overrides are checked and its
+    manifest written before it is called, as for the local pool and SLURM."""
+    from ablations.sweep import Executor
+
+    class Recorder(Executor):
+        def launch(self, spec, runs, folder):
+            assert (folder / "manifest.json").exists()
+            return [run.id for run in runs]
+
+    spec = SweepSpec.load(write_spec(tmp_path))
+    assert Recorder().run(spec, tmp_path / "runs") == [run.id for run in spec.expand()]
+    typo = SweepSpec.load(write_spec(tmp_path, TINY_SPEC.replace("trainer.max_epochs: 1", "trainer.max_epochz: 1")))
+    with pytest.raises(ValueError, match="set key trainer.max_epochz is not an `ablate train` option; the closest "
+                                         "option is trainer.max_epochs"):
+        Recorder().run(typo, tmp_path / "other")
+    assert not (tmp_path / "other").exists()

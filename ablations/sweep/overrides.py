@@ -47,23 +47,30 @@ def check_overrides(spec: SweepSpec, runs: list[Run]) -> None:
     options = [*flat_keys(parse({}, "config").as_dict()), *flat_keys(parser.get_defaults().as_dict())]
     known = {key.replace(".init_args.", "."): key for key in options}  # as typed with or without init_args
 
-    def check(key: str, overrides: dict[str, Any], where: str) -> None:
+    def unknown(key: str) -> bool:  # no option, nor a parent of options (it may be one of a class picked)
         plain = key.replace(".init_args.", ".")
-        if not any(k == plain or k.startswith(plain + ".") for k in known):  # no option, nor a parent of options
+        return not any(k == plain or k.startswith(plain + ".") for k in known)
+
+    def check_name(key: str, overrides: dict[str, Any], where: str) -> None:
+        """A key that is no option of the base is tried alone with the known ones: an option of a data or model
+        class that the overrides pick parses, a typo is named with the closest option."""
+        if unknown(key):
             try:
-                parse(overrides, where)  # an option of a data or model class that the overrides pick
+                parse({k: v for k, v in overrides.items() if k == key or not unknown(k)}, where)
             except ValueError:
+                plain = key.replace(".init_args.", ".")
                 close = difflib.get_close_matches(plain, sorted(known), n=1, cutoff=0.6)
                 hint = f"; the closest option is {known[close[0]]}" if close else ""
                 raise ValueError(f"sweep {spec.name}: {where} key {key} is not an `ablate train` option{hint}") from None
-        parse(overrides, where)
 
-    for key in spec.fixed:
-        check(key, spec.fixed, "set")
+    for key in spec.fixed:  # every name first, then the values together
+        check_name(key, spec.fixed, "set")
+    parse(spec.fixed, "set")
     pairs = {(key, json.dumps(value, sort_keys=True, default=str)): (key, value)
              for run in runs for key, value in run.overrides.items() if spec.fixed.get(key, object()) != value}
     for key, value in pairs.values():
-        check(key, {**spec.fixed, key: value}, "grid")
+        check_name(key, {**spec.fixed, key: value}, "grid")
+        parse({**spec.fixed, key: value}, "grid")
 
 
 def flat_keys(config: dict[str, Any], prefix: str = "") -> list[str]:
