@@ -124,7 +124,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
             print(write_report(sweep_dir(spec, args.root)))
         return
     results = run_sweep(spec, args.root, parallel=args.parallel, gpus_per_run=args.gpus_per_run or 1,
-                        runs_per_gpu=args.runs_per_gpu)
+                        runs_per_gpu=args.runs_per_gpu, fork=True)
     counts = {s: list(results.values()).count(s) for s in sorted(set(results.values()))}
     report = write_report(sweep_dir(spec, args.root), wandb=bool(spec.fixed.get("wandb.enabled")))
     print(f"sweep {spec.name}: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f"; report: {report}")

@@ -30,6 +30,6 @@ def tiny_study(tmp_path_factory) -> Path:
     spec = SweepSpec.load(spec_path)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("WANDB_MODE", "disabled")
-        results = run_sweep(spec, root / "runs", parallel=2, progress=False)
+        results = run_sweep(spec, root / "runs", parallel=2, progress=False, fork=True)  # as `ablate sweep` runs it
     assert sorted(results.values()) == ["completed"] * 8
     return sweep_dir(spec, root / "runs")

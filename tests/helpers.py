@@ -120,3 +120,17 @@ class CrashOnce(L.Callback):
         if not self.marker.exists():
             self.marker.write_text("crashed")
             raise RuntimeError("segfault-like crash of a flaky node")
+
+
+
+class BlasThreads(L.Callback):
+    """Write the thread counts of this process's BLAS pools (numpy's OpenBLAS, torch's) to ``path`` at set-up."""
+
+    def __init__(self, path: str):
+        self.path = Path(path)
+
+    def setup(self, trainer, pl_module, stage):
+        from threadpoolctl import threadpool_info
+
+        counts = sorted({pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"})
+        self.path.write_text(json.dumps(counts))

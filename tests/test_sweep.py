@@ -84,7 +84,7 @@ def test_two_trainings_on_one_run_folder_the_second_is_refused_naming_the_first(
 
 def test_parallel_sweep_runs_every_run_once_and_rerun_is_idempotent(tmp_path, capsys):
     spec = SweepSpec.load(write_spec(tmp_path))
-    results = run_sweep(spec, tmp_path / "runs", parallel=2, progress=False)
+    results = run_sweep(spec, tmp_path / "runs", parallel=2, progress=False, fork=True)
     assert sorted(results.values()) == ["completed"] * 4
     folder = tmp_path / "runs" / "tiny"
     assert all((folder / r.id / "attempts").read_text() == "1" for r in spec.expand())
@@ -406,3 +406,62 @@ def test_a_new_executor_writes_only_launch_and_gets_the_checks_and_manifest(tmp_
                                          "option is trainer.max_epochs"):
         Recorder().run(typo, tmp_path / "other")
     assert not (tmp_path / "other").exists()
+
+
+def test_options_of_a_class_the_overrides_pick_are_accepted_and_a_typo_beside_them_is_named(tmp_path):
+    """``trainer.profiler.init_args.filename`` exists only once ``trainer.profiler.class_path`` picks a profiler:
+    the two stand together; a typo among them is still named with its closest option."""
+    from ablations.sweep import check_overrides
+
+    profiler = TINY_SPEC.replace("trainer.max_epochs: 1", "trainer.max_epochs: 1\n  trainer.profiler.class_path: "
+                                 "lightning.pytorch.profilers.SimpleProfiler\n  trainer.profiler.init_args.filename: perf")
+    spec = SweepSpec.load(write_spec(tmp_path, profiler))
+    check_overrides(spec, spec.expand())
+    spec = SweepSpec.load(write_spec(tmp_path, profiler.replace("trainer.max_epochs: 1", "trainer.max_epochz: 1")))
+    with pytest.raises(ValueError, match="set key trainer.max_epochz is not an `ablate train` option; the closest "
+                                         "option is trainer.max_epochs"):
+        check_overrides(spec, spec.expand())
+
+
+def test_forked_runs_get_the_slots_thread_count_and_outlive_a_lost_fork_server(tmp_path):
+    """A forked run's BLAS pools are sized for its slot, not for the machine the server saw; a killed server (the
+    OOM killer picks the biggest process) takes no run with it: the sweep waits for the run, which completes once,
+    in one attempt."""
+    import threading
+    import time
+    from multiprocessing import forkserver
+
+    from ablations.sweep import execute, launch
+
+    slow = TINY_SPEC.replace("trainer.max_epochs: 1", "trainer.max_epochs: 6\n  trainer.callbacks: [{class_path: "
+                             f"tests.helpers.BlasThreads, init_args: {{path: {tmp_path / 'threads'}}}}}]")
+    slow = slow.replace("[C-T, T-C]", "[C-T]").replace("seed_everything: [0, 1]", "seed_everything: [0]")
+    spec = SweepSpec.load(write_spec(tmp_path, slow))
+    run = spec.expand()[0]
+    run_dir = tmp_path / "runs" / run.id
+    result = {}
+    launch.start_fork_server()  # sized for the machine
+    worker = threading.Thread(target=lambda: result.update(status=execute(
+        spec, run, tmp_path / "runs", {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}, launcher=launch.forked)))
+    worker.start()
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run_dir / "metrics.csv").exists():
+        time.sleep(0.1)
+    os.kill(forkserver._forkserver._forkserver_pid, 9)
+    worker.join(timeout=300)
+    assert result == {"status": "completed"} and (run_dir / "attempts").read_text() == "1"
+    assert json.loads((run_dir / "summary.json").read_text())["epochs"] == 6
+    assert json.loads((tmp_path / "threads").read_text()) == [1]
+
+
+@pytest.mark.slow
+def test_a_forked_cpu_ddp_run_relaunches_its_second_rank(tmp_path):
+    """Lightning starts a DDP run's other ranks from ``sys.argv`` and ``__main__``: a run forked by ``ablate sweep``
+    gives it the command ``ablate train`` would have, so both ranks train."""
+    ddp = TINY_SPEC.replace("trainer.max_epochs: 1", "trainer.max_epochs: 1\n  trainer.devices: 2\n  trainer.strategy: ddp"
+                            f"\n  trainer.callbacks: [{{class_path: tests.helpers.RankReport, init_args: "
+                            f"{{out_dir: {tmp_path / 'ranks'}}}}}]")
+    spec_path = write_spec(tmp_path, ddp.replace("[C-T, T-C]", "[C-T]").replace("seed_everything: [0, 1]",
+                                                                                  "seed_everything: [0]"))
+    assert _sweep_process(spec_path, tmp_path / "runs").wait(timeout=300) == 0
+    assert sorted(p.name for p in (tmp_path / "ranks").iterdir()) == ["rank0-epoch0.json", "rank1-epoch0.json"]

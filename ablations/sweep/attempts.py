@@ -70,7 +70,7 @@ def execute(spec: SweepSpec, run: Run, folder: Path, env: dict[str, str], nodes:
             status = summary_status(run_dir) or "pending"
             if status == "interrupted":  # preempted (SIGTERM/SIGUSR1): checkpoint saved; the next sweep resumes it
                 return status
-            if returncode != 0 and status != "failed":  # the process died without a word: killed, node lost
+            if returncode != 0 and status not in ("failed", "completed"):  # died without a word: killed, node lost
                 kind = "lost" if returncode < 0 else "crash"
                 run_folder.record_failure(run_dir, kind, f"train exited with code {returncode} without recording "
                                                          f"why (log: {run_dir / run_folder.LOG})")

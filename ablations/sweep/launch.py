@@ -1,18 +1,22 @@
 """How a sweep starts one training process: ``(ablate train args, log file, slot env, run lock fd) -> exit code``.
 
-``in_new_process`` starts ``python -m ablations.cli train`` (what a GPU run, a DDP run and a SLURM task use).
-``forked`` forks the run from a server process that imported torch, Lightning and the training code once for the
-whole sweep: a fresh interpreter pays ~5 s of imports per run, a large share of a small CPU run. Each forked run is
-still its own process, with its own environment, seed, run folder, log and exit code: a crash or a kill ends that
-run only, and it keeps its run's lock (handed over as the same open file) if the sweep dies.
+``in_new_process`` starts ``python -m ablations.cli train`` (GPU slots and SLURM tasks). ``forked`` forks the run
+from a server process that imported torch, Lightning and the training code once for the whole sweep: a fresh
+interpreter pays ~5 s of imports per run, a large share of a small CPU run. Each forked run is still its own
+process, with its own environment, seed, run folder, log and exit code: a crash or a kill ends that run only, and
+it keeps its run's lock (handed over as the same open file) if the sweep dies. multiprocessing imports the sweep's
+``__main__`` in the server, so only a program whose main module is safe to import forks: ``ablate sweep`` does;
+``run_sweep(..., fork=True)`` from a script needs its ``if __name__ == "__main__":`` guard.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
+import time
 from multiprocessing import reduction
 from pathlib import Path
 from typing import Callable
@@ -51,6 +55,7 @@ def _train_forked(args: list[str], log: str, environ: dict[str, str], cwd: str, 
     """The forked run: this sweep's environment and working directory as of now (the server's are those of its
     start), output to the run's log, then ``ablate train``."""
     import torch
+    from threadpoolctl import threadpool_limits
 
     from ablations.train import main
 
@@ -61,9 +66,11 @@ def _train_forked(args: list[str], log: str, environ: dict[str, str], cwd: str, 
     os.dup2(out, 1)
     os.dup2(out, 2)
     os.close(out)
-    if environ.get("OMP_NUM_THREADS"):  # read by OpenMP when the server loaded torch, so set here
+    if environ.get("OMP_NUM_THREADS"):  # read when the server loaded OpenMP and BLAS: their pools are resized here
+        threadpool_limits(int(environ["OMP_NUM_THREADS"]))
         torch.set_num_threads(int(environ["OMP_NUM_THREADS"]))
-    sys.argv = ["ablate train", *args]
+    # as `ablate train` would see it: Lightning relaunches a DDP run's other ranks from sys.argv and __main__
+    sys.argv = [sys.argv[0], "train", *args]
     sys.exit(main(args))
 
 
@@ -88,7 +95,29 @@ def forked(args: list[str], log: Path, env: dict[str, str], lock: int) -> int:
                            args=(args, str(log), {**os.environ, **env}, os.getcwd(), _HandedFd(lock)))
     proc.start()
     proc.join()
+    if proc.exitcode == SERVER_LOST:  # the fork server died (it reports the runs' ends), the run may still train
+        while not _ended(proc.pid):
+            time.sleep(1)
+        return -signal.SIGKILL  # its exit code went with the server; its summary says how it ended
     return proc.exitcode
+
+
+SERVER_LOST = 255  # multiprocessing's exit code for a forked process whose server is gone
+
+
+def _ended(pid: int) -> bool:
+    """Whether a process that is not our child has exited (a zombie no one reaps counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+    except OSError:  # no /proc (macOS)
+        try:
+            os.kill(pid, 0)
+            return False
+        except ProcessLookupError:
+            return True
 
 
 def can_fork() -> bool:

@@ -14,15 +14,16 @@ from .spec import Run, SweepSpec
 
 
 class LocalPool(Executor):
-    """``parallel``/``gpus_per_run``/``runs_per_gpu`` make the slots (``slots.device_slots``). A CPU run is forked
-    from a process that has imported the training code once (``launch.forked``); a GPU run starts a new
-    interpreter, which initialises CUDA with its own CUDA_VISIBLE_DEVICES."""
+    """``parallel``/``gpus_per_run``/``runs_per_gpu`` make the slots (``slots.device_slots``). With ``fork`` (as
+    ``ablate sweep`` runs it) a CPU run is forked from a process that has imported the training code once
+    (``launch.forked``); otherwise, and on GPUs, a run starts a new interpreter, which initialises CUDA with its own
+    CUDA_VISIBLE_DEVICES."""
 
     def __init__(self, parallel: int | None = None, gpus_per_run: int = 1, runs_per_gpu: int = 1,
-                 progress: bool | None = None):
+                 progress: bool | None = None, fork: bool = False):
         self.slots = device_slots(parallel, gpus_per_run, runs_per_gpu)
         self.progress = sys.stderr.isatty() if progress is None else progress
-        self.fork = can_fork() and any(not slot["CUDA_VISIBLE_DEVICES"] for slot in self.slots)
+        self.fork = fork and can_fork() and any(not slot["CUDA_VISIBLE_DEVICES"] for slot in self.slots)
         if self.fork:
             start_fork_server()
 
@@ -56,6 +57,7 @@ class LocalPool(Executor):
 
 
 def run_sweep(spec: SweepSpec, root: str | Path = "runs", parallel: int | None = None, gpus_per_run: int = 1,
-              progress: bool | None = None, runs_per_gpu: int = 1) -> dict[str, str]:
-    """Run every run of the sweep not yet completed, here; returns {run id: final status}."""
-    return LocalPool(parallel, gpus_per_run, runs_per_gpu, progress).run(spec, root)
+              progress: bool | None = None, runs_per_gpu: int = 1, fork: bool = False) -> dict[str, str]:
+    """Run every run of the sweep not yet completed, here; returns {run id: final status}. ``fork``: CPU runs
+    forked from a preloaded server (the caller's main module must be safe to import: ``launch``)."""
+    return LocalPool(parallel, gpus_per_run, runs_per_gpu, progress, fork).run(spec, root)

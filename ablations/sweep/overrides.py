@@ -52,12 +52,21 @@ def check_overrides(spec: SweepSpec, runs: list[Run]) -> None:
         return not any(k == plain or k.startswith(plain + ".") for k in known)
 
     def check_name(key: str, overrides: dict[str, Any], where: str) -> None:
-        """A key that is no option of the base is tried alone with the known ones: an option of a data or model
-        class that the overrides pick parses, a typo is named with the closest option."""
+        """A key that is no option of the base may be one of a class the overrides pick (``data.init_args.*``,
+        ``trainer.profiler.init_args.*``): it stands if the overrides parse, else if it parses alone with the known
+        keys; otherwise it is a typo, named with the closest option (unless the known keys fail alone: then their
+        error is the one to see)."""
         if unknown(key):
             try:
-                parse({k: v for k, v in overrides.items() if k == key or not unknown(k)}, where)
+                parse(overrides, where)
+                return
             except ValueError:
+                pass
+            known_only = {k: v for k, v in overrides.items() if not unknown(k)}
+            try:
+                parse({**known_only, key: overrides[key]}, where)
+            except ValueError:
+                parse(known_only, where)  # the trouble is elsewhere: say what it is
                 plain = key.replace(".init_args.", ".")
                 close = difflib.get_close_matches(plain, sorted(known), n=1, cutoff=0.6)
                 hint = f"; the closest option is {known[close[0]]}" if close else ""
