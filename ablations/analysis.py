@@ -3,7 +3,8 @@
 ``load_runs(folder)`` reads any folder of run folders (a sweep's, ad-hoc ``ablate train`` runs under ``runs/``, a
 hand-made selection) and ``load_wandb(project)`` a W&B project into a pandas frame with one row per run and
 evaluation. A run is identified by its layout, data size and every other setting that differs between the runs
-(a sweep's grid axes from its ``manifest.json``; otherwise every config key whose value differs): each such
+(a sweep's grid axes from its ``manifest.json``, and any config key that differs between runs the grid calls
+alike, as when the base config was edited between two launches; otherwise every config key whose value differs): each such
 setting is a column named by its config key (``model.init_args.model_args.rel_pos``), and every summary,
 comparison, table and plot groups by all of them; only seeds are pooled. Metric columns are the logged names with
 ``/`` as ``_`` (``val/acc`` -> ``val_acc``): whatever the module logs is in the table.
@@ -96,6 +97,17 @@ def _varying(flat: list[dict[str, Any]]) -> list[str]:
     return [k for k in keys if len({json.dumps(f.get(k), default=str) for f in flat}) > 1]
 
 
+def _off_grid(parts: list[tuple[dict, dict, pd.DataFrame]], keys: list[str]) -> list[str]:
+    """Config keys that differ between runs the grid calls alike (same layout, model, data size and axis values;
+    only the seed may differ): a base config edited between two launches of a sweep. They are settings too."""
+    alike: dict[str, list[dict]] = {}
+    for identity, flat, _ in parts:
+        group = json.dumps([identity["layout"], identity["model"], identity["data_size"], *(flat.get(k) for k in keys)],
+                           default=str)
+        alike.setdefault(group, []).append(flat)
+    return sorted({key for flats in alike.values() if len(flats) > 1 for key in _varying(flats)})
+
+
 def _assemble(parts: list[tuple[dict, dict, pd.DataFrame]], keys: list[str], source: str) -> pd.DataFrame:
     """One frame of runs ``(identity, flat config or axes, rows)``, a column per setting key; two runs that
     differ in nothing but their folder are an error naming both."""
@@ -163,7 +175,8 @@ def _run_candidates(folder: Path) -> list[Path]:
 def read_runs(folder: str | Path, completed_only: bool = True) -> tuple[pd.DataFrame | None, dict[str, str]]:
     """Every run below ``folder`` (or the one run folder given) as one tidy frame (None when there is none), and
     ``{run: why}`` for each run that could not be read: listed, never silently left out. A sweep folder's settings
-    are its grid axes; for any other folder they are the config keys whose values differ between the runs."""
+    are its grid axes, and any config key that differs between runs its grid calls alike (``_off_grid``); for any
+    other folder they are the config keys whose values differ between the runs."""
     folder = Path(folder)
     parts, unreadable = [], {}
     for run_dir in _run_candidates(folder):
@@ -181,7 +194,7 @@ def read_runs(folder: str | Path, completed_only: bool = True) -> tuple[pd.DataF
         axes = [flatten(r["axes"]) for r in manifest["runs"]]
         keys = [k for k in _varying(axes) + [k for k, v in manifest["grid"].items() if not isinstance(v[0], dict)]
                 if _is_setting(k)]
-        keys = sorted(set(keys))
+        keys = sorted(set(keys) | set(_off_grid(parts, keys)))
     else:
         keys = _varying([flat for _, flat, _ in parts])
     frame = _assemble(parts, keys, str(folder))

@@ -379,3 +379,24 @@ def test_a_report_lists_runs_it_cannot_read_and_its_counts_match_its_tables(tiny
     assert capsys.readouterr().err.startswith(f"ablate report: warning: 2 run(s) could not be read: {runs[0]} (")
     final_table = text.split("## Final test accuracy")[1].split("##")[0]
     assert sum(int(n) for n in re.findall(r"\(n=(\d+)\)", final_table)) == 6
+
+
+def test_a_base_config_edited_between_launches_is_a_setting_not_a_seed(tiny_study, tmp_path):
+    """Run ids hash the overrides, not the base config: a sweep relaunched after an edit of its base config reuses
+    the runs already done and trains the rest with the new value. The differing key becomes a setting column,
+    so the old and new runs are never averaged as seeds of one setting."""
+    import shutil
+
+    import yaml
+
+    sweep = tmp_path / "study"
+    shutil.copytree(tiny_study, sweep, ignore=shutil.ignore_patterns("checkpoints", "*.png", "report.md"))
+    edited = sorted(p for p in sweep.iterdir() if (p / "config.yaml").exists())[0]
+    config = yaml.safe_load((edited / "config.yaml").read_text())
+    config["model"]["init_args"]["lr"] = 0.5
+    (edited / "config.yaml").write_text(yaml.safe_dump(config))
+    frame = load_runs(sweep)
+    assert sorted(frame["model.init_args.lr"].unique()) == [0.002, 0.5]
+    stats = summarise(final_gap(frame), "acc_gap")
+    assert len(stats) == 5 and sorted(stats["count"]) == [1, 1, 2, 2, 2]  # the edited group split in two
+    assert "model.init_args.lr" not in load_runs(tiny_study).columns  # an unedited sweep has only its grid axes
