@@ -230,6 +230,12 @@ def test_cpu_processes_are_not_gpus():
     (f"name: x\nconfig: {DIGITS}\nset: {{data.init_args.batchsize: 8}}\ngrid: {{seed_everything: [0]}}\n",
      "sweep x: set key data.init_args.batchsize is not an `ablate train` option; the closest option is "
      "data.init_args.batch_size"),
+    (f"name: x\nconfig: {DIGITS}\nset: {{trainer.max_epochs: 2, trainer.max_epochz: 1}}\ngrid: {{seed_everything: [0]}}\n",
+     "sweep x: set key trainer.max_epochz is not an `ablate train` option; the closest option is trainer.max_epochs"),
+    # the known keys fail on their own: their error, not a class option beside them (num_classes) named as a typo
+    (f"name: x\nconfig: {DIGITS}\nset: {{data: datamodules.SyntheticDataModule, data.init_args.num_classes: 4, "
+     "trainer.callbacks: [{class_path: no.such.Callback}]}\ngrid: {seed_everything: [0]}\n",
+     "sweep x: set: --trainer.callbacks"),
     (f"name: x\nconfig: {DIGITS}\ngrid: {{model.init_args.lr: [0.001, -1]}}\n",
      "sweep x: grid: --model.init_args.lr -1 is not valid; expected a finite number > 0"),
     (f"name: x\nconfig: {DIGITS}\nset: {{trainer.max_epochs: 0}}\ngrid: {{seed_everything: [0]}}\n",
