@@ -26,6 +26,7 @@ from .. import runlock
 Launcher = Callable[[list[str], Path, dict[str, str], int], int]
 TRAIN_PROGRAM = [sys.executable, "-m", "ablations.cli", "train"]
 PRELOAD = ["torch", "lightning", "ablations.train"]  # what every run imports; the fork server holds it
+SERVER_LOST = 255  # multiprocessing's exit code for a forked process whose server is gone
 
 
 def in_new_process(args: list[str], log: Path, env: dict[str, str], lock: int) -> int:
@@ -100,9 +101,6 @@ def forked(args: list[str], log: Path, env: dict[str, str], lock: int) -> int:
             time.sleep(1)
         return -signal.SIGKILL  # its exit code went with the server; its summary says how it ended
     return proc.exitcode
-
-
-SERVER_LOST = 255  # multiprocessing's exit code for a forked process whose server is gone
 
 
 def _ended(pid: int) -> bool:

@@ -51,35 +51,34 @@ def check_overrides(spec: SweepSpec, runs: list[Run]) -> None:
         plain = key.replace(".init_args.", ".")
         return not any(k == plain or k.startswith(plain + ".") for k in known)
 
-    def check_name(key: str, overrides: dict[str, Any], where: str) -> None:
-        """A key that is no option of the base may be one of a class the overrides pick (``data.init_args.*``,
-        ``trainer.profiler.init_args.*``): it stands if the overrides parse, else if it parses alone with the known
-        keys; otherwise it is a typo, named with the closest option (unless the known keys fail alone: then their
-        error is the one to see)."""
-        if unknown(key):
-            try:
-                parse(overrides, where)
-                return
-            except ValueError:
-                pass
-            known_only = {k: v for k, v in overrides.items() if not unknown(k)}
+    def check(overrides: dict[str, Any], where: str) -> None:
+        """Parse the overrides together. When they fail, a key that is no option of the base is the typo if the
+        known keys parse alone but not with it (an option of a class the overrides pick, such as
+        ``data.init_args.*``, parses with them): it is named with the closest option. Otherwise the known keys'
+        own error is the one to see."""
+        try:
+            parse(overrides, where)
+            return
+        except ValueError as err:
+            failure = err
+        known_only = {k: v for k, v in overrides.items() if not unknown(k)}
+        if len(known_only) < len(overrides):
+            parse(known_only, where)  # the trouble is elsewhere: say what it is
+        for key in [k for k in overrides if unknown(k)]:
             try:
                 parse({**known_only, key: overrides[key]}, where)
             except ValueError:
-                parse(known_only, where)  # the trouble is elsewhere: say what it is
                 plain = key.replace(".init_args.", ".")
                 close = difflib.get_close_matches(plain, sorted(known), n=1, cutoff=0.6)
                 hint = f"; the closest option is {known[close[0]]}" if close else ""
                 raise ValueError(f"sweep {spec.name}: {where} key {key} is not an `ablate train` option{hint}") from None
+        raise failure
 
-    for key in spec.fixed:  # every name first, then the values together
-        check_name(key, spec.fixed, "set")
-    parse(spec.fixed, "set")
+    check(spec.fixed, "set")
     pairs = {(key, json.dumps(value, sort_keys=True, default=str)): (key, value)
              for run in runs for key, value in run.overrides.items() if spec.fixed.get(key, object()) != value}
     for key, value in pairs.values():
-        check_name(key, {**spec.fixed, key: value}, "grid")
-        parse({**spec.fixed, key: value}, "grid")
+        check({**spec.fixed, key: value}, "grid")
 
 
 def flat_keys(config: dict[str, Any], prefix: str = "") -> list[str]:
