@@ -9,8 +9,10 @@ setting is a column named by its config key (``model.init_args.model_args.rel_po
 comparison, table and plot groups by all of them; only seeds are pooled. Metric columns are the logged names with
 ``/`` as ``_`` (``val/acc`` -> ``val_acc``): whatever the module logs is in the table.
 
-Layouts are compared paired by seed (the seed fixes the data subset and the initialisation): the mean paired
-difference with a paired t interval and test (scipy.stats); below ``MIN_SEEDS`` seeds a relation gets no verdict.
+Layouts are compared paired by seed (the seed fixes the data subset and the initialisation), a family of relations
+at a time, with the verdicts, corrections and margins of ``ablations.verdicts``. Where a comparison is read matters
+as much as how: equal-loss accuracy is read at a loss every compared run reaches after its warm-up and that no
+unconverged run sets (``comparison_loss``), four ways (``VARIANTS``); capacity only between converged runs.
 """
 
 from __future__ import annotations
@@ -28,9 +30,11 @@ from scipy import stats
 from lightning_modules import run_folder
 from lightning_modules.backbones import MODELS
 
+from .verdicts import ALPHA, KINDS, MARGINS, Relation, decide, format_seeds, image_variance, parse_margins, seeds_needed
+
 IDENTITY = ["run", "layout", "model", "budget", "data_size"]  # then the setting columns, then RUN_FACTS
-RUN_FACTS = ["seed", "params", "flops", "epoch", "step"]
-MIN_SEEDS = 3
+RUN_FACTS = ["seed", "params", "flops", "warmup_steps", "target", "target_reached", "epoch", "step"]
+TOP_LEVEL_SETTINGS = ("target_loss", "eval_every_n_steps")  # `ablate train` options outside model/data/trainer
 # config keys that say how a run was launched or logged, not what it computed (or that the columns above hold)
 NOT_SETTINGS = ("run_dir", "runs_root", "config", "wandb.", "checkpoint_every_n_steps", "params", "flops",
                 "seed_everything", "data.init_args.seed", "data.init_args.num_workers", "data.init_args.train_fraction",
@@ -67,20 +71,29 @@ def _is_setting(key: str) -> bool:
 def settings(frame: pd.DataFrame) -> list[str]:
     """The columns besides layout that tell runs apart, the seed excepted: data size, then every varying setting
     (and the model name where one layout comes in several models)."""
-    extra = [c for c in frame.columns if "." in c]
+    extra = [c for c in frame.columns if "." in c or c in TOP_LEVEL_SETTINGS]
     several = "model" in frame and frame.groupby("layout")["model"].nunique().max() > 1
     return ["data_size", *(["model"] if several else []), *extra]
 
 
-def _run_identity(name: str, run_dir: str, config: dict, summary: dict | None) -> dict:
+def _run_identity(name: str, run_dir: str, config: dict, summary: dict | None, rows: pd.DataFrame) -> dict:
+    """A run's identity and the facts a comparison needs about it: where its warm-up ends (the first epoch's last
+    step times ``warmup_epochs``), its target loss and whether a clean evaluation reached it."""
     model = config["model"]["init_args"]["model"]
     layout, budget = describe_model(model)
     budget = budget or config["model"]["init_args"].get("budget")  # a layout sized by the matcher
     data = config["data"]["init_args"]
+    epoch_ends = rows["step"][rows["train/loss"].notna()] if "train/loss" in rows else pd.Series(dtype=float)
+    per_epoch = float(epoch_ends.iloc[0]) if len(epoch_ends) else float("nan")
+    target = config.get("target_loss")
+    losses = rows["train_eval/loss"].dropna() if "train_eval/loss" in rows else pd.Series(dtype=float)
     return {"run": name, "run_dir": run_dir, "layout": layout, "model": model, "budget": budget,
             "data_size": data.get("train_samples") or data["train_fraction"], "seed": config.get("seed_everything"),
             "params": (summary or {}).get("params", config.get("params")),
-            "flops": (summary or {}).get("flops", config.get("flops"))}
+            "flops": (summary or {}).get("flops", config.get("flops")),
+            "warmup_steps": per_epoch * float(config["model"]["init_args"].get("warmup_epochs", 1.0)),
+            "target": float("nan") if target is None else float(target),
+            "target_reached": None if target is None else bool((losses <= target).any())}
 
 
 def _tidy(rows: pd.DataFrame, identity: dict, setting_values: dict) -> pd.DataFrame:
@@ -111,6 +124,10 @@ def _off_grid(parts: list[tuple[dict, dict, pd.DataFrame]], keys: list[str]) -> 
 def _assemble(parts: list[tuple[dict, dict, pd.DataFrame]], keys: list[str], source: str) -> pd.DataFrame:
     """One frame of runs ``(identity, flat config or axes, rows)``, a column per setting key; two runs that
     differ in nothing but their folder are an error naming both."""
+    predictions = {identity["run"]: identity.pop("predictions") for identity, _, _ in parts
+                   if identity.get("predictions") is not None}
+    for identity, _, _ in parts:
+        identity.pop("predictions", None)
     frames = [_tidy(rows, identity, {k: flat.get(k) for k in keys}) for identity, flat, rows in parts]
     if not frames:
         raise FileNotFoundError(f"no completed runs with metrics under {source}")
@@ -122,7 +139,9 @@ def _assemble(parts: list[tuple[dict, dict, pd.DataFrame]], keys: list[str], sou
         first = twins.astype({c: str for c in ident}).groupby(ident)["run_dir"].apply(list).iloc[0]
         raise ValueError(f"runs {first[0]} and {first[1]} have the same settings and seed; keep one, or give them a "
                          "setting that tells them apart")
-    return frame.drop(columns="run_dir")
+    frame = frame.drop(columns="run_dir")
+    frame.attrs["predictions"] = predictions
+    return frame
 
 
 def load_run(run_dir: str | Path) -> pd.DataFrame:
@@ -159,7 +178,10 @@ def _read_run(run_dir: Path, completed_only: bool) -> tuple | None:
     if summary is not None and summary.get("epochs") is not None and epochs != summary["epochs"]:
         raise UnreadableRun(f"{run_folder.METRICS} holds {epochs} epoch row(s), {run_folder.SUMMARY} records "
                             f"{summary['epochs']}")
-    return _run_identity(run_dir.name, str(run_dir), config, summary), flatten(config), rows
+    identity = _run_identity(run_dir.name, str(run_dir), config, summary, rows)
+    reader = getattr(run_folder, "read_predictions", None)
+    identity["predictions"] = reader(run_dir) if reader else None
+    return identity, flatten(config), rows
 
 
 def _run_candidates(folder: Path) -> list[Path]:
@@ -236,8 +258,22 @@ def load_wandb(project: str, api=None, filters: dict | None = None) -> pd.DataFr
         rows["step"] = rows.pop("trainer/global_step")
         rows = rows.drop(columns=[c for c in rows.columns if c.startswith("_")])
         config = dict(run.config)
-        parts.append((_run_identity(run.name, f"{project}/{run.id}", config, None), flatten(config), rows))
+        identity = _run_identity(run.name, f"{project}/{run.id}", config, None, rows)
+        identity["predictions"] = _wandb_predictions(run)
+        parts.append((identity, flatten(config), rows))
     return _assemble(parts, _varying([flat for _, flat, _ in parts]), f"W&B project {project!r}")
+
+
+def _wandb_predictions(run) -> dict | None:
+    """A W&B run's per-image test predictions, where the run uploaded them (``ablate train --wandb.enabled``)."""
+    import tempfile
+
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            run.file(run_folder.PREDICTIONS).download(root=folder, replace=True)
+            return run_folder.read_predictions(Path(folder))
+    except Exception:  # noqa: BLE001  no file, or an API that does not serve it: the comparison goes without
+        return None
 
 
 def load_source(source: str | Path, completed_only: bool = True) -> pd.DataFrame:
@@ -265,31 +301,68 @@ def _keys(frame: pd.DataFrame) -> list[str]:
     return ["run", "layout", *settings(frame), "seed"]
 
 
-def accuracy_at_loss(curve: pd.DataFrame, loss: float, loss_col: str = "train_eval_loss",
-                     acc_col: str = "test_acc") -> float:
-    """Test accuracy where the run's clean training loss crossed ``loss``, linearly interpolated between the two
-    evaluations around the crossing; NaN when the run never reached it. "If two models reach the same training
-    loss, the one with higher test accuracy generalises better."""
-    points = curve[[loss_col, acc_col]].dropna().to_numpy()
-    for (l0, a0), (l1, a1) in zip(points[:-1], points[1:]):
+def _order(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.sort_values([c for c in ("step", "epoch") if c in frame])
+
+
+def _first_at_or_below(losses: np.ndarray, loss: float) -> int | None:
+    below = np.flatnonzero(losses <= loss)
+    return int(below[0]) if len(below) else None
+
+
+def accuracy_at_loss(curve: pd.DataFrame, loss: float, loss_col: str = "train_eval_loss", acc_col: str = "test_acc",
+                     scale: str = "log", drop: str | None = None) -> float:
+    """Test accuracy where the run's clean training loss first crossed ``loss``, interpolated between the two
+    evaluations around the crossing: linearly in log loss (``scale="log"``; losses fall geometrically) or in loss
+    (``"linear"``); NaN when the run never reached it. ``drop`` leaves out the evaluation just ``"above"`` or just
+    at-or-``"below"`` the loss first, to see whether the reading hangs on one evaluation. "If two models reach the
+    same training loss, the one with higher test accuracy generalises better." """
+    points = _order(curve)[[loss_col, acc_col]].dropna().to_numpy(dtype=float)
+    if drop is not None:
+        first = _first_at_or_below(points[:, 0], loss)
+        if first is not None:
+            gone = first if drop == "below" else first - 1
+            if gone >= 0:
+                points = np.delete(points, gone, axis=0)
+    x = np.log(np.maximum(points[:, 0], 1e-12)) if scale == "log" else points[:, 0]
+    at = np.log(max(loss, 1e-12)) if scale == "log" else loss
+    for (l0, a0, x0), (l1, a1, x1) in zip(np.c_[points, x][:-1], np.c_[points, x][1:]):
         if min(l0, l1) <= loss <= max(l0, l1):
-            return float(a0 if l1 == l0 else a0 + (a1 - a0) * (loss - l0) / (l1 - l0))
+            return float(a0 if x1 == x0 else a0 + (a1 - a0) * (at - x0) / (x1 - x0))
     if len(points) and points[-1][0] == loss:
         return float(points[-1][1])
     return float("nan")
 
 
-def _order(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame.sort_values([c for c in ("step", "epoch") if c in frame])
-
-
-def equal_loss_table(frame: pd.DataFrame, loss: float) -> pd.DataFrame:
+def equal_loss_table(frame: pd.DataFrame, loss: float, scale: str = "log") -> pd.DataFrame:
     """Per run: test accuracy at clean training loss ``loss``."""
     keys = _keys(frame)
     rows = []
     for run, curve in _order(frame).groupby("run", sort=False):
-        rows.append({**curve.iloc[0][keys].to_dict(), "test_acc_at_loss": accuracy_at_loss(curve, loss)})
+        rows.append({**curve.iloc[0][keys].to_dict(), "test_acc_at_loss": accuracy_at_loss(curve, loss, scale=scale)})
     return pd.DataFrame(rows, columns=[*keys, "test_acc_at_loss"])
+
+
+def run_facts(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per run, what decides where it can be compared: the lowest clean training loss it reached (``floor``), the
+    step of its warm-up's end, whether it converged (``lightning_modules.curves.convergence``: the rule is in
+    ``convergence_rule``) and, for a run with a target loss, whether it reached it."""
+    from lightning_modules.curves import convergence
+
+    rows = []
+    for run, curve in _order(frame).groupby("run", sort=False):
+        first = curve.iloc[0]
+        clean = curve[["step", "train_eval_loss"]].dropna()
+        stopped = pd.notna(first["target"])
+        fit = None if stopped or clean.empty else convergence(clean["step"].to_numpy(), clean["train_eval_loss"].to_numpy(),
+                                                              float(curve["step"].max()))
+        rows.append({**first[_keys(frame)].to_dict(), "floor": float(clean["train_eval_loss"].min()),
+                     "warmup_steps": first["warmup_steps"], "target": first["target"],
+                     "target_reached": first["target_reached"], "last_step": float(curve["step"].max()),
+                     "converged": None if fit is None else bool(fit["converged"]),
+                     "rel_change": None if fit is None else fit["rel_change"],
+                     "convergence_rule": None if fit is None else fit["rule"]})
+    return pd.DataFrame(rows)
 
 
 def final_gap(frame: pd.DataFrame) -> pd.DataFrame:
@@ -301,25 +374,81 @@ def final_gap(frame: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
+def _unconverged(facts: pd.Series) -> str | None:
+    """Why a run gives no capacity reading, or None."""
+    if pd.notna(facts["target"]):
+        return "runs stopped at a target loss: capacity needs runs trained to their budget"
+    if facts["converged"] is False:
+        return (f"fit within the training budget: {facts['layout']} seed {facts['seed']} did not converge "
+                f"({facts['convergence_rule']}; it fell {facts['rel_change']:.0%})")
+    return None
+
+
 def capacity(frame: pd.DataFrame, largest_only: bool = True) -> pd.DataFrame:
-    """Per run: the lowest clean training loss reached and the best clean training accuracy, the paper's measure
-    of how much a layout can fit. The paper reads it at the largest data size; ``largest_only=False`` keeps every
-    size, to see how it changes with data."""
+    """Per run: the lowest clean training loss reached (and its log, where capacities are compared: ratios, and
+    intervals that never go below zero loss), the best clean training accuracy, and whether the run converged;
+    the paper's measure of how much a layout can fit. The paper reads it at the largest data size;
+    ``largest_only=False`` keeps every size, to see how it changes with data."""
     keys = _keys(frame)
     if largest_only:
         frame = frame[frame["data_size"] == frame["data_size"].max()]
     out = frame.groupby("run", sort=False).agg(
         **{k: (k, "first") for k in keys if k != "run"},
-        min_train_eval_loss=("train_eval_loss", "min"), max_train_eval_acc=("train_eval_acc", "max"))
-    return out.reset_index()
+        min_train_eval_loss=("train_eval_loss", "min"), max_train_eval_acc=("train_eval_acc", "max")).reset_index()
+    out["log_min_train_eval_loss"] = np.log(out["min_train_eval_loss"])
+    facts = run_facts(frame).set_index("run")
+    out["converged"] = out["run"].map(facts["converged"])
+    out["not_comparable"] = out["run"].map({run: _unconverged(row) for run, row in facts.iterrows()})
+    return out
 
 
-def common_loss(frame: pd.DataFrame) -> float:
-    """The lowest clean training loss that every run of ``frame`` reached (the largest of the runs' minima), so
-    that all of them can be compared there; NaN when some run never got as low as another started."""
-    by_run = frame.groupby("run")["train_eval_loss"]
-    loss = by_run.min().max()
-    return float(loss) if loss <= by_run.max().min() else float("nan")
+def comparison_loss(facts: pd.DataFrame) -> float:
+    """The clean training loss at which runs are compared: their target where they were stopped at one, else the
+    highest floor among the runs that converged (an unconverged run, still falling, never sets it); NaN when no
+    run converged."""
+    targets = facts["target"].dropna()
+    if len(targets):
+        return float(targets.max())
+    settled = facts.loc[facts["converged"] == True, "floor"]  # noqa: E712  (None: not known)
+    return float(settled.max()) if len(settled) else float("nan")
+
+
+def _not_comparable_at(facts: pd.DataFrame, curves: pd.DataFrame, loss: float) -> dict[str, str]:
+    """``{run: why}`` for each run that cannot be read at ``loss``: it never reaches it, or reaches it before its
+    warm-up ends (the learning rate still rising: a reading of the schedule, not of the layout)."""
+    if loss != loss:
+        return {run: "no run converged within the training budget, so there is no loss every run is known to "
+                     "settle at (an unconverged run never sets it)" for run in facts["run"]}
+    why = {}
+    for _, row in facts.iterrows():
+        curve = _order(curves[curves["run"] == row["run"]])[["step", "train_eval_loss"]].dropna()
+        first = _first_at_or_below(curve["train_eval_loss"].to_numpy(), loss)
+        if first is None:
+            reason = "did not reach the target loss" if pd.notna(row["target"]) else "never reaches it"
+            why[row["run"]] = f"{row['layout']} {reason} ({loss:.3g}) within the budget"
+        elif curve["step"].iloc[first] <= row["warmup_steps"]:
+            why[row["run"]] = (f"{row['layout']} reaches {loss:.3g} during warm-up (step "
+                               f"{curve['step'].iloc[first]:.0f} <= {row['warmup_steps']:.0f})")
+    return why
+
+
+def _equal_loss_values(part: pd.DataFrame, facts: pd.DataFrame, loss: float, scale: str = "log",
+                       drop: str | None = None) -> pd.DataFrame:
+    """Per run of ``part``: test accuracy at ``loss`` (a stopped run's final one: read where it stopped, with no
+    interpolation) and, where it cannot be read there, why."""
+    why = _not_comparable_at(facts, part, loss)
+    rows = []
+    for _, row in facts.iterrows():
+        curve = part[part["run"] == row["run"]]
+        if row["run"] in why:
+            value = float("nan")
+        elif pd.notna(row["target"]):
+            value = float(_order(curve)["test_acc"].dropna().iloc[-1])
+        else:
+            value = accuracy_at_loss(curve, loss, scale=scale, drop=drop)
+        rows.append({**row[_keys(part)].to_dict(), "test_acc_at_loss": value, "at_loss": loss,
+                     "not_comparable": why.get(row["run"])})
+    return pd.DataFrame(rows)
 
 
 def _groups(frame: pd.DataFrame):
@@ -330,13 +459,12 @@ def _groups(frame: pd.DataFrame):
 
 
 def generalisation(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per run: test accuracy at the common clean training loss of its settings (``common_loss``; less data is
-    fitted further, so each data size gets its own), next to the final gap."""
+    """Per run: test accuracy at the comparison loss of its settings (``comparison_loss``; less data is fitted
+    further, so each data size gets its own), why it cannot be read there if so, next to the final gap."""
     tables = []
     for _, part in _groups(frame):
-        loss = common_loss(part)
-        table = equal_loss_table(part, loss)
-        table["at_loss"] = loss
+        facts = run_facts(part)
+        table = _equal_loss_values(part, facts, comparison_loss(facts))
         gaps = final_gap(part)
         tables.append(table.merge(gaps[["run", *gaps.columns[len(_keys(part)):]]], on="run"))
     return pd.concat(tables, ignore_index=True)
@@ -361,7 +489,7 @@ def mean_interval(values, level: float = 0.95) -> tuple[float, float, float]:
 
 def ranking(per_run: pd.DataFrame, value: str, higher_is_better: bool = True, level: float = 0.95) -> pd.DataFrame:
     """Layouts ranked by their mean ``value`` over seeds within each combination of settings, with a t interval
-    of each mean and the number of seeds."""
+    of each mean and the number of seeds. Descriptive: the verdicts are in the comparisons."""
     rows = []
     for setting, part in _groups(per_run):
         ranked = []
@@ -375,42 +503,13 @@ def ranking(per_run: pd.DataFrame, value: str, higher_is_better: bool = True, le
     return pd.DataFrame(rows, columns=["rank", *settings(per_run), "layout", "mean", "low", "high", "n"])
 
 
-def paired_difference(a: pd.Series, b: pd.Series, level: float = 0.95) -> dict[str, Any]:
-    """``a - b`` over the seeds both have (Series indexed by seed): n, the mean difference (the effect) with its
-    paired t interval, and the two-sided paired t test's p value."""
-    d = (a - b).dropna().to_numpy(dtype=float)
-    n = len(d)
-    out = {"n": n, "effect": float(d.mean()) if n else float("nan"), "low": float("nan"), "high": float("nan"),
-           "p": float("nan"), "method": f"paired t over seeds, {level:.0%} interval"}
-    if n < 2:
-        return out
-    if np.ptp(d) == 0:  # identical differences: no spread, the interval is the point
-        return {**out, "low": out["effect"], "high": out["effect"], "p": 1.0 if out["effect"] == 0 else 0.0}
-    test = stats.ttest_1samp(d, 0.0)
-    interval = test.confidence_interval(level)
-    return {**out, "low": float(interval.low), "high": float(interval.high), "p": float(test.pvalue)}
-
-
-def verdict(rel: str, n: int, low: float, high: float) -> str:
-    """``>``, ``≫`` hold when the interval of the difference is above zero, ``≥`` unless it is below, ``≈`` when
-    it contains zero; an interval on the wrong side is "reversed". Below ``MIN_SEEDS`` seeds: no verdict."""
-    if n == 0:
-        return "missing"
-    if n < MIN_SEEDS:
-        return "too few seeds"
-    if rel == "≈":
-        return "holds" if low <= 0 <= high else "differs"
-    if low > 0:
-        return "holds"
-    if high < 0:
-        return "reversed"
-    return "holds (within noise)" if rel == "≥" else "within noise"
-
-
 # The paper's findings (Section 2.2): `a REL b` between neighbours, ViT_REL spelled as in our layouts.
 PAPER_GENERALISATION = "C-C-C-C ≈ C-C-C-T ≥ C-C-T-T > C-T-T-T ≫ VIT_REL"
 PAPER_CAPACITY = "C-C-T-T ≈ C-T-T-T > VIT_REL > C-C-C-T > C-C-C-C"
 RELATIONS = ("≈", "≥", "≫", ">")
+# The evaluation-point choices an equal-loss reading must not depend on (interpolation; one evaluation dropped)
+VARIANTS = {"log": {"scale": "log"}, "linear": {"scale": "linear"},
+            "drop above": {"scale": "log", "drop": "above"}, "drop below": {"scale": "log", "drop": "below"}}
 
 
 def parse_order(order: str) -> list[tuple[str, str, str]]:
@@ -421,67 +520,162 @@ def parse_order(order: str) -> list[tuple[str, str, str]]:
     return [(tokens[i], tokens[i + 1], tokens[i + 2]) for i in range(0, len(tokens) - 2, 2)]
 
 
-def _by_seed(per_run: pd.DataFrame, layout: str, value: str) -> pd.Series:
-    return per_run[per_run["layout"] == layout].groupby("seed")[value].first()
+def _correct(predictions: dict, run: str) -> np.ndarray | None:
+    saved = predictions.get(run)
+    return None if saved is None else np.asarray(saved["pred"]) == np.asarray(saved["target"])
 
 
-def _compare(per_run: pd.DataFrame, value: str, left: str, rel: str, right: str, higher_is_better: bool,
-             level: float) -> dict[str, Any]:
-    a, b = _by_seed(per_run, left, value), _by_seed(per_run, right, value)
-    result = paired_difference(a, b, level) if higher_is_better else paired_difference(b, a, level)
-    return {"pair": f"{left} {rel} {right}", **result, "verdict": verdict(rel, result["n"], result["low"], result["high"])}
+def _test_set_share(predictions: dict | None, runs_a: list[str], runs_b: list[str], scale: float) -> float | None:
+    """``verdicts.image_variance`` of runs paired by seed (in the metric's units), or None without predictions for
+    every run or on test sets that differ."""
+    if not predictions:
+        return None
+    saved = [predictions.get(run) for run in (*runs_a, *runs_b)]
+    if any(s is None for s in saved) or len({np.asarray(s["target"]).tobytes() for s in saved}) != 1:
+        return None
+    correct_a = np.stack([_correct(predictions, r) for r in runs_a])
+    correct_b = np.stack([_correct(predictions, r) for r in runs_b])
+    return image_variance(correct_a, correct_b) * scale * scale
+
+
+def _relation(part: pd.DataFrame, value: str, left: str, rel: str, right: str, higher_is_better: bool,
+              scale: float, predictions: dict | None) -> Relation:
+    """One relation from a per-run table (``run``, ``layout``, ``seed``, ``value``, optional ``not_comparable``):
+    paired by the seeds both layouts have, A − B signed so that positive is A better, in the metric's units."""
+    a = part[part["layout"] == left].drop_duplicates("seed").set_index("seed")
+    b = part[part["layout"] == right].drop_duplicates("seed").set_index("seed")
+    seeds = a.index.intersection(b.index)
+    blocked = [] if "not_comparable" not in part else [
+        w for w in pd.concat([a.loc[seeds, "not_comparable"], b.loc[seeds, "not_comparable"]]).dropna().unique()]
+    if not len(seeds):
+        missing = [name for name, side in ((left, a), (right, b)) if side.empty]
+        blocked = [f"no runs of {', '.join(missing)}" if missing else "no seed that both layouts share"]
+    sign = 1.0 if higher_is_better else -1.0
+    diffs = sign * scale * (a.loc[seeds, value].to_numpy(dtype=float) - b.loc[seeds, value].to_numpy(dtype=float))
+    if not blocked and np.isnan(diffs).any():
+        blocked = ["a value is missing"]
+    share = None
+    if predictions is not None and not blocked:
+        share = _test_set_share(predictions, list(a.loc[seeds, "run"]), list(b.loc[seeds, "run"]), scale)
+    return Relation(left, rel, right, diffs, share, "; ".join(blocked) or None)
+
+
+def _method(row: dict, kind: str, test_set: str) -> str:
+    units = KINDS[kind][1]
+    return (f"paired t over {row['n']} seed(s){test_set}; Holm over {row['family']} relation(s); "
+            f"margin {row['margin']:g} {units}")
+
+
+def _decided(relations: list[Relation], kind: str, margin: float, test_set: str) -> list[dict]:
+    rows = decide(relations, margin)
+    for relation, row in zip(relations, rows):
+        row["seeds_needed"] = ""
+        if row["verdict"] == "inconclusive":
+            need = seeds_needed(relation.diffs, margin, relation.image_var, ALPHA / max(row["family"], 1))
+            row["seeds_needed"] = format_seeds(need)
+        share = " + the test set's sampling noise" if relation.image_var is not None else test_set
+        row["method"] = _method(row, kind, share)
+    return rows
+
+
+CHECK_COLUMNS = ["pair", "n", "effect", "low", "high", "p_holm", "verdict", "paper", "seeds_needed", "why", "method"]
+
+
+def _family_table(setting: dict, rows: list[dict], extra: list[dict] | None = None) -> list[dict]:
+    extra = extra or [{} for _ in rows]
+    return [{**setting, **more, **{k: row[k] for k in CHECK_COLUMNS}, "margin": row["margin"]}
+            for row, more in zip(rows, extra)]
 
 
 def check_order(per_run: pd.DataFrame, value: str, order: str, higher_is_better: bool = True,
-                level: float = 0.95) -> pd.DataFrame:
-    """For each neighbouring pair of ``order``, within each combination of settings: the effect (the paired
-    difference in the paper's direction) with its interval, n, the method and the verdict."""
-    rows = []
+                kind: str = "accuracy", margin: float | None = None, predictions: dict | None = None) -> pd.DataFrame:
+    """Each neighbouring relation of ``order`` as one family per combination of settings: n, the effect (A − B in
+    the paper's direction, in points for accuracy), its 95% interval, the Holm-adjusted p, the verdict, whether
+    the paper's relation is supported, and for an inconclusive one the seeds that would resolve it. A run with a
+    ``not_comparable`` reason makes its relations ``not comparable``. ``predictions`` (per-image, final
+    evaluation) add the test set's sampling noise to every relation they cover."""
+    scale, margin = KINDS[kind][0], MARGINS[kind] if margin is None else margin
+    out = []
     for setting, part in _groups(per_run):
-        for left, rel, right in parse_order(order):
-            rows.append({**setting, **_compare(part, value, left, rel, right, higher_is_better, level)})
-    return pd.DataFrame(rows)
+        relations = [_relation(part, value, left, rel, right, higher_is_better, scale, predictions)
+                     for left, rel, right in parse_order(order)]
+        out += _family_table(setting, _decided(relations, kind, margin, ""))
+    return pd.DataFrame(out)
 
 
-def check_order_at_equal_loss(frame: pd.DataFrame, order: str, level: float = 0.95) -> pd.DataFrame:
-    """``check_order`` on test accuracy at equal clean training loss, each pair compared at the lowest loss
-    both of its layouts reached: neighbours can be compared even where the whole set of curves never overlaps
-    (a ViT that stays far above where the convnets end)."""
-    rows = []
+def pairwise(per_run: pd.DataFrame, value: str, higher_is_better: bool = True, kind: str = "accuracy",
+             margin: float | None = None, predictions: dict | None = None) -> pd.DataFrame:
+    """Every pair of layouts within each combination of settings, as ``check_order`` (Holm over all the pairs of
+    one combination): exploratory, no hypothesis named beforehand."""
+    scale, margin = KINDS[kind][0], MARGINS[kind] if margin is None else margin
+    out = []
+    for setting, part in _groups(per_run):
+        relations = [_relation(part, value, left, ">", right, higher_is_better, scale, predictions)
+                     for left, right in combinations(sorted(part["layout"].unique()), 2)]
+        rows = _decided(relations, kind, margin, "")
+        for row in rows:
+            row["pair"] = row["pair"].replace(" > ", " vs ")
+        out += [{k: v for k, v in r.items() if k != "paper"} for r in _family_table(setting, rows)]
+    return pd.DataFrame(out)
+
+
+def check_order_at_equal_loss(frame: pd.DataFrame, order: str, margin: float | None = None,
+                              predictions: dict | None = None) -> pd.DataFrame:
+    """``check_order`` on test accuracy at equal clean training loss, one family per combination of settings.
+    Each pair is read at its own comparison loss (``comparison_loss`` of its runs), so neighbours can be compared
+    where the whole set never can. A reading between evaluations is made four ways (``VARIANTS``): a relation
+    whose verdict changes with them is ``not robust``. Runs stopped at a target loss are read where they stopped
+    (no interpolation), with the test set's noise where their predictions were kept."""
+    margin = MARGINS["accuracy"] if margin is None else margin
+    out = []
     for setting, part in _groups(frame):
-        for left, rel, right in parse_order(order):
-            pair = part[part["layout"].isin([left, right])]
-            loss = common_loss(pair) if pair["layout"].nunique() == 2 else float("nan")
-            per_run = equal_loss_table(pair, loss) if loss == loss else pd.DataFrame(columns=["layout", "seed", "test_acc_at_loss"])
-            rows.append({**setting, "at_loss": loss,
-                         **_compare(per_run, "test_acc_at_loss", left, rel, right, True, level)})
-    return pd.DataFrame(rows)
+        facts = run_facts(part)
+        pairs = parse_order(order)
+        losses, readings = [], {name: [] for name in VARIANTS}
+        stopped = facts["target"].notna().any()
+        for left, rel, right in pairs:
+            pair_facts = facts[facts["layout"].isin([left, right])]
+            loss = comparison_loss(pair_facts) if len(pair_facts) else float("nan")
+            losses.append(loss)
+            for name, variant in (VARIANTS.items() if not stopped else [("log", {})]):
+                values = _equal_loss_values(part, pair_facts, loss, **variant) if len(pair_facts) else \
+                    pd.DataFrame(columns=["run", "layout", "seed", "test_acc_at_loss", "not_comparable"])
+                readings[name].append(_relation(values, "test_acc_at_loss", left, rel, right, True, 100.0,
+                                                predictions if stopped else None))
+        note = "" if stopped else ", reading between evaluations (test-set noise not counted)"
+        rows = _decided(readings["log"], "accuracy", margin, note)
+        if not stopped:
+            others = {name: decide(readings[name], margin) for name in VARIANTS if name != "log"}
+            for i, row in enumerate(rows):
+                seen = {"log": row["verdict"], **{name: other[i]["verdict"] for name, other in others.items()}}
+                if row["verdict"] != "not comparable" and len(set(seen.values())) > 1:
+                    row["why"] = "; ".join(f"{name}: {v}" for name, v in seen.items())
+                    row["verdict"], row["paper"], row["seeds_needed"] = "not robust", "not shown", ""
+        out += _family_table(setting, rows, [{"at_loss": loss} for loss in losses])
+    return pd.DataFrame(out)
 
 
-def pairwise(per_run: pd.DataFrame, value: str, higher_is_better: bool = True, level: float = 0.95) -> pd.DataFrame:
-    """Every pair of layouts within each combination of settings, paired by seed, as ``check_order`` with ``>``."""
-    rows = []
-    for setting, part in _groups(per_run):
-        for left, right in combinations(sorted(part["layout"].unique()), 2):
-            rows.append({**setting, **_compare(part, value, left, ">", right, higher_is_better, level)})
-    return pd.DataFrame(rows)
-
-
-def ordering_checks(frame: pd.DataFrame, level: float = 0.95) -> dict[str, pd.DataFrame]:
-    """The paper's orderings checked on ``frame``, the tables the report prints and the notebook shows:
-    generalisation at equal loss and by the final gap (every data size), capacity (the largest)."""
+def ordering_checks(frame: pd.DataFrame, margins: dict[str, float] | None = None) -> dict[str, pd.DataFrame]:
+    """The paper's orderings checked on ``frame``, each a family per combination of settings (the tables the
+    report prints and the notebook shows): generalisation at equal loss and by the final gap (every data size),
+    capacity in log loss (the largest)."""
+    margins = parse_margins(margins)
+    predictions = frame.attrs.get("predictions") or None
     gen = generalisation(frame)
     return {
-        "generalisation at equal loss": check_order_at_equal_loss(frame, PAPER_GENERALISATION, level),
-        "generalisation by final gap": check_order(gen, "acc_gap", PAPER_GENERALISATION, False, level),
-        "capacity": check_order(capacity(frame), "min_train_eval_loss", PAPER_CAPACITY, False, level),
+        "generalisation at equal loss": check_order_at_equal_loss(frame, PAPER_GENERALISATION, margins["accuracy"],
+                                                                  predictions),
+        "generalisation by final gap": check_order(gen, "acc_gap", PAPER_GENERALISATION, False, "accuracy",
+                                                   margins["accuracy"], predictions),
+        "capacity": check_order(capacity(frame), "log_min_train_eval_loss", PAPER_CAPACITY, False, "log_loss",
+                                margins["log_loss"]),
     }
 
 
 __all__ = [
-    "MIN_SEEDS", "PAPER_CAPACITY", "PAPER_GENERALISATION", "accuracy_at_loss", "capacity", "check_order",
-    "check_order_at_equal_loss", "common_loss", "describe_model", "equal_loss_table", "final_gap", "from_project_root",
-    "generalisation",
-    "load_run", "load_runs", "load_source", "read_runs", "UnreadableRun", "load_wandb", "mean_interval", "ordering_checks", "paired_difference",
-    "pairwise", "parse_order", "ranking", "settings", "summarise", "verdict",
+    "KINDS", "MARGINS", "PAPER_CAPACITY", "PAPER_GENERALISATION", "VARIANTS", "accuracy_at_loss", "capacity",
+    "check_order", "check_order_at_equal_loss", "comparison_loss", "describe_model", "equal_loss_table", "final_gap",
+    "from_project_root", "generalisation", "load_run", "load_runs", "load_source", "load_wandb", "mean_interval",
+    "ordering_checks", "pairwise", "parse_margins", "parse_order", "ranking", "read_runs", "run_facts", "settings",
+    "summarise", "UnreadableRun",
 ]

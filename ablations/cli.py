@@ -162,7 +162,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         from .sweep import SweepSpec, sweep_dir
 
         source = sweep_dir(SweepSpec.load(source), args.root)
-    print(write_report(source, args.out, wandb=args.wandb))
+    print(write_report(source, args.out, wandb=args.wandb, margins=_parse_overrides(args.margin, "--margin")))
 
 
 DEMO_SPEC = Path(__file__).parent / "sweeps" / "demo.yaml"
@@ -222,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for report.md and its PNGs (default: the source folder)")
     p.add_argument("--wandb", action="store_true",
                    help="also log the tables and figures to one W&B run (job type report) in the sweep's group")
+    p.add_argument("--margin", action="append", default=[], metavar="KIND=VALUE",
+                   help="equivalence margin of a metric kind over the spec's margins: accuracy=1 (points, default), "
+                        "log_loss=0.1 (log units, default)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("demo", help="run the default study: five layouts x data sizes x seeds on the embedded digits")

@@ -44,44 +44,57 @@ def _over_seeds(per_run: pd.DataFrame, value: str) -> pd.DataFrame:
 
 
 def training_curves(frame: pd.DataFrame, data_size: float | None = None) -> plt.Figure:
-    """The paper's Figure 1: training loss and test accuracy against steps, one line per layout (mean over
-    seeds, band from the lowest to the highest seed), at the largest data size unless told otherwise."""
+    """The paper's Figure 1: the clean training loss (no augmentation, evaluated densely: at steps 1, 2, 4, ...,
+    every ``--eval_every_n_steps`` and every epoch's end) and test accuracy against steps, one line per layout:
+    the mean over seeds, the band ± one standard deviation over the n seeds the legend names, at the largest data
+    size unless told otherwise."""
     frame = _labelled(frame)
     data_size = frame["data_size"].max() if data_size is None else data_size
     part = frame[frame["data_size"] == data_size]
     colours = _colours(part["layout"])
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, value, label in ((axes[0], "train_loss", "training loss"), (axes[1], "test_acc", "test accuracy")):
+    for ax, value, label in ((axes[0], "train_eval_loss", "clean training loss"), (axes[1], "test_acc", "test accuracy")):
         for layout in layout_order(part["layout"]):
-            stats = part[part["layout"] == layout].groupby("step")[value].agg(["mean", "min", "max"]).dropna()
-            ax.plot(stats.index, stats["mean"], marker="o", ms=3, color=colours[layout], label=layout)
-            ax.fill_between(stats.index, stats["min"], stats["max"], color=colours[layout], alpha=0.2)
+            runs = part[part["layout"] == layout]
+            stats = runs.groupby("step")[value].agg(["mean", "std", "count"]).dropna(subset=["mean"])
+            seeds = runs["seed"].nunique()
+            ax.plot(stats.index, stats["mean"], marker="o", ms=2, color=colours[layout], label=f"{layout} (n={seeds})")
+            spread = stats["std"].fillna(0.0)
+            ax.fill_between(stats.index, stats["mean"] - spread, stats["mean"] + spread, color=colours[layout], alpha=0.2)
         ax.set(xlabel="training step", ylabel=label)
     axes[0].set_yscale("log")
-    axes[1].legend(title="layout")
-    fig.suptitle(f"Training curves at data size {data_size:g}")
+    axes[1].legend(title="layout (band: ± sd over n seeds)", fontsize="small")
+    fig.suptitle(f"Training curves at data size {data_size:g}: mean over seeds, band ± 1 sd")
     fig.tight_layout()
     return fig
 
 
 def accuracy_vs_loss(frame: pd.DataFrame) -> plt.Figure:
     """Test accuracy against clean training loss, a panel per data size: at equal loss, higher is better
-    generalisation. Each run is one line, coloured by layout."""
-    frame = _labelled(frame)
+    generalisation. Each run is one line, coloured by layout; the dashed line is the comparison loss of that size
+    (``comparison_loss``) and the layouts that cannot be read there are named in the panel."""
     sizes = sorted(frame["data_size"].unique())
-    colours = _colours(frame["layout"])
+    labelled = _labelled(frame)
+    colours = _colours(labelled["layout"])
     fig, axes = plt.subplots(1, len(sizes), figsize=(5 * len(sizes), 4), squeeze=False, sharey=True)
     for ax, size in zip(axes[0], sizes):
-        part = frame[frame["data_size"] == size]
+        part = labelled[labelled["data_size"] == size]
         for layout in layout_order(part["layout"]):
             for i, (_, run) in enumerate(part[part["layout"] == layout].groupby("run")):
                 run = run.sort_values("step").dropna(subset=["train_eval_loss", "test_acc"])
                 ax.plot(run["train_eval_loss"], run["test_acc"], marker="o", ms=3, color=colours[layout],
                         label=layout if i == 0 else None)
+        readings = generalisation(frame[frame["data_size"] == size])
+        loss = readings["at_loss"].dropna()
+        if len(loss):
+            ax.axvline(loss.iloc[0], color="black", ls="--", lw=1, label=f"comparison loss {loss.iloc[0]:.3g}")
+        blocked = sorted(readings.loc[readings["not_comparable"].notna(), "layout"].unique())
+        if blocked:
+            ax.text(0.02, 0.02, "not comparable here: " + ", ".join(blocked), transform=ax.transAxes, fontsize="small")
         ax.set(xscale="log", xlabel="clean training loss", title=f"data size {size:g}")
         ax.invert_xaxis()  # training moves to the right
     axes[0][0].set_ylabel("test accuracy")
-    axes[0][-1].legend(title="layout")
+    axes[0][-1].legend(title="layout", fontsize="small")
     fig.tight_layout()
     return fig
 
@@ -100,15 +113,15 @@ def _bars(ax, stats: pd.DataFrame, colours: dict) -> None:
 
 def generalisation_gap(frame: pd.DataFrame) -> plt.Figure:
     """Final train-minus-test accuracy gap and test accuracy at equal clean training loss, per layout per data
-    size (mean ± std over seeds)."""
+    size (bar: mean over seeds, error bar ± 1 sd; a layout not comparable at the loss has no bar)."""
     frame = _labelled(frame)
     per_run = generalisation(frame)
     colours = _colours(frame["layout"])
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     _bars(axes[0], _over_seeds(per_run, "acc_gap"), colours)
-    axes[0].set(ylabel="train accuracy − test accuracy", title="Final gap (lower generalises better)")
+    axes[0].set(ylabel="train accuracy − test accuracy", title="Final gap (lower generalises better; ± 1 sd)")
     _bars(axes[1], _over_seeds(per_run, "test_acc_at_loss"), colours)
-    axes[1].set(ylabel="test accuracy", title="Test accuracy at equal clean training loss")
+    axes[1].set(ylabel="test accuracy", title="Test accuracy at equal clean training loss (± 1 sd)")
     axes[1].legend(title="layout", fontsize="small")
     fig.tight_layout()
     return fig
@@ -128,8 +141,8 @@ def capacity_vs_data(frame: pd.DataFrame) -> plt.Figure:
             ax.errorbar(rows["data_size"], rows["mean"], yerr=rows["std"], marker="o", capsize=2,
                         color=colours[layout], label=layout)
         ax.set_xlabel("data size")
-    axes[0].set(yscale="log", ylabel="lowest clean training loss", title="Capacity (lower fits more)")
-    axes[1].set(ylabel="final test accuracy", title="Test accuracy")
+    axes[0].set(yscale="log", ylabel="lowest clean training loss", title="Capacity (lower fits more; ± 1 sd)")
+    axes[1].set(ylabel="final test accuracy", title="Test accuracy (± 1 sd)")
     axes[1].legend(title="layout")
     fig.tight_layout()
     return fig

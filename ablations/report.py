@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import yaml
@@ -13,9 +14,10 @@ import yaml
 from lightning_modules import run_folder
 
 from .analysis import (
-    MIN_SEEDS, PAPER_CAPACITY, PAPER_GENERALISATION, capacity, generalisation, load_source, ordering_checks, pairwise,
-    ranking, read_runs, run_folders_of, settings,
+    PAPER_CAPACITY, PAPER_GENERALISATION, capacity, generalisation, load_source, ordering_checks, pairwise, ranking,
+    read_runs, run_facts, run_folders_of, settings,
 )
+from .verdicts import parse_margins
 from .plots import PAPER_LAYOUTS, layout_order, save_figures
 
 
@@ -53,79 +55,148 @@ def layout_by_size(per_run: pd.DataFrame, value: str) -> pd.DataFrame:
     return table.reset_index(drop=True)
 
 
-CHECK_COLUMNS = ["pair", "n", "effect", "low", "high", "p", "method", "verdict"]
+def _interval(row: pd.Series) -> str:
+    if pd.isna(row["effect"]):
+        return ""
+    if pd.isna(row["low"]):
+        return f"{row['effect']:+.2f}"
+    return f"{row['effect']:+.2f} [{row['low']:+.2f}, {row['high']:+.2f}]"
 
 
-def _checks(table: pd.DataFrame, frame: pd.DataFrame, extra: tuple[str, ...] = ()) -> str:
-    columns = [*settings(frame), *extra, *CHECK_COLUMNS]
-    return markdown_table(table.reindex(columns=[c for c in columns if c in table]) if len(table) else table,
-                          empty="no pair of these layouts in the runs")
+def verdict_table(table: pd.DataFrame, frame: pd.DataFrame, extra: tuple[str, ...] = ()) -> str:
+    """A family's verdicts as the report prints them: the effect with its 95% interval, the Holm-adjusted p, the
+    verdict, the paper's relation, the seeds an inconclusive one needs, why a relation gives none, and the method."""
+    if table.empty:
+        return "_no pair of these layouts in the runs_"
+    shown = table.copy()
+    shown["effect [95% CI]"] = shown.apply(_interval, axis=1)
+    shown["p (Holm)"] = shown["p_holm"]
+    shown["seeds needed"] = shown["seeds_needed"]
+    shown["why"] = shown["why"].fillna("")
+    columns = [*[c for c in settings(frame) if c in shown], *extra, "pair", "n", "effect [95% CI]", "p (Holm)",
+               "verdict", *(["paper"] if "paper" in shown else []), "seeds needed", "why", "method"]
+    return markdown_table(shown[columns])
 
 
-def _orderings(frame: pd.DataFrame) -> list[str]:
-    checks = ordering_checks(frame)
-    return [f"Generalisation, paper: `{PAPER_GENERALISATION}`. Test accuracy at equal clean training loss, each "
-            "pair at the lowest loss both reached (`at_loss`):", "",
-            _checks(checks["generalisation at equal loss"], frame, ("at_loss",)), "",
-            "The final gap (train − test accuracy; smaller generalises better, so the effect is B's gap minus A's):",
-            "", _checks(checks["generalisation by final gap"], frame), "",
-            f"Capacity at data size {frame['data_size'].max():g} (lowest clean training loss; the effect is B's minus "
-            f"A's); paper: `{PAPER_CAPACITY}`:", "", _checks(checks["capacity"], frame), ""]
+def _ordering_sections(frame: pd.DataFrame, checks: dict[str, pd.DataFrame], margins: dict[str, float]) -> list[str]:
+    accuracy, log_loss = margins["accuracy"], margins["log_loss"]
+    return [
+        f"### Generalisation at equal clean training loss; paper: `{PAPER_GENERALISATION}`", "",
+        "Effect: A's test accuracy minus B's, in points, at the pair's comparison loss (`at_loss`). One family per "
+        f"data size (Holm over its relations); margin {accuracy:g} point(s).", "",
+        verdict_table(checks["generalisation at equal loss"], frame, ("at_loss",)), "",
+        "### Generalisation by the final gap", "",
+        "Train − test accuracy at the last evaluation; smaller generalises better, so the effect is B's gap minus A's, "
+        f"in points; margin {accuracy:g} point(s).", "",
+        verdict_table(checks["generalisation by final gap"], frame), "",
+        f"### Capacity at data size {frame['data_size'].max():g}; paper: `{PAPER_CAPACITY}`", "",
+        "Lowest clean training loss, compared in log loss (B's minus A's: +0.1 is about 10% lower for A); only between "
+        f"runs that converged; margin {log_loss:g} log units.", "",
+        verdict_table(checks["capacity"], frame), ""]
 
 
-def report_tables(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
+def convergence_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per layout and settings: how many seeds converged, and the largest relative fall of the clean training
+    loss over the last 10% of steps (``run_facts``), or that the runs stopped at a target loss."""
+    facts = run_facts(frame)
+
+    def cell(part: pd.DataFrame) -> str:
+        if part["target"].notna().all():
+            reached = int(part["target_reached"].fillna(False).sum())
+            return f"stopped at target: {reached} of {len(part)} reached it"
+        known = part["converged"].dropna()
+        worst = pd.to_numeric(part["rel_change"], errors="coerce").max()
+        return f"{int(known.sum())} of {len(part)} converged (fell up to {worst:.0%})"
+
+    rows = ["layout", *settings(facts)[1:]]
+    table = facts.groupby([*rows, "data_size"], dropna=False)[list(facts.columns)].apply(cell).unstack("data_size")
+    table = table.reset_index()
+    table["layout"] = pd.Categorical(table["layout"], layout_order(table["layout"]), ordered=True)
+    table = table.sort_values(rows).astype({"layout": str})
+    table.columns = [f"data size {c:g}" if not isinstance(c, str) else c for c in table.columns]
+    return table.reset_index(drop=True)
+
+
+def report_tables(frame: pd.DataFrame, margins: dict[str, float] | None = None) -> dict[str, pd.DataFrame]:
     """Every table of the report, by title (what ``--wandb`` logs as ``wandb.Table``s)."""
+    margins = parse_margins(margins)
     gen = generalisation(frame)
     cap = capacity(frame)
+    predictions = frame.attrs.get("predictions") or None
     tables = {
         "final test accuracy": layout_by_size(gen, "test_acc"),
         "test accuracy at equal loss": layout_by_size(gen, "test_acc_at_loss"),
         "final gap": layout_by_size(gen, "acc_gap"),
+        "convergence": convergence_table(frame),
         "capacity": layout_by_size(capacity(frame, largest_only=False), "min_train_eval_loss"),
-        "ranking by test accuracy at equal loss": ranking(gen[gen["data_size"] == gen["data_size"].max()], "test_acc_at_loss"),
+        "ranking by final test accuracy": ranking(gen[gen["data_size"] == gen["data_size"].max()], "test_acc"),
         "ranking by capacity": ranking(cap, "min_train_eval_loss", higher_is_better=False),
-        "layout pairs by test accuracy at equal loss": pairwise(gen, "test_acc_at_loss"),
+        "exploratory: layout pairs by final test accuracy": pairwise(gen, "test_acc", margin=margins["accuracy"],
+                                                                      predictions=predictions),
     }
     if len(set(PAPER_LAYOUTS) & set(frame["layout"])) > 1:
-        tables.update({f"paper ordering: {k}": v for k, v in ordering_checks(frame).items()})
+        tables.update({f"paper ordering: {k}": v for k, v in ordering_checks(frame, margins).items()})
     return tables
 
 
-def build_report(frame: pd.DataFrame, title: str, intro: str, figures: dict[str, Path]) -> str:
-    tables = report_tables(frame)
+def build_report(frame: pd.DataFrame, title: str, intro: str, figures: dict[str, Path],
+                 margins: dict[str, float] | None = None) -> str:
+    margins = parse_margins(margins)
+    tables = report_tables(frame, margins)
     axes = settings(frame)[1:]
+    paper = len(set(PAPER_LAYOUTS) & set(frame["layout"])) > 1
+    checks = {k.removeprefix("paper ordering: "): v for k, v in tables.items() if k.startswith("paper ordering: ")}
     parts = [f"# {title}", "", intro, "",
              "Runs are told apart by layout, data size" + (", " + ", ".join(f"`{a}`" for a in axes) if axes else "")
-             + "; only seeds are pooled. Cells are mean ± standard deviation over seeds (n). Layouts are compared "
-             f"paired by seed: the effect is the mean paired difference with its 95% paired t interval "
-             f"(scipy.stats), p the paired t test's; below {MIN_SEEDS} seeds a relation gets no verdict.", "",
+             + "; only seeds are pooled. Cells are mean ± standard deviation over seeds (n).", "",
+             "## What a verdict rests on", "",
+             "Layouts are compared paired by seed, one family of relations at a time (the paper's order at one data "
+             "size, its capacity order), with Holm's correction within the family. Each relation gets one verdict:",
+             "",
+             "- `A better` / `B better`: the two-sided paired t test of no difference rejects at 5% after Holm;",
+             f"- `equivalent`: TOST rejects after Holm, the 90% interval inside ± the margin (accuracy "
+             f"{margins['accuracy']:g} point(s), log loss {margins['log_loss']:g});",
+             "- `inconclusive`: neither; the data do not resolve the margin. `seeds needed` gives the seeds that would "
+             "at 80% power (at 5% / family size), from the observed paired spread, with the range its 80% interval "
+             "gives: an sd from 3 seeds is itself uncertain;",
+             "- `not comparable`: the relation cannot be read at this budget (the reason is in `why`);",
+             "- `not robust`: the verdict changes with an arbitrary choice of the reading (`why` lists them).", "",
+             "`paper` tests the paper's own relation, Holm-corrected over the family: `≈` by TOST, `≥` by "
+             "non-inferiority, `>` by superiority, `≫` by superiority by at least the margin, each one-sided at 5%: "
+             "`supported`, `contradicted` (the verdict is the opposite) or `not shown`. Where runs kept their "
+             "per-image test predictions, the interval also counts the test set's sampling noise, which the "
+             "seed-to-seed spread never sees (the method column says so). No verdict here is a claim beyond its "
+             "interval: with 3 seeds most relations are `inconclusive`, and that is the result.", "",
              "## Final test accuracy", "", markdown_table(tables["final test accuracy"]), "",
              "## Generalisation", "",
-             "Test accuracy at equal clean training loss (the lowest loss every run of those settings reached): "
-             "if two models reach the same training loss, the one with higher test accuracy generalises better.", "",
+             "Test accuracy at equal clean training loss: if two models reach the same training loss, the one with "
+             "higher test accuracy generalises better. Runs stopped at a target loss are read where they stopped. "
+             "Otherwise the comparison loss is the highest lowest-loss among the runs that converged (an unconverged "
+             "run, still falling, never sets it); a run that never reaches it, or reaches it before its warm-up ends, "
+             "is `not comparable`; a reading between two evaluations is made in log loss, in loss, and with the "
+             "evaluation on either side dropped, and must agree.", "",
              markdown_table(tables["test accuracy at equal loss"]), "",
              "Final gap, clean training accuracy minus test accuracy:", "", markdown_table(tables["final gap"]), "",
              "## Capacity", "",
+             "Convergence (each run's rule: the clean training loss fell by at most 5% over the last 10% of its "
+             "steps); the capacity of a run that did not converge is how far it got within the budget:", "",
+             markdown_table(tables["convergence"]), "",
              "Lowest clean training loss reached (the paper reads it at the largest data size):", "",
              markdown_table(tables["capacity"]), "",
-             "## Rankings at the largest data size", "",
-             "By test accuracy at equal clean training loss (mean, 95% t interval over seeds, n):", "",
-             markdown_table(tables["ranking by test accuracy at equal loss"], empty="no run reached the common loss"), "",
-             "By capacity (lowest clean training loss):", "",
-             markdown_table(tables["ranking by capacity"]), "",
-             "## Layout pairs", "",
-             "Test accuracy at equal clean training loss, every pair of layouts (the effect is the first's minus the "
-             "second's; `holds` means the first is better):", "",
-             _checks(tables["layout pairs by test accuracy at equal loss"], frame), "",
              "## The paper's orderings", "",
-             "`holds`: the interval of the effect is on the paper's side of zero (for `≈`: contains zero; `differs`: "
-             "it does not); `reversed`: on the other side; `within noise`: it straddles zero; `too few seeds`: "
-             f"fewer than {MIN_SEEDS} seeds of both layouts, no verdict.", "",
-             *(_orderings(frame) if len(set(PAPER_LAYOUTS) & set(frame["layout"])) > 1 else
+             *(_ordering_sections(frame, checks, margins) if paper else
                ["The orderings compare the paper's layouts (" + ", ".join(PAPER_LAYOUTS) + "); the runs have fewer "
                 "than two of them.", ""]),
+             "## Exploratory: every pair of layouts", "",
+             "Final test accuracy, every pair at each combination of settings (the effect is the first's minus the "
+             "second's, in points; Holm over all pairs of a combination). No hypothesis was named for these pairs "
+             "beforehand: read them as leads for a study, not as its findings.", "",
+             verdict_table(tables["exploratory: layout pairs by final test accuracy"], frame), "",
+             "Rankings at the largest data size (descriptive; mean, 95% t interval over seeds, n):", "",
+             markdown_table(tables["ranking by final test accuracy"]), "",
+             markdown_table(tables["ranking by capacity"]), "",
              "## Figures", ""]
-    captions = {"training_curves": "training loss and test accuracy against steps (the paper's Figure 1)",
+    captions = {"training_curves": "clean training loss and test accuracy against steps (the paper's Figure 1)",
                 "accuracy_vs_loss": "test accuracy against clean training loss",
                 "generalisation_gap": "gap and equal-loss accuracy per layout per data size",
                 "capacity_vs_data": "capacity and test accuracy against data size"}
@@ -133,9 +204,11 @@ def build_report(frame: pd.DataFrame, title: str, intro: str, figures: dict[str,
     return "\n".join(parts) + "\n"
 
 
-def write_report(source: str | Path, out: str | Path | None = None, wandb: bool = False) -> Path:
+def write_report(source: str | Path, out: str | Path | None = None, wandb: bool = False,
+                 margins: dict[str, Any] | None = None) -> Path:
     """Write ``report.md`` and its PNGs into ``out`` (default: the folder itself); with ``wandb`` also log them to
-    the study's W&B summary run."""
+    the study's W&B summary run. ``margins`` (``{"accuracy": 0.5}``) override the sweep's (its spec's ``margins``)
+    and the defaults."""
     source = str(source)
     manifest = None
     if source.startswith("wandb:"):
@@ -148,6 +221,7 @@ def write_report(source: str | Path, out: str | Path | None = None, wandb: bool 
             raise FileNotFoundError(f"{folder} is not a folder; give a folder of run folders, e.g. runs/demo or runs")
         manifest = run_folder.read_manifest(folder)
         title = f"Sweep {manifest['name']}" if manifest else f"Runs under {folder}"
+    margins = parse_margins({**((manifest or {}).get("margins") or {}), **(margins or {})})
     out = Path(out if out is not None else source)
     unreadable: dict[str, str] = {}
     if source.startswith("wandb:"):
@@ -172,16 +246,17 @@ def write_report(source: str | Path, out: str | Path | None = None, wandb: bool 
         text, figures = f"# {title}\n\n{intro}\n", {}
     else:
         figures = save_figures(frame, out)
-        text = build_report(frame, title, intro, figures)
+        text = build_report(frame, title, intro, figures, margins)
     out.mkdir(parents=True, exist_ok=True)
     report = out / "report.md"
     run_folder.atomic_write(report, text)
     if wandb and frame is not None:
-        log_to_wandb(frame, figures, out, group=manifest["name"] if manifest else None, source=source)
+        log_to_wandb(frame, figures, out, group=manifest["name"] if manifest else None, source=source, margins=margins)
     return report
 
 
-def log_to_wandb(frame: pd.DataFrame, figures: dict[str, Path], out: Path, group: str | None, source: str) -> None:
+def log_to_wandb(frame: pd.DataFrame, figures: dict[str, Path], out: Path, group: str | None, source: str,
+                 margins: dict[str, float] | None = None) -> None:
     """The report's tables as ``wandb.Table``s and its figures as ``wandb.Image``s, in one run of job type
     ``report`` in the sweep's group (the project the runs logged to), resumed by each new report."""
     import wandb
@@ -199,6 +274,6 @@ def log_to_wandb(frame: pd.DataFrame, figures: dict[str, Path], out: Path, group
                      name=f"{group or out.name}-report", id=run_id(out), resume="allow", mode=wandb_mode(),
                      dir=str(out), config={"source": source})
     run.log({**{f"report/{title}": wandb.Table(dataframe=table.astype(object).where(table.notna(), None))
-                for title, table in report_tables(frame).items()},
+                for title, table in report_tables(frame, margins).items()},
              **{f"report/{name}": wandb.Image(str(path)) for name, path in figures.items()}})
     run.finish()

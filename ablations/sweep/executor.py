@@ -20,7 +20,7 @@ def sweep_dir(spec: SweepSpec, root: str | Path = "runs") -> Path:
 
 def write_manifest(spec: SweepSpec, runs: list[Run], folder: Path) -> None:
     run_folder.write_manifest(folder, {
-        "name": spec.name, "config": spec.config, "budget": spec.budget, "grid": spec.grid,
+        "name": spec.name, "config": spec.config, "budget": spec.budget, "grid": spec.grid, "margins": spec.margins,
         "runs": [{"id": r.id, "axes": r.axes, "overrides": r.overrides} for r in runs]})
 
 

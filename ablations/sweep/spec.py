@@ -17,11 +17,12 @@ from lightning_modules.backbones.registry import MATCHED
 from .run_ids import run_id
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-SPEC_KEYS = {"name", "config", "set", "budget", "grid", "max_retries", "slurm"}
+SPEC_KEYS = {"name", "config", "set", "budget", "grid", "max_retries", "slurm", "margins"}
 SPEC_TYPES = {"name": (str, "a string"), "config": (str, "a path to an `ablate train` config"),
               "set": (dict, "a mapping of `ablate train` options to values"), "budget": (str, "a budget name"),
               "grid": (dict, "a mapping of `ablate train` options (or layout) to lists of values"),
-              "max_retries": (int, "an integer >= 0"), "slurm": (dict, "a mapping of submitit parameters")}
+              "max_retries": (int, "an integer >= 0"), "slurm": (dict, "a mapping of submitit parameters"),
+              "margins": (dict, "a mapping of metric kind (accuracy, log_loss) to an equivalence margin")}
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class SweepSpec:
     grid: dict[str, list[Any]]
     max_retries: int = 2
     slurm: dict[str, Any] = field(default_factory=dict)  # submitit parameters (ablations/cluster.py)
+    margins: dict[str, float] = field(default_factory=dict)  # equivalence margins the report's verdicts use
 
     @classmethod
     def load(cls, path: str | Path, fixed: dict[str, Any] | None = None,
@@ -63,7 +65,7 @@ class SweepSpec:
                 raise ValueError(f"sweep spec {path} needs a {key!r} entry")
         for key, (kind, valid) in SPEC_TYPES.items():
             if key in raw and not (isinstance(raw[key], kind) and not isinstance(raw[key], bool) or
-                                   (key in ("set", "budget", "slurm") and raw[key] is None)):
+                                   (key in ("set", "budget", "slurm", "margins") and raw[key] is None)):
                 raise ValueError(f"sweep spec {path}: {key} {raw[key]!r} is not valid; expected {valid}")
         if fixed or grid:
             raw = _command_line(raw, fixed or {}, grid or {}, path)
@@ -90,8 +92,14 @@ class SweepSpec:
             config = PROJECT_ROOT / config
         if not config.is_file():
             raise FileNotFoundError(f"base config {raw['config']} of sweep spec {path} does not exist")
+        from ..verdicts import parse_margins
+
+        try:
+            margins = parse_margins(raw.get("margins"))
+        except ValueError as err:
+            raise ValueError(f"sweep spec {path}: {err}") from None
         spec = cls(raw["name"], str(config), {str(k): v for k, v in (raw.get("set") or {}).items()}, budget, grid,
-                   int(raw.get("max_retries", 2)), dict(raw.get("slurm") or {}))
+                   int(raw.get("max_retries", 2)), dict(raw.get("slurm") or {}), margins)
         import_block_modules(spec.model_init_arg("imports"))  # a user's block letters, before layouts are read
         for layout in grid.get("layout", []):
             spec.layout_overrides(layout)  # unknown letters and unmatchable layouts fail here, not in a run
