@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from scipy import stats
@@ -38,6 +38,31 @@ POWER = 0.8
 VERDICTS = ("equivalent", "A better", "B better", "inconclusive", "not comparable", "not robust")
 PAPER_TESTS = {"≈": "TOST", "≥": "non-inferiority", ">": "superiority", "≫": "superiority by the margin"}
 MAX_SEEDS = 1000  # a search bound: beyond it, "more than 1000"
+
+# What a difference is measured in, and the default equivalence margin: accuracy in points (1 point), a loss in
+# log units (0.1, about a 10% ratio). `ablate report --margin accuracy=0.5` or a
+# spec's `margins:` change them.
+KINDS = {"accuracy": (100.0, "points"), "log_loss": (1.0, "log units")}
+MARGINS = {"accuracy": 1.0, "log_loss": 0.1}
+
+
+def parse_margins(pairs: dict[str, Any] | None) -> dict[str, float]:
+    """``{"accuracy": 0.5}`` over ``MARGINS``; an unknown kind or a margin that is not a positive number is an
+    error naming it."""
+    margins = dict(MARGINS)
+    for kind, value in (pairs or {}).items():
+        if kind not in MARGINS:
+            raise ValueError(f"margin {kind!r} is not a metric kind; valid: {', '.join(MARGINS)}")
+        try:
+            margin = float(value)
+        except (TypeError, ValueError):
+            margin = float("nan")
+        if not margin > 0 or margin == float("inf"):
+            raise ValueError(f"margin {kind}={value!r} is not valid; expected a positive number "
+                             f"({KINDS[kind][1]}, default {MARGINS[kind]:g})")
+        margins[kind] = margin
+    return margins
+
 
 
 @dataclass(frozen=True)
@@ -218,5 +243,5 @@ def verdict_counts(rows: Sequence[dict]) -> dict[str, int]:
     return {v: sum(row["verdict"] == v for row in rows) for v in VERDICTS if any(row["verdict"] == v for row in rows)}
 
 
-__all__ = ["ALPHA", "PAPER_TESTS", "POWER", "Relation", "VERDICTS", "decide", "format_seeds", "holm",
+__all__ = ["ALPHA", "KINDS", "MARGINS", "parse_margins", "PAPER_TESTS", "POWER", "Relation", "VERDICTS", "decide", "format_seeds", "holm",
            "image_variance", "seeds_needed", "standard_error", "verdict_counts"]
