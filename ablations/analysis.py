@@ -33,7 +33,7 @@ from lightning_modules.backbones import MODELS
 from .verdicts import ALPHA, KINDS, MARGINS, Relation, decide, format_seeds, image_variance, parse_margins, seeds_needed
 
 IDENTITY = ["run", "layout", "model", "budget", "data_size"]  # then the setting columns, then RUN_FACTS
-RUN_FACTS = ["seed", "params", "flops", "warmup_steps", "target", "target_reached", "epoch", "step"]
+RUN_FACTS = ["seed", "params", "flops", "wall_time", "warmup_steps", "target", "target_reached", "epoch", "step"]
 TOP_LEVEL_SETTINGS = ("target_loss", "eval_every_n_steps")  # `ablate train` options outside model/data/trainer
 # config keys that say how a run was launched or logged, not what it computed (or that the columns above hold)
 NOT_SETTINGS = ("run_dir", "runs_root", "config", "wandb.", "checkpoint_every_n_steps", "params", "flops",
@@ -91,6 +91,7 @@ def _run_identity(name: str, run_dir: str, config: dict, summary: dict | None, r
             "data_size": data.get("train_samples") or data["train_fraction"], "seed": config.get("seed_everything"),
             "params": (summary or {}).get("params", config.get("params")),
             "flops": (summary or {}).get("flops", config.get("flops")),
+            "wall_time": (summary or {}).get("wall_time"),
             "warmup_steps": per_epoch * float(config["model"]["init_args"].get("warmup_epochs", 1.0)),
             "target": float("nan") if target is None else float(target),
             "target_reached": None if target is None else bool((losses <= target).any())}
@@ -258,7 +259,8 @@ def load_wandb(project: str, api=None, filters: dict | None = None) -> pd.DataFr
         rows["step"] = rows.pop("trainer/global_step")
         rows = rows.drop(columns=[c for c in rows.columns if c.startswith("_")])
         config = dict(run.config)
-        identity = _run_identity(run.name, f"{project}/{run.id}", config, None, rows)
+        runtime = dict(run.summary).get("_runtime")  # W&B's own clock, from its start to its finish
+        identity = _run_identity(run.name, f"{project}/{run.id}", config, {"wall_time": runtime}, rows)
         identity["predictions"] = _wandb_predictions(run)
         parts.append((identity, flatten(config), rows))
     return _assemble(parts, _varying([flat for _, flat, _ in parts]), f"W&B project {project!r}")
@@ -583,8 +585,8 @@ CHECK_COLUMNS = ["pair", "n", "effect", "low", "high", "p_holm", "verdict", "pap
 
 def _family_table(setting: dict, rows: list[dict], extra: list[dict] | None = None) -> list[dict]:
     extra = extra or [{} for _ in rows]
-    return [{**setting, **more, **{k: row[k] for k in CHECK_COLUMNS}, "margin": row["margin"]}
-            for row, more in zip(rows, extra)]
+    return [{**setting, **more, **{k: row[k] for k in CHECK_COLUMNS}, "margin": row["margin"], "sd": row["sd"],
+             "image_var": row["image_var"], "family": row["family"]} for row, more in zip(rows, extra)]
 
 
 def check_order(per_run: pd.DataFrame, value: str, order: str, higher_is_better: bool = True,

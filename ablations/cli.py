@@ -165,6 +165,12 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(write_report(source, args.out, wandb=args.wandb, margins=_parse_overrides(args.margin, "--margin")))
 
 
+def cmd_plan(args: argparse.Namespace) -> None:
+    from .plan import plan
+
+    print(plan(args.spec, args.pilot, _parse_overrides(args.margin, "--margin")), end="")
+
+
 DEMO_SPEC = Path(__file__).parent / "sweeps" / "demo.yaml"
 
 
@@ -226,6 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="equivalence margin of a metric kind over the spec's margins: accuracy=1 (points, default), "
                         "log_loss=0.1 (log units, default)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("plan", help="before a sweep: the seeds each relation needs, and their cost, from a pilot")
+    p.add_argument("spec", help="sweep YAML to plan, e.g. ablations/sweeps/demo.yaml")
+    p.add_argument("--pilot", required=True, help="folder of finished pilot runs (e.g. runs/demo)")
+    p.add_argument("--margin", action="append", default=[], metavar="KIND=VALUE",
+                   help="equivalence margin over the spec's: accuracy=1 (points), log_loss=0.1 (log units)")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("demo", help="run the default study: five layouts x data sizes x seeds on the embedded digits")
     p.add_argument("--root", default="runs")

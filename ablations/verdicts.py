@@ -133,7 +133,9 @@ def decide(relations: Sequence[Relation], margin: float, alpha: float = ALPHA) -
     """Each relation's verdict within its family (Holm over the family's comparable relations), with n, the effect,
     its 95% and 90% intervals, the raw and adjusted p values and the paper's test. For an inconclusive one,
     ``seeds_needed`` says how many seeds would resolve it (at ``alpha / family``, Holm's strictest step)."""
-    rows = [{"pair": r.pair, **_tests(np.asarray(r.diffs, dtype=float), r.image_var, margin)} for r in relations]
+    rows = [{"pair": r.pair, **_tests(np.asarray(r.diffs, dtype=float), r.image_var, margin),
+             "sd": float(np.std(r.diffs, ddof=1)) if len(r.diffs) > 1 else float("nan"), "image_var": r.image_var}
+            for r in relations]
     comparable = [r.reason is None and row["n"] >= 2 for r, row in zip(relations, rows)]
     pick = lambda key: [row[key] if ok else np.nan for row, ok in zip(rows, comparable)]  # noqa: E731
     adjusted = holm(pick("p"))
@@ -197,13 +199,19 @@ def _seeds_for(sd: float, image_var: float, margin: float, alpha: float, power: 
 def seeds_needed(diffs: np.ndarray, margin: float, image_var: float | None = None, alpha: float = ALPHA,
                  power: float = POWER, level: float = 0.8) -> dict:
     """Seeds that resolve ``margin`` at ``power`` (either way: a true one-margin difference found, a true zero shown
-    equivalent), from the observed paired standard deviation; ``range`` is the same at the ends of the sd's
-    ``level`` chi-square interval, since an sd from few seeds is itself uncertain. None: not reachable."""
+    equivalent), from the observed paired standard deviation (``seeds_for_sd``)."""
     diffs = np.asarray(diffs, dtype=float)
-    n = len(diffs)
-    if n < 2:
+    sd = float(np.std(diffs, ddof=1)) if len(diffs) > 1 else float("nan")
+    return seeds_for_sd(sd, len(diffs), margin, image_var, alpha, power, level)
+
+
+def seeds_for_sd(sd: float, n: int, margin: float, image_var: float | None = None, alpha: float = ALPHA,
+                 power: float = POWER, level: float = 0.8) -> dict:
+    """``seeds`` for a paired sd ``sd`` observed over ``n`` seeds; ``range``: the same at the ends of the sd's
+    ``level`` chi-square interval, since an sd from few seeds is itself uncertain; None: not reachable;
+    ``test_set_limits``: the test set's noise alone is too large for the margin, whatever the seeds."""
+    if n < 2 or not np.isfinite(sd):
         return {"seeds": None, "range": None, "sd": float("nan"), "test_set_limits": False}
-    sd = float(np.std(diffs, ddof=1))
     image_var = image_var or 0.0
     df = n - 1
     sd_low = sd * math.sqrt(df / stats.chi2.ppf(1 - (1 - level) / 2, df))
@@ -244,4 +252,4 @@ def verdict_counts(rows: Sequence[dict]) -> dict[str, int]:
 
 
 __all__ = ["ALPHA", "KINDS", "MARGINS", "parse_margins", "PAPER_TESTS", "POWER", "Relation", "VERDICTS", "decide", "format_seeds", "holm",
-           "image_variance", "seeds_needed", "standard_error", "verdict_counts"]
+           "image_variance", "seeds_for_sd", "seeds_needed", "standard_error", "verdict_counts"]

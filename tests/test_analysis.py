@@ -87,8 +87,8 @@ def two_runs(tmp_path_factory):
 
 def test_load_runs_from_real_run_folders(two_runs):
     frame = load_runs(two_runs)
-    assert list(frame.columns[:13]) == ["run", "layout", "model", "budget", "data_size", "seed", "params", "flops",
-                                        "warmup_steps", "target", "target_reached", "epoch", "step"]
+    assert list(frame.columns[:14]) == ["run", "layout", "model", "budget", "data_size", "seed", "params", "flops",
+                                        "wall_time", "warmup_steps", "target", "target_reached", "epoch", "step"]
     assert (frame["warmup_steps"] == 1.0).all()  # warmup_epochs 1.0 x one batch per epoch (the log says so)
     assert {"train_loss", "train_eval_loss", "val_acc", "test_acc", "lr", "images_per_s"} <= set(frame.columns)
     assert (frame.groupby("run")["step"].min() == 1).all()  # the first evaluation comes after the first step
@@ -167,8 +167,10 @@ def test_wandb_and_local_tables_agree(two_runs):
     local = load_runs(two_runs)
     remote = load_wandb("entity/stacking-ablations", api=offline_api(two_runs))
     key = ["run", "step"]
-    pd.testing.assert_frame_equal(local.sort_values(key).reset_index(drop=True),
-                                  remote.sort_values(key).reset_index(drop=True)[local.columns], check_dtype=False)
+    assert remote["wall_time"].gt(0).all()  # W&B's runtime: its own clock, not the run folder's
+    columns = [c for c in local.columns if c != "wall_time"]
+    pd.testing.assert_frame_equal(local.sort_values(key).reset_index(drop=True)[columns],
+                                  remote.sort_values(key).reset_index(drop=True)[columns], check_dtype=False)
 
 
 def test_capacity_uses_the_largest_data_size_and_the_lowest_loss():
