@@ -215,8 +215,8 @@ def read_runs(folder: str | Path, completed_only: bool = True) -> tuple[pd.DataF
     manifest = run_folder.read_manifest(folder)
     if manifest is not None:
         axes = [flatten(r["axes"]) for r in manifest["runs"]]
-        keys = [k for k in _varying(axes) + [k for k, v in manifest["grid"].items() if not isinstance(v[0], dict)]
-                if _is_setting(k)]
+        grid_keys = [name for k, v in manifest["grid"].items() if not isinstance(v[0], dict) for name in k.split(",")]
+        keys = [k for k in _varying(axes) + grid_keys if _is_setting(k)]
         keys = sorted(set(keys) | set(_off_grid(parts, keys)))
     else:
         keys = _varying([flat for _, flat, _ in parts])

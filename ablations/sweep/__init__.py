@@ -11,7 +11,9 @@ A spec (YAML under ``ablations/sweeps/``)::
       data.init_args.train_fraction: [0.25, 1.0]
       seed_everything: [0, 1]
 
-Every other grid key is an ``ablate train`` option. A run's id is derived from its resolved overrides, so
+Every other grid key is an ``ablate train`` option, or several joined by commas: a linked axis, whose values set
+them together (``data.init_args.train_fraction,target_loss: [[0.5, 0.1], [1.0, 0.2]]``, a target loss per data
+size). ``margins`` (optional) sets the report's equivalence margins (``{accuracy: 1.0, log_loss: 0.1}``). A run's id is derived from its resolved overrides, so
 expanding the same spec twice gives the same runs and re-running a sweep is idempotent.
 
 The package, one job a module: ``spec`` (the YAML, checked), ``run_ids`` (a run's stable id), ``overrides`` (the

@@ -83,6 +83,12 @@ class SweepSpec:
         if empty:
             raise ValueError(f"sweep spec {path}: grid axis {', '.join(empty)} is empty, so the sweep would have no runs; "
                              "expected a list of at least one value")
+        for key, values in grid.items():  # a linked axis: "a,b: [[a1, b1], [a2, b2]]" sets a and b together
+            names = key.split(",")
+            if len(names) > 1 and not all(isinstance(v, list) and len(v) == len(names) for v in values):
+                bad = next(v for v in values if not (isinstance(v, list) and len(v) == len(names)))
+                raise ValueError(f"sweep spec {path}: linked axis {key} value {bad!r} is not valid; expected a list of "
+                                 f"{len(names)} values, one for each of {', '.join(names)}")
         budget = raw.get("budget")
         if "layout" in grid and budget not in BUDGETS:
             raise ValueError(f"the layout axis needs a budget; budget={budget!r}, valid: {', '.join(BUDGETS)}")
@@ -130,7 +136,9 @@ class SweepSpec:
         keys = list(self.grid)
         runs = []
         for values in itertools.product(*(self.grid[k] for k in keys)):
-            axes = dict(zip(keys, values))
+            axes = {}
+            for key, value in zip(keys, values):  # a linked axis sets each of its options
+                axes.update(zip(key.split(","), value) if "," in key else [(key, value)])
             overrides = dict(self.fixed)
             for key, value in axes.items():
                 if key == "layout":

@@ -20,6 +20,9 @@ def wandb_sweep_config(spec: SweepSpec, project: str = "stacking-ablations") -> 
 
     parameters: dict[str, Any] = {key: {"value": literal(value)} for key, value in spec.fixed.items()}
     for key, values in spec.grid.items():
+        if "," in key:
+            raise ValueError(f"sweep {spec.name}: linked axis {key} cannot be exported: a W&B grid sweep crosses "
+                             "every axis; run it with `ablate sweep` or write one sweep per linked value")
         if key == "layout":
             layouts = [str(parse_layout(str(v), BLOCK_DESCRIPTIONS)) for v in values]
             if all((spec.budget, layout) in MATCHED for layout in layouts):
