@@ -465,3 +465,30 @@ def test_a_forked_cpu_ddp_run_relaunches_its_second_rank(tmp_path):
                                                                                   "seed_everything: [0]"))
     assert _sweep_process(spec_path, tmp_path / "runs").wait(timeout=300) == 0
     assert sorted(p.name for p in (tmp_path / "ranks").iterdir()) == ["rank0-epoch0.json", "rank1-epoch0.json"]
+
+
+def test_a_linked_axis_sets_its_options_together_and_the_report_keeps_them_apart(tmp_path):
+    """`a,b: [[a1, b1], [a2, b2]]`: two runs per seed, not four; each run's axes name both options; a value of the
+    wrong length is refused naming it, and the W&B export (which crosses every axis) refuses the axis."""
+    from ablations.sweep import wandb_sweep_config
+
+    grid = ("  data.init_args.train_fraction,trainer.max_epochs: [[0.5, 2], [1.0, 1]]\n"
+            "  seed_everything: [0, 1]\n")
+    spec = SweepSpec.load(write_spec(tmp_path, tiny_spec("linked", grid)))
+    runs = spec.expand()
+    assert len(runs) == 4 and len({r.id for r in runs}) == 4
+    assert [(r.axes["data.init_args.train_fraction"], r.axes["trainer.max_epochs"]) for r in runs[::2]] == [(0.5, 2), (1.0, 1)]
+    assert runs[0].overrides["trainer.max_epochs"] == 2 and runs[2].overrides["trainer.max_epochs"] == 1
+    with pytest.raises(ValueError, match=r"linked axis .* value \[0.5\] is not valid; expected a list of 2 values"):
+        SweepSpec.load(write_spec(tmp_path, tiny_spec("linked", grid.replace("[[0.5, 2]", "[[0.5]"))))
+    with pytest.raises(ValueError, match="a W&B grid sweep crosses every axis"):
+        wandb_sweep_config(spec)
+
+
+def test_spec_margins_are_checked_when_the_spec_loads(tmp_path):
+    text = tiny_spec("m", "  seed_everything: [0]\n") + "margins: {accuracy: 0.5}\n"
+    assert SweepSpec.load(write_spec(tmp_path, text)).margins == {"accuracy": 0.5, "log_loss": 0.1}
+    with pytest.raises(ValueError, match=r"margin 'acc' is not a metric kind; valid: accuracy, log_loss"):
+        SweepSpec.load(write_spec(tmp_path, text.replace("accuracy: 0.5", "acc: 0.5")))
+    with pytest.raises(ValueError, match=r"margin accuracy=-1 is not valid; expected a positive number"):
+        SweepSpec.load(write_spec(tmp_path, text.replace("accuracy: 0.5", "accuracy: -1")))
