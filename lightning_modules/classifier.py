@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -96,6 +97,8 @@ class ImageClassifier(L.LightningModule):
         self.mix = v2.RandomChoice(mixers) if mixers else None
         self.train_loss = MeanMetric()
         self.eval_metrics = nn.ModuleDict({split: _eval_metrics(num_classes) for split in EVAL_SPLITS})
+        self._test_outputs: list[tuple[torch.Tensor, ...]] = []  # (targets, predicted classes, losses) per test batch
+        self.test_predictions: dict[str, np.ndarray] | None = None  # the last test's, for predictions.npz
 
     def setup(self, stage: str) -> None:
         """``compile=None`` compiles where it pays: on GPUs (on CPUs inductor's training graphs ran slower than
@@ -119,19 +122,26 @@ class ImageClassifier(L.LightningModule):
         self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, batch_size=images.shape[0])
         return loss
 
-    def _evaluate(self, split: str, batch) -> None:
+    def _evaluate(self, split: str, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Update ``split``'s metrics with a batch; its targets, logits and per-image losses."""
         images, targets = batch
         logits = self(images)
+        losses = F.cross_entropy(logits, targets, reduction="none")
         metrics = self.eval_metrics[split]
-        metrics["loss"].update(F.cross_entropy(logits, targets, reduction="none"))
+        metrics["loss"].update(losses)
         metrics["acc"].update(logits, targets)
         metrics["acc5"].update(logits, targets)
+        return targets, logits, losses
 
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._evaluate(EVAL_SPLITS[dataloader_idx], batch)
 
+    def on_test_epoch_start(self) -> None:
+        self._test_outputs, self.test_predictions = [], None
+
     def test_step(self, batch, batch_idx: int) -> None:
-        self._evaluate("test", batch)
+        targets, logits, losses = self._evaluate("test", batch)
+        self._test_outputs.append((targets, logits.argmax(1), losses.float()))
 
     def _log_split(self, split: str) -> dict[str, torch.Tensor]:
         values = {f"{split}/{k}": v for k, v in self.eval_metrics[split].compute().items()}
@@ -152,6 +162,32 @@ class ImageClassifier(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_split("test")
+        self.test_predictions = self._test_predictions()
+
+    def _test_predictions(self) -> dict[str, np.ndarray]:
+        """Every test image's target, predicted class and loss, in the test set's order (gathered from every rank),
+        as compact arrays for ``predictions.npz``: runs compared image by image (paired tests) need them."""
+        outputs, self._test_outputs = self._test_outputs, []
+        labels = np.min_scalar_type(max(self.hparams.num_classes - 1, 0))  # uint8 up to 256 classes
+        arrays = {}
+        for i, (name, dtype) in enumerate((("target", labels), ("pred", labels), ("loss", np.float32))):
+            local = torch.cat([o[i] for o in outputs]) if outputs else torch.zeros(0, device=self.device)
+            arrays[name] = self._in_test_order(local).cpu().numpy().astype(dtype)
+        return arrays
+
+    def _in_test_order(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` of every rank, in the order of the test set. The evaluation loaders are not shuffled and give
+        rank r the images r, r + world, r + 2 world, ... (``UnrepeatedDistributedSampler``, ``DeviceBatches``), so
+        image i is rank i % world's (i // world)-th; ranks may hold one image fewer, so each pads to the largest."""
+        world = self.trainer.world_size
+        if world == 1:
+            return values
+        sizes = self.all_gather(torch.tensor(len(values), device=values.device))
+        padded = values.new_zeros(int(sizes.max()), *values.shape[1:])
+        padded[:len(values)] = values
+        gathered = self.all_gather(padded)  # (world, most, ...)
+        index = torch.arange(int(sizes.sum()), device=gathered.device)
+        return gathered[index % world, index // world]
 
     # --- optimisation -----------------------------------------------------------------------------------------
     def configure_optimizers(self):

@@ -1,7 +1,8 @@
 """The run folder and the sweep folder: the one module that knows their files and how they are written and read.
 
 A run folder holds ``config.yaml`` (the resolved `ablate train` config), ``metrics.csv`` (a row per evaluation),
-``summary.json`` (status, failure kind and reason, params, FLOPs, final and best metrics) and ``checkpoints/``; a
+``summary.json`` (status, failure kind and reason, params, FLOPs, final and best metrics), ``predictions.npz`` (the
+final test's prediction for every test image) and ``checkpoints/``; a
 sweep folder holds its runs' folders and ``manifest.json``. Every write is atomic, so a reader never sees half a
 file; readers here never change what they read.
 """
@@ -13,11 +14,15 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterable
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterable
+
+if TYPE_CHECKING:
+    import numpy as np
 
 CONFIG = "config.yaml"
 METRICS = "metrics.csv"
 SUMMARY = "summary.json"
+PREDICTIONS = "predictions.npz"
 MANIFEST = "manifest.json"
 CHECKPOINTS = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
@@ -117,6 +122,28 @@ def record_failure(run_dir: Path, kind: str, reason: str) -> None:
     if summary.get("status") == "completed":
         return
     write_summary(run_dir, {**summary, "status": "failed", "failure": kind, "reason": reason})
+
+
+# --- predictions.npz -----------------------------------------------------------------------------------------
+def write_predictions(run_dir: Path, arrays: dict[str, np.ndarray]) -> Path:
+    """The final test's per-image record (``target``, ``pred``, ``loss``: arrays in the test set's order, so two
+    runs' predictions pair image by image for paired tests), written atomically."""
+    import numpy as np
+
+    path = Path(run_dir) / PREDICTIONS
+    atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
+    return path
+
+
+def read_predictions(run_dir: Path) -> dict[str, np.ndarray] | None:
+    """``predictions.npz`` as a dict of numpy arrays (``target``, ``pred``, ``loss``), None when there is none."""
+    import numpy as np
+
+    path = Path(run_dir) / PREDICTIONS
+    if not path.exists():
+        return None
+    with np.load(path, allow_pickle=False) as arrays:
+        return {name: arrays[name] for name in arrays.files}
 
 
 # --- metrics.csv ---------------------------------------------------------------------------------------------
