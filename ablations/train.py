@@ -4,7 +4,8 @@
 
 Every option is a config key (``--print_config`` prints a YAML that runs again unchanged). The run folder
 (``--run_dir``, default ``runs/<model>-<data>-<hash of the config>``) gets ``config.yaml``, ``metrics.csv``,
-``summary.json`` and ``checkpoints/``; running the same command again resumes from ``checkpoints/last.ckpt``.
+``summary.json``, ``predictions.npz`` and ``checkpoints/``; running the same command again resumes from
+``checkpoints/last.ckpt``.
 """
 
 from __future__ import annotations
@@ -33,11 +34,11 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from datamodules import ImageDataModule
 from lightning_modules import run_folder
 from lightning_modules.callbacks import (
-    EpochSeeder, EvaluationSchedule, FiniteLossCheck, Interrupted, Preemption, RunRecorder,
+    EpochSeeder, EvaluationSchedule, FiniteLossCheck, Interrupted, Preemption, RunRecorder, StepCheckpoint, TargetLoss,
 )
 from lightning_modules.checkpoints import AtomicCheckpointIO, read_summary, resume_checkpoint
 from lightning_modules.classifier import ImageClassifier
-from lightning_modules.ranges import DESCRIPTIONS, NonNegativeFinite, PositiveInt
+from lightning_modules.ranges import DESCRIPTIONS, NonNegativeFinite, PositiveFinite, PositiveInt
 
 from . import runlock
 
@@ -158,7 +159,8 @@ class AblateCLI(LightningCLI):
                    "backbone": dataclasses.asdict(model.backbone.cfg)},  # the built shape, budget-matched or not
             wandb_open=self._wandb_run if config.wandb.enabled else None,
         )
-        self.preemption = Preemption(run_folder.last_checkpoint(self.run_dir), self.recorder)
+        self.preemption = Preemption(run_folder.last_checkpoint(self.run_dir), self.recorder,
+                                     eval_every=config.eval_every_n_steps)
         # without a validation split (val_fraction 0) best.ckpt is the last epoch: the test set never chooses
         monitor = "val/acc" if getattr(self.datamodule, "val_fraction", 1) > 0 else None
         callbacks = [
@@ -169,12 +171,16 @@ class AblateCLI(LightningCLI):
             # in between repeats the epoch on resume and its row is replaced, never lost or doubled
             # one name per checkpoint, replaced in place: never a best-v1.ckpt beside best.ckpt
             ModelCheckpoint(dirpath=run_folder.checkpoints(self.run_dir), filename="best", monitor=monitor, mode="max",
-                            save_last=True, every_n_train_steps=config.checkpoint_every_n_steps,
-                            save_on_train_epoch_end=True, enable_version_counter=False),
+                            save_last=True, save_on_train_epoch_end=True, enable_version_counter=False),
             self.recorder,
             self.preemption,
-            EvaluationSchedule(),
+            EvaluationSchedule(config.eval_every_n_steps),
         ]
+        if config.checkpoint_every_n_steps is not None:  # never in front of an evaluation (StepCheckpoint)
+            callbacks.append(StepCheckpoint(run_folder.last_checkpoint(self.run_dir), config.checkpoint_every_n_steps,
+                                            eval_every=config.eval_every_n_steps))
+        if config.target_loss is not None:  # after the recorder: it saves last.ckpt after the stop's row is written
+            callbacks.append(TargetLoss(config.target_loss, run_folder.last_checkpoint(self.run_dir)))
         trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
         check_devices(trainer_config, torch.cuda.device_count())
         plugins = trainer_config.get("plugins") or []
@@ -209,6 +215,12 @@ class AblateCLI(LightningCLI):
         parser.add_argument("--wandb.tags", type=list[str], default=[])
         parser.add_argument("--checkpoint_every_n_steps", type=PositiveInt | None, default=None,
                             help="also save last.ckpt every N steps (long epochs)")
+        parser.add_argument("--eval_every_n_steps", type=PositiveInt | None, default=None,
+                            help="also evaluate (a metrics.csv row) after every K-th training step, besides steps "
+                                 "1, 2, 4, 8, ... and each epoch's end")
+        parser.add_argument("--target_loss", type=PositiveFinite | None, default=None,
+                            help="stop at the first evaluation whose clean training loss (train_eval/loss) is at or "
+                                 "below this; the test then runs on the model there (summary.json's target)")
         parser.link_arguments("seed_everything", "data.init_args.seed")  # one seed: init, subset, order, augmentation
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.image_size", "model.init_args.image_size", apply_on="instantiate")

@@ -18,7 +18,7 @@ from torch.optim.swa_utils import get_ema_multi_avg_fn
 import numpy as np
 import torch
 
-from . import compat, run_folder
+from . import compat, curves, run_folder
 
 
 def _scalar(value: Any) -> float | None:
@@ -113,19 +113,81 @@ class FiniteLossCheck(L.Callback):
                 )
 
 
-def evaluation_due(step: int, batch_idx: int, batches: int | float) -> bool:
-    """Whether the run evaluates after training step ``step`` (batch ``batch_idx`` of an epoch of ``batches``)."""
-    return step & (step - 1) == 0 or batch_idx + 1 == batches
+def evaluation_due(step: int, batch_idx: int, batches: int | float, every: int | None = None) -> bool:
+    """Whether the run evaluates after training step ``step`` (batch ``batch_idx`` of an epoch of ``batches``):
+    after steps 1, 2, 4, 8, ..., at an epoch's end, and (``every``) after every ``every``-th step. One rule for
+    ``EvaluationSchedule``, which makes the evaluations, and ``Preemption``, which must never stop in front of one."""
+    return step & (step - 1) == 0 or batch_idx + 1 == batches or bool(every and step % every == 0)
 
 
 class EvaluationSchedule(L.Callback):
     """Evaluate after training steps 1, 2, 4, 8, ... as well as at every epoch's end: a run's curves start near
     chance and are dense where the loss falls fastest, so any two runs' clean training losses cross (equal-loss
-    accuracy needs a crossing) however few epochs the run has."""
+    accuracy needs a crossing) however few epochs the run has. ``every`` (``--eval_every_n_steps``) adds an
+    evaluation after every ``every``-th step, for curves that stay dense late in long epochs."""
+
+    def __init__(self, every: int | None = None):
+        self.every = every
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
         step = trainer.global_step + 1  # the step this batch completes
-        compat.validate_after_batch(trainer, batch_idx, evaluation_due(step, batch_idx, float("inf")))
+        compat.validate_after_batch(trainer, batch_idx, evaluation_due(step, batch_idx, float("inf"), self.every))
+
+
+class TargetLoss(L.Callback):
+    """Stop training at the first evaluation whose clean training loss (``train_eval/loss``) is at or below
+    ``loss`` (``--target_loss``), so that runs can be compared at equal training loss; the test then runs on the
+    model at that step. The step and epoch are recorded (``record``, summary.json's ``target``).
+
+    The stop is exact on resume. Setting ``trainer.should_stop`` after a mid-epoch evaluation ends the epoch there:
+    no later batch or evaluation, but the epoch-end hooks run (``RunRecorder`` adds the epoch's training metrics to
+    the stop's row). ``last.ckpt`` is then saved here, after that row and holding the stop: ``ModelCheckpoint``
+    saves it at an epoch's end only with a new best checkpoint. A run killed after that save (during the test)
+    resumes with ``trainer.should_stop`` set as the checkpoint is read (``load_state_dict``), so the fit returns at
+    once and the test runs on the model at the stop; a run killed before it resumes from an earlier checkpoint and
+    reaches the same stop again."""
+
+    def __init__(self, loss: float, checkpoint: str | Path):
+        self.loss = float(loss)
+        self.checkpoint = Path(checkpoint)
+        self.step: int | None = None
+        self.epoch: int | None = None
+        self._trainer: L.Trainer | None = None
+        self._save_at_epoch_end = False
+
+    @property
+    def reached(self) -> bool:
+        return self.step is not None
+
+    def record(self) -> dict[str, Any]:
+        return {"loss": self.loss, "reached": self.reached, "step": self.step, "epoch": self.epoch}
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._trainer = trainer  # set up before a checkpoint is read: load_state_dict can stop the fit
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """After the evaluation's metrics are logged (``on_validation_epoch_end`` runs callbacks before the module)."""
+        if trainer.sanity_checking or self.reached:
+            return
+        value = trainer.callback_metrics.get("train_eval/loss")
+        # the metric is synchronised across ranks; the decision is too, so that every rank stops at this step
+        if trainer.strategy.reduce_boolean_decision(value is not None and float(value) <= self.loss, all=False):
+            self.step, self.epoch = trainer.global_step, trainer.current_epoch
+            self._save_at_epoch_end = True
+            trainer.should_stop = True
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._save_at_epoch_end:
+            self._save_at_epoch_end = False
+            trainer.save_checkpoint(self.checkpoint, weights_only=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"loss": self.loss, "step": self.step, "epoch": self.epoch}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.step, self.epoch = state_dict.get("step"), state_dict.get("epoch")
+        if self.reached and self._trainer is not None:
+            self._trainer.should_stop = True  # read before the fit loop starts: it trains no further
 
 
 class RunLog(Logger):
@@ -158,7 +220,9 @@ class RunRecorder(L.Callback):
     ``metrics.csv`` has a row per evaluation (``EvaluationSchedule``), keyed by training step: every metric the
     module logged there (through ``RunLog``), and at an epoch's end the epoch's training metrics, learning rate,
     epoch time and images/s (logged too, so that W&B's history has them). The summary says ``running`` while
-    training, then ``completed``, or ``failed`` with the failure kind and reason (``run_folder.FAILURE_KINDS``).
+    training, then ``completed``, or ``failed`` with the failure kind and reason (``run_folder.FAILURE_KINDS``); it
+    records the target loss's stop (``TargetLoss``) and whether the run converged (``write_summary``). The final
+    test's per-image predictions go to ``predictions.npz``.
     """
 
     def __init__(self, run_dir: str | Path, extra: dict[str, Any] | None = None, echo: bool = False,
@@ -173,6 +237,7 @@ class RunRecorder(L.Callback):
         self.epoch_start = time.time()
         self.samples = 0
         self.rows: list[dict[str, Any]] = []
+        self.total_steps: int | float | None = None  # the run's training budget in optimizer steps
         self._trainer: L.Trainer | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -184,10 +249,15 @@ class RunRecorder(L.Callback):
                 self.wandb_run = self.wandb_open()
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        """The W&B run ends with the test, or with a fit that did not finish."""
-        if self.wandb_run is not None and (stage == "test" or trainer.state.status.value != "finished"):
-            self.wandb_run.finish(exit_code=0 if trainer.state.status.value == "finished" else 1)
+        """The W&B run ends with the test, after ``predictions.npz`` is uploaded. (Lightning tears down a fit or a test
+        that finished, before it says so in ``trainer.state``; after an exception it calls no teardown, and W&B's
+        exit hook ends the run with the process's exit code.)"""
+        if self.wandb_run is not None and stage == "test":
+            self.wandb_run.finish(exit_code=0)
             self.wandb_run = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.total_steps = trainer.estimated_stepping_batches  # as the learning-rate schedule has it
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """A resumed run repeats what came after its checkpoint: those rows are recorded again."""
@@ -230,12 +300,30 @@ class RunRecorder(L.Callback):
                   + f", {row['images_per_s']} img/s", flush=True)
         self.write_summary(trainer, pl_module, "running")
 
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The final test's per-image predictions (gathered by the module) go to ``predictions.npz``, and to W&B."""
+        predictions = getattr(pl_module, "test_predictions", None)
+        if not trainer.is_global_zero or predictions is None:
+            return
+        path = run_folder.write_predictions(self.run_dir, predictions)
+        if self.wandb_run is not None:
+            self.wandb_run.save(str(path), base_path=str(self.run_dir), policy="now")
+
     def write_summary(self, trainer: L.Trainer, pl_module: L.LightningModule, status: str, reason: str | None = None,
                       final: dict[str, Any] | None = None, failure: str | None = None) -> None:
+        """``target``: the ``TargetLoss`` record (None without ``--target_loss``). ``convergence``: how far the clean
+        training loss still fell at the end of the budget (``curves.convergence``), for a completed run trained to
+        its budget; None otherwise (a run stopped at its target loss was not)."""
         if not trainer.is_global_zero:
             return
         scored = [r for r in self.rows if r.get("val/acc") is not None]
         epoch_ends = [r for r in self.rows if r.get("train/loss") is not None]
+        target = next((c for c in trainer.callbacks if isinstance(c, TargetLoss)), None)
+        converged = None
+        if status == "completed" and not (target is not None and target.reached):
+            evaluations = [r for r in self.rows if r.get("train_eval/loss") is not None]
+            converged = curves.convergence([r["step"] for r in evaluations], [r["train_eval/loss"] for r in evaluations],
+                                           self.total_steps)
         summary = {
             "status": status,
             "failure": failure,
@@ -246,6 +334,8 @@ class RunRecorder(L.Callback):
             "wall_time": round(time.time() - self.start, 2),
             "final": {**(epoch_ends[-1] if epoch_ends else {}), **(final or {})},
             "best": max(scored, key=lambda r: r["val/acc"]) if scored else None,
+            "target": target.record() if target is not None else None,
+            "convergence": converged,
             **self.extra,
         }
         run_folder.write_summary(self.run_dir, summary)
@@ -273,9 +363,10 @@ class Preemption(L.Callback):
 
     SIGNALS = ("SIGTERM", "SIGUSR1")
 
-    def __init__(self, checkpoint: str | Path, recorder: "RunRecorder | None" = None):
+    def __init__(self, checkpoint: str | Path, recorder: "RunRecorder | None" = None, eval_every: int | None = None):
         self.checkpoint = Path(checkpoint)
         self.recorder = recorder
+        self.eval_every = eval_every  # EvaluationSchedule's: the steps an evaluation follows
         self.received: str | None = None
         self.stopped_by: str | None = None
 
@@ -294,7 +385,7 @@ class Preemption(L.Callback):
         received = trainer.strategy.reduce_boolean_decision(self.received is not None, all=False)
         if not received or self.stopped_by:
             return
-        if evaluation_due(trainer.global_step, batch_idx, trainer.num_training_batches):
+        if evaluation_due(trainer.global_step, batch_idx, trainer.num_training_batches, self.eval_every):
             return  # a resumed run would skip this step's evaluation (as Lightning does): stop after the next batch
         self.stopped_by = self.received or "SIGTERM"
         trainer.save_checkpoint(self.checkpoint)
@@ -323,6 +414,29 @@ class Preemption(L.Callback):
                 subprocess.call(["scontrol", "requeue", job])
             except OSError as err:  # the checkpoint is saved either way; a manual resubmit resumes it
                 print(f"could not requeue SLURM job {job}: {err}", file=sys.stderr, flush=True)
+
+
+class StepCheckpoint(L.Callback):
+    """``--checkpoint_every_n_steps N``: save ``last.ckpt`` after every N-th training step, or, when an evaluation
+    follows that step, after the first later one that none follows (as ``Preemption`` stops). Lightning resumes a
+    checkpoint saved after a batch as if that batch's evaluation had run: saved in front of an evaluation, the
+    resumed run would lose its metrics row, and a ``TargetLoss`` stop there."""
+
+    def __init__(self, checkpoint: str | Path, every: int, eval_every: int | None = None):
+        self.checkpoint = Path(checkpoint)
+        self.every = every
+        self.eval_every = eval_every
+        self.saved = 0  # the step of the last save (or of the start)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.saved = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        step = trainer.global_step
+        if step // self.every > self.saved // self.every and not evaluation_due(
+                step, batch_idx, trainer.num_training_batches, self.eval_every):
+            trainer.save_checkpoint(self.checkpoint, weights_only=False)
+            self.saved = step
 
 
 class EMA(WeightAveraging):
