@@ -18,7 +18,8 @@ class KillOnce(L.Callback):
     - ``train``: after training batch ``batch``;
     - ``validation``: after validation batch ``batch`` of the first validation loader;
     - ``checkpoint``: when a checkpoint is about to be written (at an epoch's end: after its metrics row);
-    - ``checkpoint_write``: half-way through writing a checkpoint file (half its bytes are on disk).
+    - ``checkpoint_write``: half-way through writing a checkpoint file (half its bytes are on disk);
+    - ``test``: when the final test starts (whatever ``epoch`` says: after training, the epoch is the last one's).
     """
 
     def __init__(self, epoch: int, batch: int = 0, marker: str = "killed", at: str = "train", signal: str = "SIGKILL"):
@@ -26,7 +27,7 @@ class KillOnce(L.Callback):
         self.signal = getattr(signal_module, signal)
 
     def _fire(self, trainer, where: str) -> None:
-        if self.at == where and trainer.current_epoch == self.epoch and not self.marker.exists():
+        if self.at == where and (trainer.current_epoch == self.epoch or where == "test") and not self.marker.exists():
             self.marker.write_text(where)
             os.kill(os.getpid(), self.signal)
 
@@ -57,6 +58,9 @@ class KillOnce(L.Callback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
         self._fire(trainer, "checkpoint")
+
+    def on_test_start(self, trainer, pl_module):
+        self._fire(trainer, "test")
 
 
 class OutOfMemoryAt(L.Callback):

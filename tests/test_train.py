@@ -138,7 +138,7 @@ def test_ddp_on_cpu_two_ranks_synchronised_metrics(tmp_path):
     run_dir, reports = tmp_path / "ddp", tmp_path / "ranks"
     run_cli(*[a for a in SMALL_RUN if not a.startswith("--trainer.devices") and "max_epochs" not in a],
             "--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.max_epochs=1",
-            "--data.init_args.train_size=100", "--data.init_args.val_fraction=0.25",
+            "--data.init_args.train_size=100", "--data.init_args.val_fraction=0.25", "--data.init_args.test_size=33",
             "--trainer.callbacks+=tests.helpers.RankReport", f"--trainer.callbacks.out_dir={reports}",
             f"--run_dir={run_dir}")
     ranks = [json.loads((reports / f"rank{r}-epoch0.json").read_text()) for r in (0, 1)]
@@ -147,6 +147,16 @@ def test_ddp_on_cpu_two_ranks_synchronised_metrics(tmp_path):
     assert sum(r["val_seen"] for r in ranks) == val_size  # no sample counted twice, none left out
     logged = float(read_metrics(run_dir)[-1]["val/acc"])
     assert logged == pytest.approx(sum(r["val_correct"] for r in ranks) / val_size)
+    # the test's predictions gathered from both ranks (17 and 16 images) into the test set's order, written once
+    from datamodules import SyntheticDataModule
+    from lightning_modules.run_folder import read_predictions
+
+    predictions = read_predictions(run_dir)
+    test_set = SyntheticDataModule(image_size=16, num_classes=4, test_size=33).load_test()
+    assert predictions["target"].tolist() == list(test_set.targets)
+    final = json.loads((run_dir / "summary.json").read_text())["final"]
+    assert (predictions["pred"] == predictions["target"]).mean() == pytest.approx(final["test/acc"], abs=1e-6)
+    assert predictions["loss"].mean() == pytest.approx(final["test/loss"], rel=1e-5)
 
 
 def test_compiled_checkpoint_loads_into_an_uncompiled_model():
@@ -192,6 +202,7 @@ def test_wandb_records_the_nested_config_summaries_and_every_logged_metric(tmp_p
     assert len(history) >= 3 and all(row["images_per_s"] > 0 for row in history)
     assert "val/err" in rows[0] and any("val/err" in row for row in run.rows)
     assert load_runs(run_dir)["val_err"].notna().all()
+    assert "predictions.npz" in run.files  # the final test's per-image predictions, uploaded as the W&B run ends
 
 
 def test_wandb_run_ids_are_per_run_folder_and_online_mode_follows_wandb(tmp_path, monkeypatch):

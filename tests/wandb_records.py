@@ -60,7 +60,7 @@ class OfflineRun:
     def __init__(self, run_dir: Path):
         logs = sorted(Path(run_dir).glob("wandb/offline-run-*/run-*.wandb"))
         assert logs, f"no offline W&B log under {run_dir}"
-        self.config_records, self.rows, self.summary, self.metrics = [], [], {}, {}
+        self.config_records, self.rows, self.summary, self.metrics, self.files = [], [], {}, {}, []
         self.name = self.id = self.group = self.job_type = None
         for log in logs:  # a resumed run writes a second log
             for record in records(log):
@@ -78,6 +78,8 @@ class OfflineRun:
                     self.summary.update(_items(record.summary.update))
                 elif kind == "metric":
                     self.metrics[record.metric.name or record.metric.glob_name] = record.metric
+                elif kind == "files":  # saved with run.save: paths in the run's files
+                    self.files += [item.path for item in record.files.files]
         self.config = {}
         for update in self.config_records:
             self.config.update({k: v.get("value", v) if isinstance(v, dict) and set(v) <= {"value", "desc"} else v
