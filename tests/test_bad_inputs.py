@@ -225,7 +225,7 @@ def test_cpu_processes_are_not_gpus():
      "name '../elsewhere' is not valid; expected a folder name without '/'"),
     (f"name: x\nconfig: {DIGITS}\nset: [a, b]\ngrid: {{seed_everything: [0]}}\n", "set ['a', 'b'] is not valid; expected a mapping"),
     (f"name: x\nconfig: {DIGITS}\nbudget: 5\ngrid: {{seed_everything: [0]}}\n", "budget 5 is not valid; expected a budget name"),
-    ("- a list\n", "must be a mapping of budget, config, grid, max_retries, name, set"),
+    ("- a list\n", "must be a mapping of budget, config, grid, margins, max_retries, name, set, slurm"),
     # overrides checked by `ablate train`'s parser before any run: a typo named with the closest option, bad values
     (f"name: x\nconfig: {DIGITS}\ngrid: {{data.init_args.train_fraktion: [0.2, 0.3]}}\n",
      "sweep x: grid key data.init_args.train_fraktion is not an `ablate train` option; the closest option is "
