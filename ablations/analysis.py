@@ -361,7 +361,7 @@ def run_facts(frame: pd.DataFrame) -> pd.DataFrame:
         rows.append({**first[_keys(frame)].to_dict(), "floor": float(clean["train_eval_loss"].min()),
                      "warmup_steps": first["warmup_steps"], "target": first["target"],
                      "target_reached": first["target_reached"], "last_step": float(curve["step"].max()),
-                     "converged": None if fit is None else bool(fit["converged"]),
+                     "converged": None if fit is None or fit["converged"] is None else bool(fit["converged"]),
                      "rel_change": None if fit is None else fit["rel_change"],
                      "convergence_rule": None if fit is None else fit["rule"]})
     return pd.DataFrame(rows)
@@ -380,7 +380,10 @@ def _unconverged(facts: pd.Series) -> str | None:
     """Why a run gives no capacity reading, or None."""
     if pd.notna(facts["target"]):
         return "runs stopped at a target loss: capacity needs runs trained to their budget"
-    if facts["converged"] is False:
+    if facts["converged"] is None:
+        return (f"fit within the training budget: {facts['layout']} seed {facts['seed']} has too few evaluations to "
+                "tell whether it converged")
+    if not facts["converged"]:
         return (f"fit within the training budget: {facts['layout']} seed {facts['seed']} did not converge "
                 f"({facts['convergence_rule']}; it fell {facts['rel_change']:.0%})")
     return None

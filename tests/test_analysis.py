@@ -167,7 +167,7 @@ def test_wandb_and_local_tables_agree(two_runs):
     local = load_runs(two_runs)
     remote = load_wandb("entity/stacking-ablations", api=offline_api(two_runs))
     key = ["run", "step"]
-    assert remote["wall_time"].gt(0).all()  # W&B's runtime: its own clock, not the run folder's
+    assert remote["wall_time"].notna().all()  # W&B's runtime: its own clock (whole seconds), not the run folder's
     columns = [c for c in local.columns if c != "wall_time"]
     pd.testing.assert_frame_equal(local.sort_values(key).reset_index(drop=True)[columns],
                                   remote.sort_values(key).reset_index(drop=True)[columns], check_dtype=False)

@@ -262,7 +262,7 @@ def test_demo_spec_exports_the_layout_axis_as_model_names(tmp_path):
 
     sweep = wandb_sweep_config(SweepSpec.load(ROOT / "ablations/sweeps/demo.yaml"))
     assert sweep["parameters"]["model.init_args.model"]["values"][0] == "vit_rel_tiny"
-    assert sweep["parameters"]["trainer.max_epochs"] == {"value": 4}
+    assert sweep["parameters"]["trainer.max_epochs"] == {"value": 12} and sweep["parameters"]["target_loss"] == {"value": 0.3}
 
 
 @pytest.mark.parametrize("name,runs", [("demo", 30), ("cifar100", 60), ("imagenet", 10)])
