@@ -272,7 +272,7 @@ def _wandb_predictions(run) -> dict | None:
 
     try:
         with tempfile.TemporaryDirectory() as folder:
-            run.file(run_folder.PREDICTIONS).download(root=folder, replace=True)
+            run.file(run_folder.PREDICTIONS).download(root=folder, replace=True).close()
             return run_folder.read_predictions(Path(folder))
     except Exception:  # noqa: BLE001  no file, or an API that does not serve it: the comparison goes without
         return None
@@ -445,13 +445,15 @@ def _equal_loss_values(part: pd.DataFrame, facts: pd.DataFrame, loss: float, sca
     rows = []
     for _, row in facts.iterrows():
         curve = part[part["run"] == row["run"]]
+        read_at = loss  # a stopped run is read at the loss of the evaluation it stopped at
         if row["run"] in why:
-            value = float("nan")
+            value = read_at = float("nan")
         elif pd.notna(row["target"]):
-            value = float(_order(curve)["test_acc"].dropna().iloc[-1])
+            last = _order(curve)[["train_eval_loss", "test_acc"]].dropna().iloc[-1]
+            value, read_at = float(last["test_acc"]), float(last["train_eval_loss"])
         else:
             value = accuracy_at_loss(curve, loss, scale=scale, drop=drop)
-        rows.append({**row[_keys(part)].to_dict(), "test_acc_at_loss": value, "at_loss": loss,
+        rows.append({**row[_keys(part)].to_dict(), "test_acc_at_loss": value, "at_loss": loss, "read_at": read_at,
                      "not_comparable": why.get(row["run"])})
     return pd.DataFrame(rows)
 
@@ -575,6 +577,9 @@ def _decided(relations: list[Relation], kind: str, margin: float, test_set: str)
     rows = decide(relations, margin)
     for relation, row in zip(relations, rows):
         row["seeds_needed"] = ""
+        if row["verdict"] == "not comparable":  # no test was made: no method to name
+            row["method"] = f"none (margin {margin:g} {KINDS[kind][1]})"
+            continue
         if row["verdict"] == "inconclusive":
             need = seeds_needed(relation.diffs, margin, relation.image_var, ALPHA / max(row["family"], 1))
             row["seeds_needed"] = format_seeds(need)
@@ -644,7 +649,7 @@ def check_order_at_equal_loss(frame: pd.DataFrame, order: str, margin: float | N
             losses.append(loss)
             for name, variant in (VARIANTS.items() if not stopped else [("log", {})]):
                 values = _equal_loss_values(part, pair_facts, loss, **variant) if len(pair_facts) else \
-                    pd.DataFrame(columns=["run", "layout", "seed", "test_acc_at_loss", "not_comparable"])
+                    pd.DataFrame(columns=["run", "layout", "seed", "test_acc_at_loss", "read_at", "not_comparable"])
                 readings[name].append(_relation(values, "test_acc_at_loss", left, rel, right, True, 100.0,
                                                 predictions if stopped else None))
         note = "" if stopped else ", reading between evaluations (test-set noise not counted)"

@@ -174,12 +174,37 @@ def cmd_plan(args: argparse.Namespace) -> None:
 DEMO_SPEC = Path(__file__).parent / "sweeps" / "demo.yaml"
 
 
+def machine() -> str:
+    """The machine a measurement ran on, in words: CPU model and cores, and the GPU if one was used."""
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
-    """The main job: the five stacking orders on the embedded digits, end to end, then the results table."""
+    """The main job: the five stacking orders on the embedded digits, end to end, then the report, which ends with
+    the wall time and the machine that measured it."""
+    import time
+
+    start = time.time()
     sweep_args = build_parser().parse_args(["sweep", str(DEMO_SPEC), "--root", args.root, "--parallel", str(args.parallel)])
     cmd_sweep(sweep_args)
     name = yaml.safe_load(DEMO_SPEC.read_text())["name"]
-    print((Path(args.root) / name / "report.md").read_text())
+    report = Path(args.root) / name / "report.md"
+    elapsed = time.time() - start
+    from lightning_modules.run_folder import atomic_write
+
+    atomic_write(report, report.read_text() + f"\n`ablate demo --parallel {args.parallel}` took {elapsed / 60:.1f} min "
+                 f"({elapsed:.0f} s, completed runs skipped) on {machine()}.\n")
+    print(report.read_text())
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -126,6 +126,7 @@ def report_tables(frame: pd.DataFrame, margins: dict[str, float] | None = None) 
     tables = {
         "final test accuracy": layout_by_size(gen, "test_acc"),
         "test accuracy at equal loss": layout_by_size(gen, "test_acc_at_loss"),
+        **({"loss read at": layout_by_size(gen, "read_at")} if frame["target"].notna().any() else {}),
         "final gap": layout_by_size(gen, "acc_gap"),
         "convergence": convergence_table(frame),
         "capacity": layout_by_size(capacity(frame, largest_only=False), "min_train_eval_loss"),
@@ -176,6 +177,9 @@ def build_report(frame: pd.DataFrame, title: str, intro: str, figures: dict[str,
              "is `not comparable`; a reading between two evaluations is made in log loss, in loss, and with the "
              "evaluation on either side dropped, and must agree.", "",
              markdown_table(tables["test accuracy at equal loss"]), "",
+             *(["The clean training loss each run was read at (a stopped run: the evaluation it stopped at, at or "
+                "below its target; the sparser the evaluations where the loss falls fast, the further below):", "",
+                markdown_table(tables["loss read at"]), ""] if "loss read at" in tables else []),
              "Final gap, clean training accuracy minus test accuracy:", "", markdown_table(tables["final gap"]), "",
              "## Capacity", "",
              "Convergence (each run's rule: the clean training loss fell by at most 5% over the last 10% of its "

@@ -229,6 +229,8 @@ def format_seeds(need: dict) -> str:
     if need["range"] is None:
         return "(needs 2 seeds to estimate)"
     show = lambda s: f"> {MAX_SEEDS}" if s is None else str(s)  # noqa: E731
+    if need["seeds"] is None and need["range"][0] is None:
+        return show(None)
     return f"{show(need['seeds'])} ({show(need['range'][0])}–{show(need['range'][1])})"
 
 

@@ -147,6 +147,35 @@ def test_pairs_are_matched_by_seed():
     assert row["verdict"] == "A better" and row["n"] == 4 and row["low"] > 0  # unpaired, the spread would swamp it
 
 
+def test_kept_predictions_add_the_test_sets_noise_to_a_relation():
+    """Per-image predictions of every run of a pair: the relation carries the test set's share (the variance over
+    images of the per-image difference, seed noise taken out), and the method says so; without them, it does not."""
+    import numpy as np
+
+    from ablations.analysis import check_order
+    from ablations.verdicts import image_variance
+
+    rng = np.random.default_rng(0)
+    target = rng.integers(0, 10, 400)
+    easy_for_a = rng.random(400) < 0.5  # images that favour A, and the rest B: a test-set effect
+    predictions, rows = {}, []
+    for seed in range(3):
+        for layout, favoured in (("A", easy_for_a), ("B", ~easy_for_a)):
+            correct = np.where(favoured, rng.random(400) < 0.95, rng.random(400) < 0.75)
+            predictions[f"{layout}-{seed}"] = {"target": target, "pred": np.where(correct, target, (target + 1) % 10)}
+            rows.append({"run": f"{layout}-{seed}", "layout": layout, "data_size": 1.0, "seed": seed,
+                         "test_acc": correct.mean()})
+    table = pd.DataFrame(rows)
+    plain = check_order(table, "test_acc", "A > B").iloc[0]
+    noisy = check_order(table, "test_acc", "A > B", predictions=predictions).iloc[0]
+    assert "test set's sampling noise" in noisy["method"] and "test set" not in plain["method"]
+    correct = {run: p["pred"] == p["target"] for run, p in predictions.items()}
+    share = image_variance(np.stack([correct[f"A-{s}"] for s in range(3)]),
+                           np.stack([correct[f"B-{s}"] for s in range(3)])) * 100 ** 2
+    assert share > 0.5 and noisy["image_var"] == pytest.approx(share) and plain["image_var"] is None
+    # the interval's coverage with this share is checked by simulation in test_verdicts.py
+
+
 def test_order_syntax_errors_name_the_order():
     from ablations.analysis import parse_order
 
@@ -171,6 +200,19 @@ def test_wandb_and_local_tables_agree(two_runs):
     columns = [c for c in local.columns if c != "wall_time"]
     pd.testing.assert_frame_equal(local.sort_values(key).reset_index(drop=True)[columns],
                                   remote.sort_values(key).reset_index(drop=True)[columns], check_dtype=False)
+
+
+def test_wandb_runs_bring_their_per_image_predictions(two_runs):
+    """The predictions each run uploaded to W&B come back with the frame, as the run folders' do."""
+    import numpy as np
+
+    from ablations.analysis import load_wandb
+
+    local = load_runs(two_runs).attrs["predictions"]
+    remote = load_wandb("entity/stacking-ablations", api=offline_api(two_runs)).attrs["predictions"]
+    assert sorted(local) == sorted(remote) == ["C-T-0", "T-C-1"]
+    for run in local:
+        assert all(np.array_equal(local[run][key], remote[run][key]) for key in ("target", "pred", "loss"))
 
 
 def test_capacity_uses_the_largest_data_size_and_the_lowest_loss():
@@ -318,6 +360,36 @@ def test_report_states_the_paper_orderings_verdicts(tmp_path):
     assert re.search(r"\| inconclusive \| not shown \| \d+ \(\d+–(\d+|> 1000)\) \|", seeds)  # seeds needed, with range
     assert all((tmp_path / f"{name}.png").stat().st_size > 0 for name in
                ("training_curves", "accuracy_vs_loss", "generalisation_gap", "capacity_vs_data"))
+
+
+def test_runs_stopped_at_a_target_are_read_where_they_stopped():
+    """Stopped at clean training loss 0.3: each run's last evaluation is its reading (no interpolation, so no
+    variants); a layout that never got there, or got there in warm-up, is not comparable, and the stopped runs give
+    no capacity verdict."""
+    import numpy as np
+
+    from ablations.analysis import capacity, check_order, check_order_at_equal_loss
+
+    frames, predictions = [], {}
+    target = np.arange(100) % 10
+    for seed, j in ((0, 0.0), (1, 0.01), (2, -0.01)):
+        frames += [curve(f"a{seed}", "A", [2.0, 1.0, 0.5, 0.28], [0.1, 0.5, 0.7, 0.9 + j], seed=seed, target=0.3),
+                   curve(f"b{seed}", "B", [2.0, 1.2, 0.6, 0.25], [0.1, 0.4, 0.6, 0.8 + j], seed=seed, target=0.3),
+                   curve(f"c{seed}", "C", [2.0, 1.5, 1.2, 1.0], [0.1, 0.2, 0.3, 0.4], seed=seed, target=0.3),
+                   curve(f"d{seed}", "D", [2.0, 0.2], [0.1, 0.6], seed=seed, target=0.3, warmup_steps=20.0)]
+        for run, right in ((f"a{seed}", 90), (f"b{seed}", 80)):
+            predictions[run] = {"target": target, "pred": np.where(np.arange(100) < right, target, (target + 1) % 10)}
+    frame = pd.concat(frames)
+    checks = check_order_at_equal_loss(frame, "A > B > C", predictions=predictions).set_index("pair")
+    ab = checks.loc["A > B"]
+    assert ab["at_loss"] == 0.3 and ab["effect"] == pytest.approx(10.0) and ab["verdict"] == "A better"
+    assert "test set's sampling noise" in ab["method"]
+    assert checks.loc["B > C", "verdict"] == "not comparable"
+    assert checks.loc["B > C", "why"] == "C did not reach the target loss (0.3) within the budget"
+    warm = check_order_at_equal_loss(frame, "A > D").iloc[0]
+    assert warm["verdict"] == "not comparable" and "D reaches 0.3 during warm-up (step 20 <= 20)" in warm["why"]
+    fits = check_order(capacity(frame), "log_min_train_eval_loss", "A > B", False, "log_loss").iloc[0]
+    assert fits["verdict"] == "not comparable" and fits["why"].startswith("runs stopped at a target loss")
 
 
 def test_equal_loss_ordering_compares_each_pair_where_both_curves_overlap():

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -257,12 +258,12 @@ def test_exported_wandb_sweep_trains_as_the_agent_runs_it(tmp_path, capsys):
     assert json.loads((tmp_path / "agent-run" / "summary.json").read_text())["status"] == "completed"
 
 
-def test_demo_spec_exports_the_layout_axis_as_model_names(tmp_path):
+def test_cifar_spec_exports_the_layout_axis_as_model_names(tmp_path):
     from ablations.sweep import wandb_sweep_config
 
-    sweep = wandb_sweep_config(SweepSpec.load(ROOT / "ablations/sweeps/demo.yaml"))
-    assert sweep["parameters"]["model.init_args.model"]["values"][0] == "vit_rel_tiny"
-    assert sweep["parameters"]["trainer.max_epochs"] == {"value": 12} and sweep["parameters"]["target_loss"] == {"value": 0.3}
+    sweep = wandb_sweep_config(SweepSpec.load(ROOT / "ablations/sweeps/cifar100.yaml"))
+    assert sweep["parameters"]["model.init_args.model"]["values"][0] == "vit_rel_cifar"
+    assert sweep["parameters"]["trainer.max_epochs"] == {"value": 100}
 
 
 @pytest.mark.parametrize("name,runs", [("demo", 30), ("cifar100", 60), ("imagenet", 10)])
@@ -291,6 +292,8 @@ def test_ablate_demo_runs_the_study_and_prints_the_report(tmp_path, monkeypatch,
     assert cli_main(["demo", "--root", str(tmp_path / "runs"), "--parallel", "2"]) == 0
     out = capsys.readouterr().out
     assert "# Sweep tiny" in out and "2 of 2 runs completed" in out and "## Final test accuracy" in out
+    assert re.search(r"`ablate demo --parallel 2` took \d+\.\d min \(\d+ s, completed runs skipped\) on .+, \d+ cores",
+                     (tmp_path / "runs" / "tiny" / "report.md").read_text())  # the machine that measured it
 
 
 def test_runs_per_gpu_places_k_workers_on_each_gpu(monkeypatch):

@@ -58,7 +58,8 @@ class OfflineRun:
     metric definitions that an offline run's ``.wandb`` log holds; shaped like ``wandb.Api().runs()``'s runs."""
 
     def __init__(self, run_dir: Path):
-        logs = sorted(Path(run_dir).glob("wandb/offline-run-*/run-*.wandb"))
+        self._dir = Path(run_dir)
+        logs = sorted(self._dir.glob("wandb/offline-run-*/run-*.wandb"))
         assert logs, f"no offline W&B log under {run_dir}"
         self.config_records, self.rows, self.summary, self.metrics, self.files = [], [], {}, {}, []
         self.name = self.id = self.group = self.job_type = None
@@ -88,6 +89,28 @@ class OfflineRun:
 
     def scan_history(self):
         return iter(self.rows)
+
+    def file(self, name: str) -> "OfflineFile":
+        """``Run.file(name)``: a file the run saved, downloadable as the public API's ``File`` is."""
+        if name not in self.files:
+            raise ValueError(f"run {self.id} saved no file {name}")
+        return OfflineFile(next(self._dir.glob(f"wandb/offline-run-*/files/{name}")))
+
+
+class OfflineFile:
+    """The public API's ``File``: ``download(root, replace)`` writes it under ``root``."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def download(self, root: str = ".", replace: bool = False, exist_ok: bool = False):
+        import shutil
+
+        target = Path(root) / self.path.name
+        if target.exists() and not replace:
+            raise ValueError(f"{target} exists")
+        shutil.copyfile(self.path, target)
+        return open(target)
 
 
 class OfflineApi:
