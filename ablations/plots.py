@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import NullFormatter
 import pandas as pd
 
 from .analysis import capacity, final_gap, generalisation, settings
@@ -92,6 +93,7 @@ def accuracy_vs_loss(frame: pd.DataFrame) -> plt.Figure:
         if blocked:
             ax.text(0.02, 0.02, "not comparable here: " + ", ".join(blocked), transform=ax.transAxes, fontsize="small")
         ax.set(xscale="log", xlabel="clean training loss", title=f"data size {size:g}")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # labelled minor ticks overlap on a short log axis
         ax.invert_xaxis()  # training moves to the right
     axes[0][0].set_ylabel("test accuracy")
     axes[0][-1].legend(title="layout", fontsize="small")
