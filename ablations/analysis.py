@@ -30,17 +30,16 @@ from scipy import stats
 from lightning_modules import run_folder
 from lightning_modules.backbones import MODELS
 
+from .identity import MISSING, affects_result, default
 from .verdicts import ALPHA, KINDS, MARGINS, Relation, decide, format_seeds, image_variance, parse_margins, seeds_needed
 
 IDENTITY = ["run", "layout", "model", "budget", "data_size"]  # then the setting columns, then RUN_FACTS
 RUN_FACTS = ["seed", "params", "flops", "wall_time", "warmup_steps", "target", "target_reached", "epoch", "step"]
 TOP_LEVEL_SETTINGS = ("target_loss", "eval_every_n_steps")  # `ablate train` options outside model/data/trainer
-# config keys that say how a run was launched or logged, not what it computed (or that the columns above hold)
-NOT_SETTINGS = ("run_dir", "runs_root", "config", "wandb.", "checkpoint_every_n_steps", "params", "flops",
-                "seed_everything", "data.init_args.seed", "data.init_args.num_workers", "data.init_args.train_fraction",
-                "data.init_args.train_samples", "model.init_args.model", "model.init_args.compile", "trainer.logger",
-                "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.default_root_dir",
-                "trainer.log_every_n_steps", "layout")
+# the result-affecting config keys that other columns hold (or facts a run records, not settings); what does not
+# affect a result at all is ``identity.NOT_RESULT``, the definition the run hash, run ids and resume check share
+SHOWN_APART = ("params", "flops", "seed_everything", "data.init_args.seed", "data.init_args.train_fraction",
+               "data.init_args.train_samples", "model.init_args.model", "layout")
 
 
 def describe_model(name: str) -> tuple[str, str | None]:
@@ -65,7 +64,22 @@ def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def _is_setting(key: str) -> bool:
-    return not any(key == k or (k.endswith(".") and key.startswith(k)) for k in NOT_SETTINGS)
+    return affects_result(key) and key not in SHOWN_APART
+
+
+def _with_defaults(flats: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each run's flat config with the keys other runs name filled in at their defaults: a config written before an
+    option existed had the option's default (``identity.default``), so it is no setting that tells runs apart."""
+    keys = {k for f in flats for k in f if _is_setting(k)}
+    out = []
+    for f in flats:
+        filled = dict(f)
+        for key in keys - f.keys():
+            value = default(key, f)
+            if value is not MISSING:
+                filled[key] = json.dumps(value, default=str) if isinstance(value, (list, tuple)) else value
+        out.append(filled)
+    return out
 
 
 def settings(frame: pd.DataFrame) -> list[str]:
@@ -212,6 +226,7 @@ def read_runs(folder: str | Path, completed_only: bool = True) -> tuple[pd.DataF
             parts.append(part)
     if not parts:
         return None, unreadable
+    parts = [(identity, filled, rows) for (identity, _, rows), filled in zip(parts, _with_defaults([f for _, f, _ in parts]))]
     manifest = run_folder.read_manifest(folder)
     if manifest is not None:
         axes = [flatten(r["axes"]) for r in manifest["runs"]]
@@ -263,6 +278,7 @@ def load_wandb(project: str, api=None, filters: dict | None = None) -> pd.DataFr
         identity = _run_identity(run.name, f"{project}/{run.id}", config, {"wall_time": runtime}, rows)
         identity["predictions"] = _wandb_predictions(run)
         parts.append((identity, flatten(config), rows))
+    parts = [(identity, filled, rows) for (identity, _, rows), filled in zip(parts, _with_defaults([f for _, f, _ in parts]))]
     return _assemble(parts, _varying([flat for _, flat, _ in parts]), f"W&B project {project!r}")
 
 

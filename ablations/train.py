@@ -13,8 +13,6 @@ from __future__ import annotations
 import dataclasses
 import errno
 import functools
-import hashlib
-import json
 import os
 import re
 import shutil
@@ -57,47 +55,9 @@ class RunFolderConfig(SaveConfigCallback):
             run_folder.atomic_write(path, self.parser.dump(self.config))
 
 
-# --- what a run's result depends on ---------------------------------------------------------------------------
-# Every setting changes a run's result except these: where the run is written, how it is shown and logged, and how
-# fast data is fed. One list for the run-folder hash, the sweep's run ids and the resume check; a new option
-# counts as result-affecting until it is named here. Keys without ``init_args``; a key covers its sub-keys.
-NOT_RESULT = (
-    "config", "print_config", "run_dir", "runs_root", "wandb", "checkpoint_every_n_steps",
-    "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.logger", "trainer.log_every_n_steps",
-    "trainer.default_root_dir", "trainer.profiler", "trainer.num_sanity_val_steps",
-    "data.num_workers", "data.pin_memory",
-)
-
-
-def affects_result(key: str) -> bool:
-    """Whether the option ``key`` (dotted, with or without ``init_args``) can change a run's result."""
-    plain = key.replace(".init_args.", ".").removeprefix("--")
-    return not any(plain == k or plain.startswith(k + ".") for k in NOT_RESULT)
-
-
-def result_settings(config: dict[str, Any]) -> dict[str, Any]:
-    """The result-affecting settings of a resolved config (nested, as ``config.yaml`` holds it), flat by dotted key."""
-    flat: dict[str, Any] = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict) and value:
-            for key, inner in value.items():
-                walk(f"{prefix}.{key}" if prefix else str(key), inner)
-        else:
-            flat[prefix] = value
-
-    walk("", config)
-    return {key: value for key, value in flat.items() if affects_result(key)}
-
-
-def settings_hash(settings: dict[str, Any]) -> str:
-    return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
-
-
-def settings_diff(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
-    """``key before -> after`` for every setting that differs (``unset`` where one side lacks it)."""
-    keys = sorted(k for k in before.keys() | after.keys() if before.get(k, "unset") != after.get(k, "unset"))
-    return [f"{k} {before.get(k, 'unset')} -> {after.get(k, 'unset')}" for k in keys]
+# --- what a run's result depends on: ablations.identity, one definition for the run-folder hash, the sweep's run
+# ids, the resume check and the analysis
+from .identity import NOT_RESULT, affects_result, result_settings, settings_diff, settings_hash  # noqa: E402,F401
 
 
 class AlreadyCompleted(Exception):
@@ -120,6 +80,10 @@ class AblateCLI(LightningCLI):
 
     def settings(self) -> dict[str, Any]:
         """This command's result-affecting settings, read back from the YAML that config.yaml is written as."""
+        from . import identity
+
+        defaults = self.parser.get_defaults()  # `ablate train`'s own options: a later one's default is no setting
+        identity.TOP_LEVEL_DEFAULTS.update({k: v for k, v in vars(defaults).items() if not hasattr(v, "__dict__")})
         return result_settings(yaml.safe_load(self.parser.dump(self.config)))
 
     def before_instantiate_classes(self) -> None:

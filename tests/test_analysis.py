@@ -6,7 +6,7 @@ import re
 import pandas as pd
 import pytest
 
-from ablations.analysis import accuracy_at_loss, describe_model, equal_loss_table, final_gap, load_runs, summarise
+from ablations.analysis import accuracy_at_loss, describe_model, equal_loss_table, final_gap, load_runs, settings, summarise
 from ablations.train import main as train_main
 from tests.wandb_records import OfflineApi, OfflineRun
 
@@ -531,3 +531,32 @@ def test_a_base_config_edited_between_launches_is_a_setting_not_a_seed(tiny_stud
     stats = summarise(final_gap(frame), "acc_gap")
     assert len(stats) == 5 and sorted(stats["count"]) == [1, 1, 2, 2, 2]  # the edited group split in two
     assert "model.init_args.lr" not in load_runs(tiny_study).columns  # an unedited sweep has only its grid axes
+
+
+def test_a_run_recorded_before_an_option_existed_is_pooled_with_runs_at_its_default(tiny_study, tmp_path):
+    """A config.yaml written before an option existed lacks it: the run had the option's default, so the report
+    pools it with runs that name the default (no setting column, nothing split) and still tells a run at another
+    value apart."""
+    import shutil
+
+    import yaml
+
+    sweep = tmp_path / "study"
+    shutil.copytree(tiny_study, sweep, ignore=shutil.ignore_patterns("checkpoints", "*.png", "report.md"))
+    runs = sorted(p for p in sweep.iterdir() if (p / "config.yaml").exists())
+    for run in runs[::2]:  # half the runs predate cutmix_alpha (default 0.0) and label_smoothing (default 0.1)
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        del config["model"]["init_args"]["cutmix_alpha"]
+        config["model"]["init_args"]["label_smoothing"] = 0.1
+        (run / "config.yaml").write_text(yaml.safe_dump(config))
+    for run in runs[1::2]:
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        del config["model"]["init_args"]["label_smoothing"]
+        (run / "config.yaml").write_text(yaml.safe_dump(config))
+    frame = load_runs(sweep)
+    assert not {"model.init_args.cutmix_alpha", "model.init_args.label_smoothing"} & set(frame.columns)
+    assert settings(frame) == settings(load_runs(tiny_study))
+    config = yaml.safe_load((runs[0] / "config.yaml").read_text())
+    config["model"]["init_args"]["cutmix_alpha"] = 0.5  # a value other than the default is a setting
+    (runs[0] / "config.yaml").write_text(yaml.safe_dump(config))
+    assert sorted(load_runs(sweep)["model.init_args.cutmix_alpha"].unique()) == [0.0, 0.5]

@@ -243,6 +243,13 @@ def test_cpu_processes_are_not_gpus():
      "sweep x: grid: --model.init_args.lr -1 is not valid; expected a finite number > 0"),
     (f"name: x\nconfig: {DIGITS}\nset: {{trainer.max_epochs: 0}}\ngrid: {{seed_everything: [0]}}\n",
      "sweep x: set: --trainer.max_epochs 0 is not valid; expected an integer > 0"),
+    # two spellings of one configuration: refused before any run, never trained twice
+    (f"name: x\nconfig: {DIGITS}\ngrid: {{data.init_args.train_fraction: [1, 1.0]}}\n",
+     "sweep x: grid points {data.init_args.train_fraction: 1} and {data.init_args.train_fraction: 1.0} are the same "
+     "run once parsed"),
+    (f"name: x\nconfig: {DIGITS}\ngrid: {{model.init_args.lr: [0.002, '2e-3'], seed_everything: [0]}}\n",
+     "sweep x: grid points {model.init_args.lr: 0.002, seed_everything: 0} and {model.init_args.lr: '2e-3', "
+     "seed_everything: 0} are the same run"),
 ])
 def test_bad_sweep_spec_is_one_line(tmp_path, capsys, spec, needle):
     path = tmp_path / "spec.yaml"
@@ -333,3 +340,4 @@ def test_every_numeric_option_refuses_negative_nan_inf_and_text_while_parsing(va
         line = one_line(err.value)
         assert line.startswith(f"--{option} {value} is not valid; expected ") and "\n" not in line, line
     assert len(checked) >= 20, sorted(checked)
+

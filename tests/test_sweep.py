@@ -495,3 +495,28 @@ def test_spec_margins_are_checked_when_the_spec_loads(tmp_path):
         SweepSpec.load(write_spec(tmp_path, text.replace("accuracy: 0.5", "acc: 0.5")))
     with pytest.raises(ValueError, match=r"margin accuracy=-1 is not valid; expected a positive number"):
         SweepSpec.load(write_spec(tmp_path, text.replace("accuracy: 0.5", "accuracy: -1")))
+
+
+def test_the_same_configuration_spelled_twice_on_the_command_line_is_refused_before_any_run(tmp_path, capsys):
+    assert cli_main(["sweep", str(write_spec(tmp_path)), "--root", str(tmp_path / "runs"),
+                     "--grid", "data.init_args.train_fraction=1,1.0,0.5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ablate sweep: error: sweep tiny: grid points {") and "are the same run once parsed" in err
+    assert "\n" not in err and not (tmp_path / "runs").exists()
+
+
+def test_a_run_launched_under_an_earlier_id_keeps_its_folder(tmp_path):
+    """A sweep folder whose manifest lists a run under an id from an earlier rule: the run keeps that id (its
+    folder is left completed, or resumed), so a change of how ids are made never trains a run twice."""
+    from ablations.sweep import write_manifest
+
+    spec = SweepSpec.load(write_spec(tmp_path))
+    runs = spec.expand()
+    folder = tmp_path / "runs" / "tiny"
+    old = folder / "C-T-s0-0ld1d000"
+    old.mkdir(parents=True)
+    (old / "summary.json").write_text(json.dumps({"status": "completed"}))
+    write_manifest(spec, [type(runs[0])(old.name, runs[0].overrides, runs[0].axes)], folder)
+    again = spec.expand(folder)
+    assert [r.id for r in again] == [old.name, *(r.id for r in runs[1:])]
+    assert [status for _, status in sweep_status(spec, tmp_path / "runs")][0] == "completed"

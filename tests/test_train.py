@@ -316,3 +316,45 @@ def test_a_run_without_a_validation_split_completes(tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and "test/acc" in summary["final"]
     assert (run_dir / "checkpoints" / "best.ckpt").exists()
+
+
+def test_an_option_added_later_with_a_default_changes_no_run_folder_run_id_or_resume(tmp_path, monkeypatch, capsys):
+    """A run trained before ImageClassifier had an option: once the option exists (with a default), the same
+    command finds the same default run folder (its config.yaml lacks the option: it had the default), passes the
+    resume check and finds it completed; a sweep's run ids stay as they were."""
+    import lightning_modules.classifier as classifier
+    from ablations import identity
+    from ablations.sweep import SweepSpec
+    from ablations.sweep import overrides as sweep_overrides
+    from ablations.train import training_parser
+    from tests.specs import tiny_spec
+
+    argv = [*SMALL_RUN, "--trainer.max_epochs=1", f"--runs_root={tmp_path / 'runs'}"]
+    assert train_main(argv) == 0
+    [run_dir] = (tmp_path / "runs").iterdir()
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(tiny_spec("later", "  model.init_args.model: [C-T, T-C]\n  seed_everything: [0, 1]\n"))
+    ids = [r.id for r in SweepSpec.load(spec).expand()]
+
+    class ImageClassifier(classifier.ImageClassifier):  # the same class path, one option more
+        def __init__(self, *args, later_option: bool = False, **kwargs):
+            super().__init__(*args, **kwargs)
+
+    ImageClassifier.__module__, ImageClassifier.__qualname__ = classifier.__name__, "ImageClassifier"
+    monkeypatch.setattr(classifier, "ImageClassifier", ImageClassifier)
+    for cache in (training_parser.cache_clear, identity._signature_default.cache_clear, sweep_overrides._RESOLVED.clear):
+        cache()
+    try:
+        parser = training_parser()  # rebuilt: it sees the new option, and config.yaml would record it
+        assert "later_option: false" in parser.dump(parser.parse_args(SMALL_RUN))
+        capsys.readouterr()
+        assert train_main(argv) == 0
+        assert capsys.readouterr().err.strip().endswith(f"{run_dir} is already completed; delete its summary.json to "
+                                                        "run it again")
+        assert [p.name for p in (tmp_path / "runs").iterdir()] == [run_dir.name]
+        assert [r.id for r in SweepSpec.load(spec).expand()] == ids
+    finally:
+        for cache in (training_parser.cache_clear, identity._signature_default.cache_clear,
+                      sweep_overrides._RESOLVED.clear):
+            cache()
+

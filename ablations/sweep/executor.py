@@ -10,7 +10,6 @@ from typing import Any
 from lightning_modules import run_folder
 
 from .attempts import read_status
-from .overrides import check_overrides
 from .spec import Run, SweepSpec
 
 
@@ -26,7 +25,7 @@ def write_manifest(spec: SweepSpec, runs: list[Run], folder: Path) -> None:
 
 def sweep_status(spec: SweepSpec, root: str | Path = "runs") -> list[tuple[Run, str]]:
     folder = sweep_dir(spec, root)
-    return [(run, read_status(folder / run.id)) for run in spec.expand()]
+    return [(run, read_status(folder / run.id)) for run in spec.expand(folder)]
 
 
 class Executor(abc.ABC):
@@ -37,9 +36,8 @@ class Executor(abc.ABC):
 
     def run(self, spec: SweepSpec, root: str | Path = "runs") -> Any:
         self.check(spec)
-        runs = spec.expand()
-        check_overrides(spec, runs)
         folder = sweep_dir(spec, root)
+        runs = spec.expand(folder)  # every override checked with `ablate train`'s parser, duplicates refused
         write_manifest(spec, runs, folder)
         return self.launch(spec, runs, folder)
 

@@ -23,6 +23,29 @@ def train_args(spec: SweepSpec, run: Run, run_dir: Path, gpus: int = 1, nodes: i
     return args + [f"--run_dir={run_dir}", f"--wandb.group={spec.name}"]
 
 
+def resolved_settings(config: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    key = (config, Path(config).read_text(), json.dumps(overrides, sort_keys=True, default=str))
+    if key not in _RESOLVED:
+        _RESOLVED[key] = _resolve(config, overrides)
+    return _RESOLVED[key]
+
+
+_RESOLVED: dict[tuple[str, str, str], dict[str, Any]] = {}  # parsed once per process
+
+
+def _resolve(config: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The result settings a run of ``overrides`` on the base ``config`` gets, as ``ablate train`` parses them
+    (``identity.result_settings`` of the config it would save): what its id and identity are computed from."""
+    import yaml
+
+    from ..identity import result_settings
+    from ..train import training_parser
+
+    parser = training_parser()
+    parsed = parser.parse_args([f"--config={config}", *override_args(overrides)])
+    return result_settings(yaml.safe_load(parser.dump(parsed)) or {})
+
+
 def check_overrides(spec: SweepSpec, runs: list[Run]) -> None:
     """Parse the spec's overrides with `ablate train`'s own parser, once, before any run starts: the fixed ones
     together, then each grid value on top of them. A key that is no option is named with the closest one; a value

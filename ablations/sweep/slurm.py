@@ -28,8 +28,8 @@ class SlurmRun:
         self.spec, self.run_id, self.root, self.nodes, self.devices = spec, run_id, root, nodes, devices
 
     def __call__(self) -> str:
-        run = next(r for r in self.spec.expand() if r.id == self.run_id)
         folder = sweep_dir(self.spec, self.root)
+        run = next(r for r in self.spec.expand(folder) if r.id == self.run_id)
         if os.environ.get("SLURM_PROCID", "0") != "0":
             # task 0 will not start it either: nobody to wait for (its lock cannot tell our task 0 from another job)
             status = summary_status(folder / run.id)

@@ -14,6 +14,8 @@ from lightning_modules.backbones import BUDGETS, budget_variant, import_block_mo
 from lightning_modules.backbones.blocks import BLOCK_DESCRIPTIONS
 from lightning_modules.backbones.registry import MATCHED
 
+from lightning_modules.run_folder import read_manifest, summary_status
+
 from .run_ids import run_id
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -132,9 +134,17 @@ class SweepSpec:
         return {"model.init_args.model": canonical, "model.init_args.budget": self.budget,
                 "model.init_args.model_args": {**model_args, **shape}}
 
-    def expand(self) -> list[Run]:
+    def expand(self, folder: str | Path | None = None) -> list[Run]:
+        """The runs of the grid, each id from its resolved settings (``run_ids``). Every override is checked with
+        ``ablate train``'s parser first (``overrides.check_overrides``). Two grid points that are one configuration
+        once parsed (``1`` and ``1.0`` for a float option) are refused here, before any run starts. With
+        ``folder`` (the sweep's), a run that the folder's manifest already lists under another id (one made by an
+        earlier rule for ids) keeps that id: its folder is resumed or left completed, never trained again."""
+        from ..identity import canonical, non_default
+        from .overrides import check_overrides, resolved_settings
+
         keys = list(self.grid)
-        runs = []
+        points = []
         for values in itertools.product(*(self.grid[k] for k in keys)):
             axes = {}
             for key, value in zip(keys, values):  # a linked axis sets each of its options
@@ -145,11 +155,42 @@ class SweepSpec:
                     overrides.update(self.layout_overrides(value))
                 else:
                     overrides[key] = value
-            runs.append(Run(run_id(overrides), overrides, axes))
-        ids = [r.id for r in runs]
-        if len(set(ids)) != len(ids):
-            raise ValueError(f"sweep {self.name!r} expands to duplicate runs; remove repeated grid values")
-        return runs
+            points.append((overrides, axes))
+        check_overrides(self, [Run("", overrides, axes) for overrides, axes in points])
+        runs, seen = [], {}
+        for overrides, axes in points:
+            settings = resolved_settings(self.config, overrides)
+            run = Run(run_id(overrides, settings), overrides, axes)
+            for key in (run.id, canonical(non_default(settings))):
+                if key in seen:
+                    raise ValueError(f"sweep {self.name}: grid points {_point(seen[key].axes)} and {_point(axes)} are "
+                                     "the same run once parsed (the same settings and seed); remove one of them")
+                seen[key] = run
+            runs.append(run)
+        return _launched_ids(self, runs, Path(folder)) if folder is not None else runs
+
+def _point(axes: dict[str, Any]) -> str:
+    return "{" + ", ".join(f"{key}: {value!r}" for key, value in axes.items()) + "}"
+
+
+def _launched_ids(spec: SweepSpec, runs: list[Run], folder: Path) -> list[Run]:
+    """Runs that ``folder``'s manifest lists under another id than the current rule gives (the same overrides,
+    resolved the same way) keep the id their folder has."""
+    from .overrides import resolved_settings
+
+    manifest = read_manifest(folder)
+    ids = {run.id for run in runs}
+    earlier: dict[str, str] = {}
+    for entry in (manifest or {}).get("runs", []):
+        if entry.get("id") in ids or not (folder / str(entry.get("id"))).is_dir():
+            continue
+        try:
+            now = run_id(entry["overrides"], resolved_settings(spec.config, entry["overrides"]))
+        except Exception:  # noqa: BLE001  overrides this code no longer parses: that folder is another run
+            continue
+        if now in ids and (now not in earlier or summary_status(folder / entry["id"]) == "completed"):
+            earlier[now] = str(entry["id"])
+    return [Run(earlier.get(run.id, run.id), run.overrides, run.axes) for run in runs]
 
 
 def _command_line(raw: dict[str, Any], fixed: dict[str, Any], grid: dict[str, list[Any]], path: Path) -> dict[str, Any]:
