@@ -265,7 +265,7 @@ def log_to_wandb(frame: pd.DataFrame, figures: dict[str, Path], out: Path, group
     ``report`` in the sweep's group (the project the runs logged to), resumed by each new report."""
     import wandb
 
-    from lightning_modules.wandb_run import run_id, wandb_mode
+    from lightning_modules.wandb_run import run_id, wandb_dir, wandb_mode
 
     project = "stacking-ablations"
     if source.startswith("wandb:"):
@@ -276,7 +276,7 @@ def log_to_wandb(frame: pd.DataFrame, figures: dict[str, Path], out: Path, group
     entity, _, name = project.rpartition("/")
     run = wandb.init(project=name, entity=entity or None, group=group, job_type="report",
                      name=f"{group or out.name}-report", id=run_id(out), resume="allow", mode=wandb_mode(),
-                     dir=str(out), config={"source": source})
+                     dir=wandb_dir(out), config={"source": source})
     run.log({**{f"report/{title}": wandb.Table(dataframe=table.astype(object).where(table.notna(), None))
                 for title, table in report_tables(frame, margins).items()},
              **{f"report/{name}": wandb.Image(str(path)) for name, path in figures.items()}})

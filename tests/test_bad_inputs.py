@@ -341,3 +341,48 @@ def test_every_numeric_option_refuses_negative_nan_inf_and_text_while_parsing(va
         assert line.startswith(f"--{option} {value} is not valid; expected ") and "\n" not in line, line
     assert len(checked) >= 20, sorted(checked)
 
+
+def _loopback(listen: bool):
+    """A W&B server address on this machine: one that accepts connections (and never answers), or a closed port."""
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{server.getsockname()[1]}"
+    if listen:
+        server.listen(8)
+    else:
+        server.close()
+    return server, url
+
+
+@pytest.mark.parametrize("key,listen,needle", [
+    (None, True, "W&B has no API key on this machine (No API key configured. Use `wandb login` to log in.); run "
+                 "`wandb login` or set WANDB_API_KEY"),
+    ("abc", True, "W&B refused the credentials (WANDB_API_KEY invalid: API key must have 40+ characters, has 3.); "
+                  "run `wandb login --relogin` or set WANDB_API_KEY to a valid key"),
+    ("a" * 40, False, "could not be reached (no connection within 5 s); check the network and WANDB_BASE_URL"),
+], ids=["no credentials", "bad credentials", "W&B unreachable"])
+def test_a_report_from_wandb_that_wandb_cannot_serve_is_one_line(tmp_path, monkeypatch, capsys, key, listen, needle):
+    """The real wandb.Api on this machine only: no key (an empty HOME), a key W&B refuses, a server that is not
+    there (a closed loopback port); one line saying what to do, exit code 2, in seconds."""
+    import time
+
+    server, url = _loopback(listen)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "home" / ".config" / "wandb"))
+    monkeypatch.setenv("WANDB_BASE_URL", url)
+    if key is None:
+        monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    else:
+        monkeypatch.setenv("WANDB_API_KEY", key)
+    start = time.monotonic()
+    try:
+        assert cli_main(["report", "wandb:someone/nothing", "--out", str(tmp_path / "out")]) == 2
+    finally:
+        server.close()
+    assert time.monotonic() - start < 10
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ablate report: error: ") and needle in err and "\n" not in err, err
+    assert not (tmp_path / "out" / "report.md").exists()

@@ -358,3 +358,63 @@ def test_an_option_added_later_with_a_default_changes_no_run_folder_run_id_or_re
                       sweep_overrides._RESOLVED.clear):
             cache()
 
+
+def _wandb_env(tmp_path, monkeypatch, url: str) -> None:
+    for key in [k for k in os.environ if k.startswith("WANDB_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "home" / "wandb-config"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_BASE_URL", url)
+
+
+def test_a_run_whose_wandb_server_cannot_be_reached_trains_offline_and_wandb_dir_is_respected(tmp_path, monkeypatch,
+                                                                                               capsys):
+    """W&B on, credentials present, the server not there (a closed loopback port): the run says so in one line,
+    logs offline (under WANDB_DIR, not the run folder) and completes, without waiting on W&B's timeout."""
+    import socket
+    import time
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{server.getsockname()[1]}"
+    server.close()
+    _wandb_env(tmp_path, monkeypatch, url)
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-files"))
+    run_dir = tmp_path / "run"
+    start = time.monotonic()
+    assert train_main([*SMALL_RUN, "--trainer.max_epochs=1", "--wandb.enabled=true", f"--run_dir={run_dir}"]) == 0
+    assert time.monotonic() - start < 60
+    err = capsys.readouterr().err
+    assert f"W&B at {url} could not be reached; logging offline to {tmp_path / 'wandb-files'} instead" in err
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+    assert list((tmp_path / "wandb-files" / "wandb").glob("offline-run-*")) and not (run_dir / "wandb").exists()
+
+
+def test_a_wandb_server_that_refuses_the_credentials_does_not_fail_the_run(tmp_path, monkeypatch, capsys):
+    """wandb.init raising W&B's own AuthenticationError (the message the library gives for a refused key): the run
+    goes on offline with one line, and completes; nothing a sweep would retry as a crash."""
+    import wandb
+
+    import lightning_modules.wandb_run as wandb_run
+
+    _wandb_env(tmp_path, monkeypatch, "http://127.0.0.1:9")
+    monkeypatch.setattr(wandb_run, "wandb_mode", lambda: "online")
+    monkeypatch.setattr(wandb_run, "reachable", lambda timeout=5.0: True)
+    real_init = wandb.init
+
+    def init(*args, mode=None, **kwargs):
+        if mode == "online":
+            raise wandb.errors.AuthenticationError("WANDB_API_KEY invalid: API key must have 40+ characters, has 3.")
+        return real_init(*args, mode=mode, **kwargs)
+
+    monkeypatch.setattr(wandb, "init", init)
+    run_dir = tmp_path / "run"
+    assert train_main([*SMALL_RUN, "--trainer.max_epochs=1", "--wandb.enabled=true", f"--run_dir={run_dir}"]) == 0
+    err = capsys.readouterr().err
+    assert ("W&B could not start this run online (WANDB_API_KEY invalid: API key must have 40+ characters, has 3.); "
+            f"logging offline to {run_dir} instead") in err
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["failure"] is None
+    assert list(run_dir.glob("wandb/offline-run-*"))
