@@ -64,3 +64,13 @@ def test_plan_refuses_a_pilot_without_the_specs_layouts(tmp_path, capsys):
     assert err.startswith("ablate plan: error: pilot ") and "at least two of them" in err and len(err.splitlines()) == 1
     assert cli_main(["plan", str(spec), "--pilot", str(tmp_path / "nothing")]) == 2
     assert "no completed runs" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("margin,needle", [("accuracy=abc", "margin accuracy='abc' is not valid; expected a positive number"),
+                                           ("acc=1", "margin 'acc' is not a metric kind; valid: accuracy, log_loss"),
+                                           ("accuracy", "--margin expects KEY=VALUE")])
+def test_a_bad_margin_is_one_line_before_anything_is_read(tmp_path, capsys, margin, needle):
+    write_pilot(tmp_path / "pilot")
+    assert cli_main(["report", str(tmp_path / "pilot"), "--margin", margin]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and len(err.splitlines()) == 1 and not (tmp_path / "pilot" / "report.md").exists()
