@@ -1,7 +1,6 @@
 """What `ablate train` records for comparing runs statistically: stopping at a target clean training loss (exact
 across kills and preemption), denser evaluations, per-image test predictions and whether a run converged."""
 
-import json
 import signal
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from ablations.train import main as train_main
 from lightning_modules import run_folder
 from lightning_modules.checkpoints import load_checked
 from lightning_modules.curves import convergence
+from tests.test_faults import rows, summary
 from tests.test_train import read_metrics, run_cli
 
 # digits, a tiny model: 144 training images in batches of 32 are 4 steps an epoch, 12 in all
@@ -20,15 +20,6 @@ RUN = ["--config=ablations/configs/digits_tiny.yaml", "--model.init_args.model=C
        "--model.init_args.lr=0.005", "--data.init_args.train_samples=160", "--data.init_args.batch_size=32",
        "--trainer.max_epochs=3", "--eval_every_n_steps=3"]
 STEPS_PER_EPOCH = 4
-COLUMNS = ("epoch", "step", "train/loss", "train_eval/loss", "val/acc", "test/loss", "test/acc")
-
-
-def rows(run_dir: Path) -> list[list[str]]:
-    return [[r[c] for c in COLUMNS] for r in read_metrics(run_dir)]
-
-
-def summary(run_dir: Path) -> dict:
-    return json.loads((run_dir / "summary.json").read_text())
 
 
 @pytest.fixture(scope="module")
