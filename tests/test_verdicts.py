@@ -67,8 +67,9 @@ def _study(rng, n, truth, noise):
 
 def test_calibration_by_simulation_against_a_known_truth():
     """No true difference (noise sd 2 points on each paired difference, margin 1 point): the family-wise rate of
-    any `better` verdict in a family of 4 relations stays at 5% for n = 3, 5, 10; and a true difference of 3 margins
-    at n = 10 is found at least 80% of the time."""
+    any `better` verdict in a family of 4 relations stays at 5% for n = 3, 5, 10; with every true difference exactly
+    one margin, so is that of an `equivalent` one; and a true difference of 3 margins at n = 10 is found at least 80%
+    of the time."""
     rng = np.random.default_rng(0)
     studies = 600
     tolerance = 2.5 * np.sqrt(0.05 * 0.95 / studies)
@@ -76,6 +77,10 @@ def test_calibration_by_simulation_against_a_known_truth():
         false = sum(any(r["verdict"].endswith("better") for r in _study(rng, n, [0] * 5, 2.0)) for _ in range(studies))
         print(f"n={n}: family-wise rate of a false `better` verdict {false / studies:.3f} over {studies} studies")
         assert false / studies <= 0.05 + tolerance
+    # every true difference exactly one margin: `equivalent` would be false for each relation
+    false = sum(any(r["verdict"] == "equivalent" for r in _study(rng, 5, [4, 3, 2, 1, 0], 2.0)) for _ in range(studies))
+    print(f"n=5: family-wise rate of a false `equivalent` verdict {false / studies:.3f} over {studies} studies")
+    assert false / studies <= 0.05 + tolerance
     found = sum(_study(rng, 10, [3, 0, 0, 0, 0], 2.0)[0]["verdict"] == "A better" for _ in range(studies))
     print(f"n=10: a true 3-point difference found in {found / studies:.3f} of {studies} studies")
     assert found / studies >= 0.8
