@@ -86,9 +86,9 @@ def test_calibration_by_simulation_against_a_known_truth():
     assert found / studies >= 0.8
 
 
-def test_test_set_noise_widens_the_interval_to_its_nominal_coverage():
+def test_test_set_noise_widens_the_interval_to_at_least_its_nominal_coverage():
     """Per-image truth: each image favours A or B; the population difference is known. Seeds alone (same test set
-    for all) under-cover it; with the test set's share the 95% interval covers it about 95% of the time."""
+    for all) under-cover it; with the test set's share the 95% interval covers it at least 95% of the time."""
     rng = np.random.default_rng(3)
     images, seeds, studies, covered, covered_seeds_only = 300, 10, 400, 0, 0
     for _ in range(studies):
@@ -105,7 +105,7 @@ def test_test_set_noise_widens_the_interval_to_its_nominal_coverage():
         covered_seeds_only += seeds_only["low"] <= 0 <= seeds_only["high"]
     print(f"coverage of the true difference: {covered / studies:.3f} with the test set's noise, "
           f"{covered_seeds_only / studies:.3f} with seeds alone")
-    assert 0.92 <= covered / studies <= 0.98 and covered_seeds_only / studies < 0.8
+    assert covered / studies >= 0.93 and covered_seeds_only / studies < 0.8
 
 
 def test_power_and_seeds_needed_against_known_answers():
@@ -120,3 +120,21 @@ def test_power_and_seeds_needed_against_known_answers():
     low, high = need["range"]
     assert low <= n <= high  # the sd from 5 seeds is uncertain: so is the count
     assert seeds_needed(np.array([0.1, -0.1, 0.0]), margin=1.0, image_var=1.0)["test_set_limits"]
+
+
+def test_the_test_sets_share_keeps_the_family_wise_rate_when_nothing_differs():
+    """Five layouts that are one model (every run draws its per-image correctness from the same per-image
+    difficulty), 3 seeds, 300 test images: with the test set's share in every interval, a family of 4 relations
+    still gives a false `better` at most 5% of the time. (Welch-Satterthwaite degrees of freedom, which grow when
+    the 3 seeds happen to agree, gave about 1.8x the rate on a shuffle of the demo.)"""
+    rng = np.random.default_rng(4)
+    studies, images, seeds = 500, 300, 3
+    false = 0
+    for _ in range(studies):
+        difficulty = rng.beta(4, 1, images)
+        correct = {name: rng.random((seeds, images)) < difficulty for name in LAYOUTS}
+        relations = [Relation(a, ">", b, 100 * (correct[a].mean(1) - correct[b].mean(1)),
+                              image_variance(correct[a], correct[b]) * 100 ** 2) for a, b in zip(LAYOUTS, LAYOUTS[1:])]
+        false += any(r["verdict"].endswith("better") for r in decide(relations, margin=1.0))
+    print(f"n=3 with the test set's share: family-wise rate of a false `better` verdict {false / studies:.3f}")
+    assert false / studies <= 0.05 + 2.5 * np.sqrt(0.05 * 0.95 / studies)
