@@ -33,3 +33,14 @@ def tiny_study(tmp_path_factory) -> Path:
         results = run_sweep(spec, root / "runs", parallel=2, progress=False, fork=True)  # as `ablate sweep` runs it
     assert sorted(results.values()) == ["completed"] * 8
     return sweep_dir(spec, root / "runs")
+
+
+@pytest.fixture
+def fresh_wandb():
+    """W&B's process-wide settings read again from the environment a test sets, and dropped after it: a test that
+    changes HOME or WANDB_* leaves nothing behind for the next."""
+    import wandb
+
+    wandb.teardown()
+    yield
+    wandb.teardown()

@@ -363,7 +363,7 @@ def _loopback(listen: bool):
                   "run `wandb login --relogin` or set WANDB_API_KEY to a valid key"),
     ("a" * 40, False, "could not be reached (no connection within 5 s); check the network and WANDB_BASE_URL"),
 ], ids=["no credentials", "bad credentials", "W&B unreachable"])
-def test_a_report_from_wandb_that_wandb_cannot_serve_is_one_line(tmp_path, monkeypatch, capsys, key, listen, needle):
+def test_a_report_from_wandb_that_wandb_cannot_serve_is_one_line(fresh_wandb, tmp_path, monkeypatch, capsys, key, listen, needle):
     """The real wandb.Api on this machine only: no key (an empty HOME), a key W&B refuses, a server that is not
     there (a closed loopback port); one line saying what to do, exit code 2, in seconds."""
     import time

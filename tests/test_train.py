@@ -368,7 +368,7 @@ def _wandb_env(tmp_path, monkeypatch, url: str) -> None:
     monkeypatch.setenv("WANDB_BASE_URL", url)
 
 
-def test_a_run_whose_wandb_server_cannot_be_reached_trains_offline_and_wandb_dir_is_respected(tmp_path, monkeypatch,
+def test_a_run_whose_wandb_server_cannot_be_reached_trains_offline_and_wandb_dir_is_respected(fresh_wandb, tmp_path, monkeypatch,
                                                                                                capsys):
     """W&B on, credentials present, the server not there (a closed loopback port): the run says so in one line,
     logs offline (under WANDB_DIR, not the run folder) and completes, without waiting on W&B's timeout."""
@@ -392,7 +392,7 @@ def test_a_run_whose_wandb_server_cannot_be_reached_trains_offline_and_wandb_dir
     assert list((tmp_path / "wandb-files" / "wandb").glob("offline-run-*")) and not (run_dir / "wandb").exists()
 
 
-def test_a_wandb_server_that_refuses_the_credentials_does_not_fail_the_run(tmp_path, monkeypatch, capsys):
+def test_a_wandb_server_that_refuses_the_credentials_does_not_fail_the_run(fresh_wandb, tmp_path, monkeypatch, capsys):
     """wandb.init raising W&B's own AuthenticationError (the message the library gives for a refused key): the run
     goes on offline with one line, and completes; nothing a sweep would retry as a crash."""
     import wandb
