@@ -34,6 +34,27 @@ def no_decay(name: str, param: nn.Parameter) -> bool:
     return param.ndim <= 1 or name.endswith("rel_bias.table")
 
 
+def check_budget(model: str, budget: str, size: tuple[int, int]) -> None:
+    """A run at a budget is at it: the budget sizes a layout (a registry name has its own size) for its own
+    resolution (at another, its parameters and MACs are another network's: the paper budget on 32x32 images spends
+    96.5M MACs of its 5.0G, with S4 on a 1x1 map)."""
+    from .backbones import BUDGETS, MODELS
+
+    if budget not in BUDGETS:
+        return  # budget_variant names the valid ones
+    if model.strip().lower() in MODELS:
+        raise ValueError(f"--model.init_args.budget {budget} sizes a layout such as C-C-T-T; {model!r} is a registry "
+                         "model with its own size: drop the budget, or give the layout (--model.init_args.model "
+                         f"{getattr(MODELS[model.strip().lower()].config, 'layout', 'C-C-T-T')})")
+    want = tuple(BUDGETS[budget].template.image_size)
+    if tuple(size) != want:
+        fits = [name for name, b in BUDGETS.items() if tuple(b.template.image_size) == tuple(size)]
+        hint = (f"use --model.init_args.budget {' or '.join(fits)}" if fits else
+                f"no budget is sized for {size[0]}x{size[1]}; give depths and dims in --model.init_args.model_args")
+        raise ValueError(f"--model.init_args.budget {budget} is sized for {want[0]}x{want[1]} images but the data are "
+                         f"{size[0]}x{size[1]}; {hint}, or data at {want[0]}x{want[1]}")
+
+
 class ImageClassifier(L.LightningModule):
     """AdamW with linear warm-up and cosine decay, label smoothing, MixUp/CutMix, stochastic depth.
 
@@ -82,6 +103,7 @@ class ImageClassifier(L.LightningModule):
             overrides.setdefault("drop_path", drop_path)
         build = dict(num_classes=num_classes, image_size=size, in_chans=in_chans, **overrides)
         if budget is not None:  # matched once (at the budget's own resolution and classes), then built twice
+            check_budget(model, budget, size)
             cfg = budget_variant(model, budget, **build)
             build = {**build, "depths": cfg.depths, "dims": cfg.dims, "stem_dim": cfg.stem_dim}
         self.backbone = create_model(model, budget=budget, **build)

@@ -37,7 +37,7 @@ class KernelBlock(Block):
 
 
 MODULE = "tests.test_custom_block"
-SYNTHETIC = ["--data=datamodules.SyntheticDataModule", "--data.init_args.image_size=16", "--data.init_args.num_classes=4",
+SYNTHETIC = ["--data=datamodules.SyntheticDataModule", "--data.init_args.image_size=32", "--data.init_args.num_classes=4",
              "--data.init_args.train_size=64", "--data.init_args.test_size=16", "--data.init_args.batch_size=16",
              "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.logger=false", "--trainer.max_epochs=1",
              "--model.init_args.mixup_alpha=0.0"]
