@@ -371,14 +371,14 @@ def test_runs_stopped_at_a_target_are_read_where_they_stopped():
     from ablations.analysis import capacity, check_order, check_order_at_equal_loss
 
     frames, predictions = [], {}
-    target = np.arange(100) % 10
+    target = np.arange(1000) % 10
     for seed, j in ((0, 0.0), (1, 0.01), (2, -0.01)):
         frames += [curve(f"a{seed}", "A", [2.0, 1.0, 0.5, 0.28], [0.1, 0.5, 0.7, 0.9 + j], seed=seed, target=0.3),
                    curve(f"b{seed}", "B", [2.0, 1.2, 0.6, 0.25], [0.1, 0.4, 0.6, 0.8 + j], seed=seed, target=0.3),
                    curve(f"c{seed}", "C", [2.0, 1.5, 1.2, 1.0], [0.1, 0.2, 0.3, 0.4], seed=seed, target=0.3),
                    curve(f"d{seed}", "D", [2.0, 0.2], [0.1, 0.6], seed=seed, target=0.3, warmup_steps=20.0)]
         for run, right in ((f"a{seed}", 90), (f"b{seed}", 80)):
-            predictions[run] = {"target": target, "pred": np.where(np.arange(100) < right, target, (target + 1) % 10)}
+            predictions[run] = {"target": target, "pred": np.where(np.arange(1000) < 10 * right, target, (target + 1) % 10)}
     frame = pd.concat(frames)
     checks = check_order_at_equal_loss(frame, "A > B > C", predictions=predictions).set_index("pair")
     ab = checks.loc["A > B"]
