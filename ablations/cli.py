@@ -127,7 +127,10 @@ def cmd_sweep(args: argparse.Namespace) -> None:
                         runs_per_gpu=args.runs_per_gpu, fork=True)
     counts = {s: list(results.values()).count(s) for s in sorted(set(results.values()))}
     report = write_report(sweep_dir(spec, args.root), wandb=bool(spec.fixed.get("wandb.enabled")))
-    print(f"sweep {spec.name}: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f"; report: {report}")
+    running = sorted(run_id_ for run_id_, status in results.items() if status == "running")  # another process's
+    print(f"sweep {spec.name}: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f"; report: {report}"
+          + (f"; still running in another process: {', '.join(running)} (`ablate status {args.spec}` follows them)"
+             if running else ""))
     if counts.get("failed"):
         from .sweep import failure
 

@@ -22,6 +22,7 @@ import yaml
 
 from lightning_modules import run_folder
 
+from . import runlock
 from .sweep import SweepSpec, failure, read_status, sweep_dir
 
 ACTIVE = ("running", "interrupted", "pending")  # states that still need time
@@ -64,8 +65,27 @@ def sweep_runs(target: str | Path, root: str | Path = "runs") -> tuple[str, Path
         name = manifest.get("name", name)
         runs = [(folder / r["id"], r.get("overrides", {})) for r in manifest["runs"]]
     if not runs:
-        raise FileNotFoundError(f"{target} holds no runs (a sweep folder has manifest.json, a run folder metrics.csv)")
+        raise FileNotFoundError(no_runs(target))
     return name, folder, runs
+
+
+def no_runs(target: str | Path) -> str:
+    """The line for a folder that holds no runs (``ablate status``, ``ablate report``)."""
+    return f"{target} holds no runs (a sweep folder has manifest.json, a run folder metrics.csv)"
+
+
+def still_running(folder: Path) -> list[str]:
+    """The runs of a sweep folder (its manifest's) or of any folder of runs that a live process trains now:
+    ``read_status`` as ``ablate status`` reads it (the run's lock is held). A summary that says running with no
+    holder of the lock is a dead run, not a running one."""
+    folder = Path(folder)
+    manifest = run_folder.read_manifest(folder)
+    if manifest is not None:
+        candidates = [folder / r["id"] for r in manifest["runs"]]
+    else:  # every run holds its folder's lock while it trains
+        candidates = sorted({p.parent for p in folder.rglob(runlock.LOCK_NAME) if run_folder.CHECKPOINTS not in p.parts})
+    return sorted(run_dir.name if run_dir == folder else run_dir.relative_to(folder).as_posix()
+                  for run_dir in candidates if read_status(run_dir) == "running")
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, float | None]]:

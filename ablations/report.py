@@ -17,8 +17,10 @@ from .analysis import (
     PAPER_CAPACITY, PAPER_GENERALISATION, capacity, generalisation, load_source, ordering_checks, pairwise, ranking,
     read_runs, run_facts, run_folders_of, settings,
 )
-from .verdicts import parse_margins
+from .analysis import _run_candidates
 from .plots import PAPER_LAYOUTS, layout_order, save_figures
+from .progress import no_runs, still_running
+from .verdicts import parse_margins
 
 
 def markdown_table(table: pd.DataFrame, digits: int = 4, empty: str = "(no rows)") -> str:
@@ -214,7 +216,7 @@ def write_report(source: str | Path, out: str | Path | None = None, wandb: bool 
     the study's W&B summary run. ``margins`` (``{"accuracy": 0.5}``) override the sweep's (its spec's ``margins``)
     and the defaults."""
     source = str(source)
-    manifest = None
+    manifest, running = None, []
     if source.startswith("wandb:"):
         if out is None:
             raise ValueError(f"report of {source!r} needs --out FOLDER to write into")
@@ -225,6 +227,9 @@ def write_report(source: str | Path, out: str | Path | None = None, wandb: bool 
             raise FileNotFoundError(f"{folder} is not a folder; give a folder of run folders, e.g. runs/demo or runs")
         manifest = run_folder.read_manifest(folder)
         title = f"Sweep {manifest['name']}" if manifest else f"Runs under {folder}"
+        running = still_running(folder)  # as `ablate status` reads them: a live process holds each one's lock
+        if not (manifest or {}).get("runs") and not running and not _run_candidates(folder):
+            raise FileNotFoundError(no_runs(source))  # as `ablate status` says it
     margins = parse_margins({**((manifest or {}).get("margins") or {}), **(margins or {})})
     out = Path(out if out is not None else source)
     unreadable: dict[str, str] = {}
@@ -236,11 +241,13 @@ def write_report(source: str | Path, out: str | Path | None = None, wandb: bool 
     else:
         frame, unreadable = read_runs(source)
     done = 0 if frame is None else frame["run"].nunique()  # the runs in every table below
+    still = (f", {len(running)} still running ({', '.join(f'`{r}`' for r in running)}; the tables hold the runs "
+             "completed so far: report again once they end)") if running else ""
     if manifest is not None:
-        intro = (f"{done} of {len(manifest['runs'])} runs completed; base config `{manifest['config']}`, "
+        intro = (f"{done} of {len(manifest['runs'])} runs completed{still}; base config `{manifest['config']}`, "
                  f"budget `{manifest.get('budget')}`.")
     elif not source.startswith("wandb:"):
-        intro = f"{done} completed run(s) of {len(run_folders_of(Path(source), False))} run folder(s)."
+        intro = f"{done} completed run(s) of {len(run_folders_of(Path(source), False))} run folder(s){still}."
     if unreadable:  # counted apart from the completed runs, each named with the reason, here and on stderr
         listed = "; ".join(f"`{run}` ({why})" for run, why in sorted(unreadable.items()))
         intro += f" {len(unreadable)} run(s) could not be read and are left out of every table: {listed}."

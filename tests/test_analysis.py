@@ -1,5 +1,6 @@
 """Analysis numbers on hand-made run tables whose right answers are known, and the loader on real run folders."""
 
+import json
 import math
 import re
 
@@ -560,3 +561,41 @@ def test_a_run_recorded_before_an_option_existed_is_pooled_with_runs_at_its_defa
     config["model"]["init_args"]["cutmix_alpha"] = 0.5  # a value other than the default is a setting
     (runs[0] / "config.yaml").write_text(yaml.safe_dump(config))
     assert sorted(load_runs(sweep)["model.init_args.cutmix_alpha"].unique()) == [0.0, 0.5]
+
+
+def test_a_sweep_rerun_while_two_runs_still_train_names_them_and_so_does_its_report(tiny_study, tmp_path, capsys):
+    """The sweep's process killed while two of its runs train on (their processes hold the runs' locks), then the
+    sweep run again: it trains nothing, and its last line and the report's header name the two runs still running.
+    Once their locks are free, a summary that still says running is a dead run: no longer named as running."""
+    import shutil
+
+    from ablations import runlock
+    from ablations.cli import main as cli_main
+    from ablations.report import write_report
+    from tests.conftest import STUDY_SPEC
+
+    root = tmp_path / "runs"
+    shutil.copytree(tiny_study, root / "study", ignore=shutil.ignore_patterns("*.ckpt", "*.png", "report.md"))
+    spec = tmp_path / "study.yaml"
+    spec.write_text(STUDY_SPEC)
+    runs = sorted(p for p in (root / "study").iterdir() if (p / "summary.json").exists())
+    training = [run.name for run in runs[:2]]
+    attempts = {run.name: (run / "attempts").read_text() for run in runs}
+    held = []
+    try:
+        for run in runs[:2]:  # as their training processes would: a summary saying running, the lock held
+            (run / "summary.json").write_text(json.dumps({"status": "running"}))
+            held.append(runlock.try_acquire(run))
+        assert cli_main(["sweep", str(spec), "--root", str(root)]) == 0
+        last = capsys.readouterr().out.strip().splitlines()[-1]
+        assert last == (f"sweep study: 6 completed, 2 running; report: {root / 'study' / 'report.md'}; still running "
+                        f"in another process: {', '.join(training)} (`ablate status {spec}` follows them)")
+        assert {run.name: (run / "attempts").read_text() for run in runs} == attempts  # nothing trained again
+        header = (root / "study" / "report.md").read_text().split("\n\n")[1]
+        assert header.startswith(f"6 of 8 runs completed, 2 still running (`{training[0]}`, `{training[1]}`; the "
+                                 "tables hold the runs completed so far: report again once they end); base config")
+    finally:
+        for fd in held:
+            runlock.release(fd)
+    header = write_report(root / "study").read_text().split("\n\n")[1]
+    assert header.startswith("6 of 8 runs completed; base config")  # dead runs: nothing holds their locks

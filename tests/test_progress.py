@@ -125,7 +125,11 @@ def test_status_of_a_spec_and_of_its_folder_agree_and_report_takes_a_spec(sweep,
     assert "none is neither a sweep spec nor a folder" in capsys.readouterr().err
     (folder.parent / "empty").mkdir()
     assert cli_main(["status", str(folder.parent / "empty")]) == 2
-    assert "empty holds no runs (a sweep folder has manifest.json" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert "empty holds no runs (a sweep folder has manifest.json" in said
+    assert cli_main(["report", str(folder.parent / "empty")]) == 2  # the same line, and no report.md
+    assert capsys.readouterr().err == said.replace("ablate status", "ablate report")
+    assert not (folder.parent / "empty" / "report.md").exists()
     assert cli_main(["status", str(folder.parent)]) == 0  # any folder of run folders, as `ablate report` takes
     assert [line.split()[:3] for line in capsys.readouterr().out.splitlines()[1:3]] == [
         ["completed", "m1-s0", "4/4"], ["running", "m1-s1", "2/4"]]
@@ -134,11 +138,12 @@ def test_status_of_a_spec_and_of_its_folder_agree_and_report_takes_a_spec(sweep,
     other = folder.parent / "other"  # a sweep with no run finished yet: its report says so
     other.mkdir()
     (other / "manifest.json").write_text(json.dumps({"name": "other", "config": str(config), "budget": None,
-                                                               "grid": {"seed_everything": [0]}, "runs": []}))
+                                                               "grid": {"seed_everything": [0]},
+                                                               "runs": [{"id": "o-s0", "axes": {}, "overrides": {}}]}))
     spec.write_text(spec.read_text().replace("name: hand", "name: other"))
     assert cli_main(["report", str(spec), "--root", str(folder.parent)]) == 0
     assert capsys.readouterr().out.strip() == str(other / "report.md")
-    assert (other / "report.md").read_text().startswith("# Sweep other")
+    assert (other / "report.md").read_text().startswith("# Sweep other\n\n0 of 1 runs completed; base config")
 
 
 class Terminal(io.StringIO):
@@ -164,3 +169,18 @@ def test_watch_redraws_on_a_terminal_and_prints_changes_elsewhere(sweep):
     done = io.StringIO()
     watch(folder, "runs", slots=None, every=60, out=done)
     assert done.getvalue().splitlines()[-1] == "hand: 4 completed, 0 running, 1 failed of 5"
+
+
+def test_still_running_is_a_live_lock_not_a_summary(sweep):
+    """The runs a report names as still running are those `ablate status` shows running: a live process holds
+    the lock. A summary that says running, its lock free, is a dead run; a folder without a manifest is searched."""
+    from ablations.progress import still_running
+
+    folder, _ = sweep
+    (folder / "m1-s0" / "lock").write_text("")  # a lock file nobody holds
+    assert still_running(folder) == ["m1-s1"]
+    (folder / "manifest.json").unlink()
+    assert still_running(folder.parent) == ["hand/m1-s1"]
+    runlock.release(HELD.pop("m1-s1"))
+    assert json.loads((folder / "m1-s1" / "summary.json").read_text())["status"] == "running"
+    assert still_running(folder) == [] and still_running(folder.parent) == []
