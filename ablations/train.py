@@ -10,9 +10,11 @@ Every option is a config key (``--print_config`` prints a YAML that runs again u
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import functools
+import logging
 import os
 import re
 import shutil
@@ -154,7 +156,9 @@ class AblateCLI(LightningCLI):
         loggers = trainer_config.get("logger")
         loggers = [] if loggers in (None, True, False) else loggers if isinstance(loggers, list) else [loggers]
         trainer_config["logger"] = [self.recorder.logger, *loggers]
-        return self._instantiate_trainer(trainer_config, callbacks)
+        held = HeldLines()  # Lightning's device lines wait until the data are set up (HeldLines)
+        with held.holding():
+            return self._instantiate_trainer(trainer_config, [held, *callbacks])
 
     def _wandb_run(self):
         """The run folder's W&B run, opened when training starts: the nested config (never the module's flat
@@ -189,6 +193,36 @@ class AblateCLI(LightningCLI):
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.image_size", "model.init_args.image_size", apply_on="instantiate")
         parser.link_arguments("data.in_chans", "model.init_args.in_chans", apply_on="instantiate")
+
+
+class HeldLines(L.Callback, logging.Filter):
+    """Lightning's lines while the Trainer is built ("GPU available: ...", "TPU available: ...") held back, and
+    printed once the data are set up (this callback's ``setup``, after the DataModule's): a command refused before
+    training, for data missing or a split that cannot be made, prints its one error line and nothing before it."""
+
+    LOGGER = "lightning.pytorch.utilities.rank_zero"
+
+    def __init__(self):
+        logging.Filter.__init__(self)
+        self.records: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.records.append(record)
+        return False
+
+    @contextlib.contextmanager
+    def holding(self):
+        log = logging.getLogger(self.LOGGER)
+        log.addFilter(self)
+        try:
+            yield
+        finally:
+            log.removeFilter(self)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        records, self.records = self.records, []
+        for record in records:
+            logging.getLogger(record.name).handle(record)
 
 
 def device_defaults(trainer: dict[str, Any], cuda: bool, gpus: int) -> dict[str, Any]:
@@ -325,9 +359,11 @@ def main(argv: list[str] | None = None) -> int:
         if str(err).startswith("Problems parsing config"):  # YAML syntax: name the file(s) and where
             files = [a.split("=", 1)[1] if "=" in a else (args[i + 1] if i + 1 < len(args) else "")
                      for i, a in enumerate(args) if a == "--config" or a.startswith("--config=")]
+            files = [f for f in files if not _loads(f)] or files  # the file(s) at fault, not every --config
             text = str(err).removeprefix("Problems parsing config:")
             where = " ".join(part.strip() for part in text.splitlines()).replace('in "<unicode string>", ', "at ")
             line = f"YAML error in --config {', '.join(files) or '(config)'}: {where}"
+        line = with_closest_option(line, args)
         print(f"ablate train: error: {line}", file=sys.stderr)
         _record_failure(argv, err, line)
         return 2
@@ -336,6 +372,17 @@ def main(argv: list[str] | None = None) -> int:
             runlock.release(_HELD.pop())
         while _CREATED:  # a command refused before training leaves no folder behind
             _remove_if_unused(_CREATED.pop())
+
+
+def _loads(path: str) -> bool:
+    """Whether ``path`` reads as YAML (a missing file is another error: not the one at fault here)."""
+    try:
+        yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError:
+        return False
+    except (OSError, ValueError):
+        pass
+    return True
 
 
 def _remove_if_unused(run_dir: Path) -> None:
@@ -375,7 +422,8 @@ def out_of_range(text: str) -> str | None:
     if not expected:
         return None
     given = (re.findall(r"^\s*Given value: (.*)$", inner, re.M) or re.findall(r"Got value: (.*)$", inner, re.M)
-             or re.findall(r"Not of type \w+: (.+?) does not conform", inner) or re.findall(r": '(.*)'$", inner, re.M)
+             or re.findall(r"Not of type \w+: (.+?) (?:does not conform|not an? (?:number|integer))", inner)
+             or re.findall(r": '(.*)'$", inner, re.M)
              or ["?"])[0]
     given = re.sub(r"^NestedArg\(key='[^']*', val='(.*)'\)$", r"\1", given.strip())
     option = ".init_args.".join(keys)
@@ -426,6 +474,80 @@ def one_line(err: BaseException) -> str:
                if line.strip() and not line.strip().removeprefix("- ").startswith(skip)]
     reason = reasons[-1] if reasons else (text.splitlines() or [type(err).__name__])[0]
     return f"{key}: {reason}" if key else reason
+
+
+def flat_keys(config: dict[str, Any], prefix: str = "") -> list[str]:
+    """``{"a": {"b": 1}}`` -> ``["a.b"]``: the options a config sets."""
+    keys = []
+    for key, value in config.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        keys += flat_keys(value, name) if isinstance(value, dict) and value else [name]
+    return keys
+
+
+def _initials(name: str) -> str:
+    return "".join(word[0] for word in name.split("_") if word)
+
+
+def closest_option(key: str, options: list[str]) -> str | None:
+    """The option a mistyped ``key`` most likely meant (with or without ``init_args``): a name spelled alike, or
+    an abbreviation of it beside it (``learning_rate`` for ``lr``); None when none is close."""
+    import difflib
+
+    plain = key.replace(".init_args.", ".")
+    table = {option.replace(".init_args.", "."): option for option in options}
+    parent, _, leaf = plain.rpartition(".")
+
+    def score(candidate: str) -> float:
+        other_parent, _, other_leaf = candidate.rpartition(".")
+        if other_parent == parent and "_" in leaf + other_leaf and other_leaf != leaf and (
+                _initials(leaf) == other_leaf or _initials(other_leaf) == leaf):
+            return 1.0
+        return difflib.SequenceMatcher(None, plain, candidate).ratio()
+
+    best = max(table, key=score, default=None)
+    return table[best] if best is not None and score(best) >= 0.6 else None
+
+
+def is_option(key: str, options: list[str]) -> bool:
+    """Whether ``key`` is an option, or a parent of options (it may be a class the other options pick)."""
+    plain = key.replace(".init_args.", ".")
+    return any(o == plain or o.startswith(plain + ".") for o in (o.replace(".init_args.", ".") for o in options))
+
+
+UNKNOWN_OPTION = re.compile(r"Option '([^']+)' is not accepted|does not accept option '([^']+)'|"
+                            r"unrecognized arguments: (\S+)|No action for key \"([^\"]+)\"")
+
+
+def with_closest_option(line: str, args: list[str]) -> str:
+    """An unknown option's line with the option it most likely meant, as a sweep's check names it: the keys
+    typed on the command line and in ``--config`` files that are no option of `ablate train` (with the classes
+    they pick) are looked up among those that are."""
+    found = UNKNOWN_OPTION.search(line)
+    if not found or "closest option" in line:
+        return line
+    named = next(g for g in found.groups() if g).lstrip("-").split("=", 1)[0].split(".")[-1]  # its last part
+    typed = [a[2:].split("=", 1)[0] for a in args if a.startswith("--") and not a.startswith("--config")]
+    for i, a in enumerate(args):
+        path = a.split("=", 1)[1] if a.startswith("--config=") else args[i + 1] if a == "--config" and i + 1 < len(args) else None
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) if path else None
+        except (OSError, yaml.YAMLError):
+            loaded = None
+        typed += flat_keys(loaded) if isinstance(loaded, dict) else []
+    parser = training_parser()
+    options = flat_keys(parser.get_defaults().as_dict())
+    keep = [a for a in args if not (a.startswith("--") and named in a[2:].split("=", 1)[0].split("."))]
+    try:  # the options of the classes the command picks (model.init_args.*, data.init_args.*)
+        options += flat_keys(parser.parse_args(keep).as_dict())
+    except Exception:  # noqa: BLE001  the command has another error too: the defaults' options only
+        pass
+    for key in typed:
+        if named in key.split(".") and not is_option(key, options):
+            close = closest_option(key, options)
+            if close:
+                return f"{line}; the closest option is --{close}"
+    return line
 
 
 class OutOfMemory(MemoryError):

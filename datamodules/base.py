@@ -14,6 +14,7 @@ workers and torchvision transforms.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal, Sequence, get_args
 
 import lightning as L
@@ -22,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
-from lightning_modules.ranges import Finite, Fraction, NonNegativeInt, PositiveFinite, PositiveInt, Probability
+from lightning_modules.ranges import Finite, Fraction, NonNegativeInt, PositiveFinite, PositiveInt, Probability, Seed
 
 from .device import DeviceBatches
 
@@ -119,7 +120,7 @@ class ImageDataModule(L.LightningDataModule):
         train_eval_samples: PositiveInt = 10_000,
         image_size: PositiveInt | None = None,
         augmentation: Augmentation = "crop_flip",
-        seed: NonNegativeInt = 0,
+        seed: Seed = 0,
         track_test: bool = True,
         mean: tuple[Finite, ...] | None = None,
         std: tuple[PositiveFinite, ...] | None = None,
@@ -171,13 +172,31 @@ class ImageDataModule(L.LightningDataModule):
         sub_targets = np.asarray(targets)[subset]
         n_val = round(self.val_fraction * len(subset))
         if self.val_fraction and not 0 < n_val < len(subset):  # an empty split would silently drop validation
-            raise ValueError(f"--data.init_args.val_fraction {self.val_fraction} of {len(subset)} training images leaves "
-                             f"{n_val} for validation and {len(subset) - n_val} for training; valid: val_fraction 0 "
-                             "(no validation split) or more training images")
+            raise ValueError(self._split_error(n, len(subset), n_val))
         val_pos = balanced_subset(sub_targets, n_val, self.seed + 1) if n_val else np.array([], dtype=int)
         train = np.setdiff1d(subset, subset[val_pos])
         eval_pos = balanced_subset(np.asarray(targets)[train], min(self.train_eval_samples, len(train)), self.seed + 2)
         return {"train": train, "val": subset[val_pos], "train_eval": train[eval_pos]}
+
+    def _split_error(self, n: int, size: int, n_val: int) -> str:
+        """The line for a subset too small to split: it names the option that set the subset's size (a fraction
+        of a few images, or a sample count) and the values of it that would split, or val_fraction 0."""
+        least = next((s for s in range(1, n + 1) if 0 < round(self.val_fraction * s) < s), None)
+        split = (f"--data.init_args.val_fraction {self.val_fraction} of {size} leaves {n_val} for validation and "
+                 f"{size - n_val} for training")
+        if self.train_samples is None and self.train_fraction < 1:  # the fraction set the size: it is named first
+            fraction = (f"--data.init_args.train_fraction {self.train_fraction} of {n} training images keeps {size}, "
+                        f"and {split.removeprefix('--data.init_args.')}")
+            if least is None:
+                return f"{fraction}; valid: val_fraction 0 (no validation split)"
+            digits = 3 - math.floor(math.log10(least / n))  # 4 significant digits, rounded up: it keeps them
+            return (f"{fraction}; valid: train_fraction >= {math.ceil(least / n * 10**digits) / 10**digits:g} "
+                    f"({least} images) or val_fraction 0 (no validation split)")
+        size_option = (f"--data.init_args.train_samples >= {least}" if self.train_samples is not None and least
+                       else "more training images")
+        return (f"--data.init_args.val_fraction {self.val_fraction} of {size} training images leaves {n_val} for "
+                f"validation and {size - n_val} for training; valid: val_fraction 0 (no validation split) or "
+                f"{size_option}")
 
     def transforms(self, train: bool) -> v2.Compose:
         height, width = self.image_size

@@ -137,15 +137,18 @@ class ImageFolderDataModule(ImageDataModule):
         if not classes:
             raise FileNotFoundError(f"{root / 'train'} has no class folders")
         extensions = datasets.folder.IMG_EXTENSIONS
-        for name in classes:  # stops at each folder's first image (subfolders too): cheap even for ImageNet's 1000
-            folder = root / "train" / name
+        class_folders = [root / "train" / name for name in classes]
+        tiny_imagenet = (root / "val" / "val_annotations.txt").exists()  # val/images, labels in a file
+        val_classes = [] if tiny_imagenet else sorted(p.name for p in (root / "val").iterdir() if p.is_dir())
+        class_folders += [root / "val" / name for name in val_classes]
+        for folder in class_folders:  # each split's, before the splits are compared: an empty folder is named as
+            # such; stops at each folder's first image (subfolders too): cheap even for ImageNet's 1000
             if not any(f.lower().endswith(extensions) for _, _, files in os.walk(folder) for f in files):
                 raise FileNotFoundError(f"class folder {folder} has no images ({', '.join(extensions)}); "
                                         "add images or remove the folder")
-        if not (root / "val" / "val_annotations.txt").exists():
+        if not tiny_imagenet:
             # val/<class>/: a class train/ lacks would have its images dropped from the test set without a word.
             # (A train/ class missing from val/ drops nothing: the test set just has none of it.)
-            val_classes = sorted(p.name for p in (root / "val").iterdir() if p.is_dir())
             if set(val_classes) - set(classes):
                 only_train = sorted(set(classes) - set(val_classes)) or "none"
                 only_val = sorted(set(val_classes) - set(classes)) or "none"

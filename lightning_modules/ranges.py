@@ -23,6 +23,8 @@ PositiveFinite = _floats("PositiveFinite", (">", 0), ("<", INF))
 NonNegativeFinite = _floats("NonNegativeFinite", (">=", 0), ("<", INF))
 Fraction = _floats("Fraction", (">", 0), ("<=", 1))  # a share of a data set that keeps some of it
 Probability = _floats("Probability", (">=", 0), ("<", 1))  # a share that cannot be all of it
+SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit: a larger one fails in Lightning's seed_everything, unnamed
+Seed = restricted_number_type("Seed", int, [(">=", 0), ("<=", SEED_MAX)], join="and")
 
 def plain(value):
     """``value`` with every range-typed number made a plain ``int`` or ``float`` (recursively): checkpoints are read
@@ -44,7 +46,8 @@ DESCRIPTIONS = {
     "NonNegativeFinite": "a finite number >= 0",
     "Fraction": "a number in (0, 1]",
     "Probability": "a number in [0, 1)",
+    "Seed": f"an integer >= 0 and <= {SEED_MAX}",
 }
 
 __all__ = ["DESCRIPTIONS", "Finite", "Fraction", "NonNegativeFinite", "NonNegativeInt", "PositiveFinite", "PositiveInt",
-           "Probability", "plain"]
+           "Probability", "SEED_MAX", "Seed", "plain"]

@@ -17,9 +17,10 @@ NO_DATA = [a for a in SMALL_RUN if not a.startswith("--data")]
 DIGITS = Path(__file__).resolve().parents[1] / "ablations" / "configs" / "digits_tiny.yaml"
 
 
-def image_folder(root: Path, corrupt: bool = False, empty_class: bool = False, val_classes=("cat", "dog")) -> Path:
-    """train/ and val/ with two classes of 16x16 PNGs; optionally one damaged file, one class without images, or
-    other classes in val/."""
+def image_folder(root: Path, corrupt: bool = False, empty_class: bool = False, val_classes=("cat", "dog"),
+                 empty_val_class: bool = False) -> Path:
+    """train/ and val/ with two classes of 16x16 PNGs; optionally one damaged file, one class without images (in
+    train/, or only in val/), or other classes in val/."""
     from PIL import Image
 
     rng = np.random.default_rng(0)
@@ -31,9 +32,10 @@ def image_folder(root: Path, corrupt: bool = False, empty_class: bool = False, v
                 Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(folder / f"{i}.png")
     if corrupt:
         (root / "train" / "dog" / "3.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
-    if empty_class:
-        (root / "train" / "bird").mkdir()
-        (root / "train" / "bird" / "notes.txt").write_text("no images here")
+    for split, empty in (("train", empty_class), ("val", empty_val_class)):
+        if empty:
+            (root / split / "bird").mkdir()
+            (root / split / "bird" / "notes.txt").write_text("no images here")
     return root
 
 
@@ -72,6 +74,8 @@ CATALOGUE = [
     ("budget on a registry model", ["--model.init_args.model=cctt_tiny", "--model.init_args.budget=paper"],
      "--model.init_args.budget paper sizes a layout such as C-C-T-T; 'cctt_tiny' is a registry model with its own size"),
     ("block module", ["--model.init_args.imports=[my_blocks]"], "imports: module 'my_blocks' cannot be imported"),
+    ("block module that registers nothing", ["--model.init_args.imports=[os]"],
+     "imports: module 'os' registers no stage letter or model; valid: a module that registers one with @register_block"),
     ("fraction above 1", ["--data.init_args.train_fraction=1.5"],
      "--data.init_args.train_fraction 1.5 is not valid; expected a number in (0, 1]"),
     ("fraction 0", ["--data.init_args.train_fraction=0"], "--data.init_args.train_fraction 0 is not valid"),
@@ -86,7 +90,9 @@ CATALOGUE = [
      "--data.init_args.augmentation autoaugment is not valid; expected one of none, crop_flip, randaugment"),
     ("mean/std lengths", ["--data.init_args.mean=[0.5]", "--data.init_args.std=[0.5, 0.5]"],
      "need one value per channel"),
-    ("option typo", ["--data.init_args.batchsize=3"], "Option 'batchsize' is not accepted"),
+    ("option typo", ["--data.init_args.batchsize=3"],
+     "Option 'batchsize' is not accepted; the closest option is --data.init_args.batch_size"),
+    ("model option typo", ["--model.init_args.learning_rate=0.1"], "the closest option is --model.init_args.lr"),
     ("wrong type", ["--trainer.max_epochs=many"], "--trainer.max_epochs many is not valid; expected an integer"),
     ("EMA decay", ["--trainer.callbacks+=lightning_modules.callbacks.EMA", "--trainer.callbacks.decay=1.5"],
      "EMA decay=1.5 must be in (0, 1), e.g. 0.9999"),
@@ -97,6 +103,9 @@ CATALOGUE = [
      "config.yaml: while parsing a flow sequence at line 1, column 8 did not find expected ',' or ']'"),
     ("YAML syntax, --config PATH", lambda t: ["--config", config_file(t, "model: [unclosed\n").split("=", 1)[1], *SMALL_RUN],
      "config.yaml: while parsing a flow sequence at line 1"),
+    ("YAML syntax in one of two configs",  # only the file at fault is named (the line once listed both)
+     lambda t: [config_file(t, "model: [unclosed\n"), f"--config={_a_file(t, 'good.yaml', 'seed_everything: 0')}",
+                *SMALL_RUN], "/config.yaml: while parsing a flow sequence"),
     ("config file missing", lambda t: [f"--config={t / 'nope.yaml'}", *SMALL_RUN], "nope.yaml"),
     ("CIFAR missing, download off", lambda t: [*NO_DATA, "--data=datamodules.CIFAR10DataModule",
                                                f"--data.init_args.data_dir={t / 'data'}"],
@@ -104,6 +113,8 @@ CATALOGUE = [
     ("image folder missing", lambda t: [*NO_DATA, "--data=datamodules.ImageFolderDataModule",
                                         f"--data.init_args.data_dir={t / 'imagenet'}"], "imagenet/train does not exist"),
     ("empty class folder", lambda t: folder_args(t, empty_class=True), "images/train/bird has no images"),
+    ("empty class folder only in val/", lambda t: folder_args(t, empty_val_class=True),
+     "images/val/bird has no images"),
     ("corrupt image file", lambda t: folder_args(t, corrupt=True), "corrupt image file "),
     ("image folders with different classes", lambda t: folder_args(t, val_classes=("cat", "owl")),
      "train/ and val/ hold different classes (only in train/: ['dog']; only in val/: ['owl'])"),
@@ -141,8 +152,14 @@ CATALOGUE = [
     ("data image size inf", ["--data.init_args.image_size=inf"], "--data.init_args.image_size inf is not valid"),
     ("device data not a bool", ["--data.init_args.device_data=perhaps"], "--data.init_args.device_data perhaps is not valid"),
     ("validation split of no images", ["--data.init_args.train_samples=5"],
-     "--data.init_args.val_fraction 0.1 of 5 training images leaves 0 for validation"),
+     "--data.init_args.val_fraction 0.1 of 5 training images leaves 0 for validation and 5 for training; valid: "
+     "val_fraction 0 (no validation split) or --data.init_args.train_samples >= 6"),
+    ("fraction of too few images to split", ["--data.init_args.train_fraction=0.001"],
+     "--data.init_args.train_fraction 0.001 of 96 training images keeps 1, and val_fraction 0.1 of 1 leaves 0 for "
+     "validation and 1 for training; valid: train_fraction >= 0.0625 (6 images) or val_fraction 0"),
     ("seed negative", ["--seed_everything=-3"], "--seed_everything -3 is not valid; expected an integer >= 0"),
+    ("seed beyond numpy's range", ["--seed_everything=99999999999"],
+     "--seed_everything 99999999999 is not valid; expected an integer >= 0 and <= 4294967295"),
     ("epochs 0", ["--trainer.max_epochs=0"], "--trainer.max_epochs 0 is not valid; expected an integer > 0"),
     ("epochs -1", ["--trainer.max_epochs=-1"], "--trainer.max_epochs -1 is not valid; expected an integer > 0"),
     ("gradient clip NaN", ["--trainer.gradient_clip_val=nan"], "--trainer.gradient_clip_val nan is not valid"),
@@ -164,9 +181,9 @@ CATALOGUE = [
 ]
 
 
-def _a_file(tmp_path: Path) -> Path:
-    path = tmp_path / "a-file"
-    path.write_text("")
+def _a_file(tmp_path: Path, name: str = "a-file", text: str = "") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
     return path
 
 
@@ -183,6 +200,29 @@ def test_bad_input_is_one_line_exit_2_and_nothing_completed(tmp_path, capsys, ar
     assert needle in errors[-1], errors[-1]
     for summary in tmp_path.rglob("summary.json"):
         assert json.loads(summary.read_text())["status"] != "completed"
+
+
+@pytest.mark.parametrize("args", [
+    lambda t: [*NO_DATA, "--data=datamodules.CIFAR10DataModule", f"--data.init_args.data_dir={t / 'data'}"],
+    lambda t: [*SMALL_RUN, "--data.init_args.train_samples=5000"],
+    lambda t: [*SMALL_RUN, "--data.init_args.train_fraction=0.001"],
+], ids=["CIFAR missing", "more samples than exist", "fraction of too few images to split"])
+def test_data_refused_at_set_up_has_no_lightning_line_before_its_error(tmp_path, capsys, args):
+    """Data found missing, or too few to split, when the DataModule sets up, after the Trainer is built: Lightning's
+    device lines ("GPU available: ...") wait for the data, so the one error line is all a user sees."""
+    import logging
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    lightning_log = logging.getLogger("lightning.pytorch")
+    lightning_log.addHandler(handler)
+    try:
+        assert ablations.train.main([*args(tmp_path), f"--run_dir={tmp_path / 'run'}"]) == 2
+    finally:
+        lightning_log.removeHandler(handler)
+    assert [record.getMessage() for record in records] == []
+    assert capsys.readouterr().err.strip().count("\n") == 0
 
 
 def test_disk_full_fails_before_training(tmp_path, capsys, monkeypatch):
@@ -243,8 +283,24 @@ def test_cpu_processes_are_not_gpus():
     (f"name: x\nconfig: {DIGITS}\nset: {{data: datamodules.SyntheticDataModule, data.init_args.num_classes: 4, "
      "trainer.callbacks: [{class_path: no.such.Callback}]}\ngrid: {seed_everything: [0]}\n",
      "sweep x: set: --trainer.callbacks"),
+    (f"name: x\nconfig: {DIGITS}\ngrid: {{model.init_args.learning_rate: [0.1]}}\n",
+     "sweep x: grid key model.init_args.learning_rate is not an `ablate train` option; the closest option is "
+     "model.init_args.lr"),  # an abbreviation is closer than a name spelled alike (min_lr)
     (f"name: x\nconfig: {DIGITS}\ngrid: {{model.init_args.lr: [0.001, -1]}}\n",
      "sweep x: grid: --model.init_args.lr -1 is not valid; expected a finite number > 0"),
+    (f"name: x\nconfig: {DIGITS}\ngrid: {{seed_everything: [1, true]}}\n",
+     "sweep x: grid: --seed_everything True is not valid; expected an integer >= 0"),
+    (f"name: x\nconfig: {DIGITS}\ngrid: {{seed_everything: [99999999999]}}\n",
+     "sweep x: grid: --seed_everything 99999999999 is not valid; expected an integer >= 0 and <= 4294967295"),
+    (f"name: x\nconfig: {DIGITS}\nset: {{model.init_args.imports: [os]}}\ngrid: {{seed_everything: [0]}}\n",
+     "imports: module 'os' registers no stage letter or model"),
+    # one key in set and grid: refused as on the command line (`--set` of a grid axis), never the grid winning
+    (f"name: x\nconfig: {DIGITS}\nset: {{seed_everything: 3}}\ngrid: {{seed_everything: [0, 1]}}\n",
+     "set key seed_everything is also a grid axis, whose values would override it; give seed_everything in set or "
+     "in grid, not both"),
+    (f"name: x\nconfig: {DIGITS}\nset: {{trainer.max_epochs: 3}}\n"
+     "grid:\n  data.init_args.train_fraction,trainer.max_epochs: [[0.5, 2], [1.0, 1]]\n",
+     "set key trainer.max_epochs is also set by the grid axis data.init_args.train_fraction,trainer.max_epochs"),
     (f"name: x\nconfig: {DIGITS}\nset: {{trainer.max_epochs: 0}}\ngrid: {{seed_everything: [0]}}\n",
      "sweep x: set: --trainer.max_epochs 0 is not valid; expected an integer > 0"),
     # two spellings of one configuration: refused before any run, never trained twice

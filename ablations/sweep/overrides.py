@@ -50,11 +50,9 @@ def check_overrides(spec: SweepSpec, runs: list[Run]) -> None:
     """Parse the spec's overrides with `ablate train`'s own parser, once, before any run starts: the fixed ones
     together, then each grid value on top of them. A key that is no option is named with the closest one; a value
     its option refuses, with the option's range. Nothing is built and no data is read."""
-    import difflib
-
     from jsonargparse import ArgumentError
 
-    from ..train import check_trainer, one_line, training_parser
+    from ..train import check_trainer, closest_option, flat_keys, is_option, one_line, training_parser
 
     parser = training_parser()
     base = [f"--config={spec.config}"]
@@ -68,11 +66,9 @@ def check_overrides(spec: SweepSpec, runs: list[Run]) -> None:
             raise ValueError(f"sweep {spec.name}: {where}: {one_line(err)}") from None
 
     options = [*flat_keys(parse({}, "config").as_dict()), *flat_keys(parser.get_defaults().as_dict())]
-    known = {key.replace(".init_args.", "."): key for key in options}  # as typed with or without init_args
 
     def unknown(key: str) -> bool:  # no option, nor a parent of options (it may be one of a class picked)
-        plain = key.replace(".init_args.", ".")
-        return not any(k == plain or k.startswith(plain + ".") for k in known)
+        return not is_option(key, options)
 
     def check(overrides: dict[str, Any], where: str) -> None:
         """Parse the overrides together. When they fail, a key that is no option of the base is the typo if the
@@ -91,9 +87,8 @@ def check_overrides(spec: SweepSpec, runs: list[Run]) -> None:
             try:
                 parse({**known_only, key: overrides[key]}, where)
             except ValueError:
-                plain = key.replace(".init_args.", ".")
-                close = difflib.get_close_matches(plain, sorted(known), n=1, cutoff=0.6)
-                hint = f"; the closest option is {known[close[0]]}" if close else ""
+                close = closest_option(key, options)
+                hint = f"; the closest option is {close}" if close else ""
                 raise ValueError(f"sweep {spec.name}: {where} key {key} is not an `ablate train` option{hint}") from None
         raise failure
 
@@ -103,10 +98,3 @@ def check_overrides(spec: SweepSpec, runs: list[Run]) -> None:
     for key, value in pairs.values():
         check({**spec.fixed, key: value}, "grid")
 
-
-def flat_keys(config: dict[str, Any], prefix: str = "") -> list[str]:
-    keys = []
-    for key, value in config.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        keys += flat_keys(value, name) if isinstance(value, dict) and value else [name]
-    return keys

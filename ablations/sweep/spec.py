@@ -69,6 +69,12 @@ class SweepSpec:
             if key in raw and not (isinstance(raw[key], kind) and not isinstance(raw[key], bool) or
                                    (key in ("set", "budget", "slurm", "margins") and raw[key] is None)):
                 raise ValueError(f"sweep spec {path}: {key} {raw[key]!r} is not valid; expected {valid}")
+        clash = _set_and_grid(raw.get("set") or {}, raw["grid"] if isinstance(raw["grid"], dict) else {})
+        if clash:  # one value in set and a list in grid: the grid would override the set without a word
+            key, axis = clash
+            what = "a grid axis" if axis == key else f"set by the grid axis {axis}"
+            raise ValueError(f"sweep spec {path}: set key {key} is also {what}, whose values would override it; "
+                             f"give {key} in set or in grid, not both")
         if fixed or grid:
             raw = _command_line(raw, fixed or {}, grid or {}, path)
         from ..cluster import settings
@@ -193,10 +199,32 @@ def _launched_ids(spec: SweepSpec, runs: list[Run], folder: Path) -> list[Run]:
     return [Run(earlier.get(run.id, run.id), run.overrides, run.axes) for run in runs]
 
 
+LAYOUT_SETS = ("model.init_args.model", "model.init_args.budget")  # what the layout axis sets (layout_overrides)
+
+
+def axis_options(axis: str) -> list[str]:
+    """The ``ablate train`` options a grid axis sets: its own, each of a linked axis's, the layout's model."""
+    return list(LAYOUT_SETS) if axis == "layout" else [name.strip() for name in str(axis).split(",")]
+
+
+def _set_and_grid(fixed: dict[str, Any], grid: dict[str, Any]) -> tuple[str, str] | None:
+    """(a fixed key, the grid axis that sets it too), or None: one rule for the spec and the command line."""
+    for axis in grid:
+        for key in axis_options(axis):
+            if key in fixed:
+                return key, str(axis)
+    return None
+
+
 def _command_line(raw: dict[str, Any], fixed: dict[str, Any], grid: dict[str, list[Any]], path: Path) -> dict[str, Any]:
-    """``--set`` joins the spec's ``set``, ``--grid`` adds or replaces axes: run ids follow the same rules."""
-    clash = sorted(set(fixed) & set(raw["grid"] or {}))
+    """``--set`` joins the spec's ``set``, ``--grid`` adds or replaces axes (a spec's ``set`` key given with
+    ``--grid`` becomes an axis): run ids follow the same rules."""
+    clash = _set_and_grid(fixed, {**(raw["grid"] or {}), **grid})
     if clash:
-        raise ValueError(f"--set {clash[0]}: {clash[0]} is a grid axis of {path}; give its values with --grid")
-    kept = {k: v for k, v in (raw.get("set") or {}).items() if k not in grid}
+        key, axis = clash
+        where = "--grid" if axis in grid else str(path)
+        what = f"a grid axis of {where}" if axis == key else f"set by the grid axis {axis} of {where}"
+        raise ValueError(f"--set {key}: {key} is {what}; give its values with --grid")
+    replaced = {key for axis in grid for key in axis_options(axis)}
+    kept = {k: v for k, v in (raw.get("set") or {}).items() if k not in replaced}
     return {**raw, "set": {**kept, **fixed}, "grid": {**(raw["grid"] or {}), **grid}}

@@ -24,6 +24,12 @@ from .config import StagedNetConfig
 
 BLOCKS: dict[str, type["Block"]] = {}
 BLOCK_DESCRIPTIONS: dict[str, str] = {}
+REGISTERING: list[str] = []  # the modules of every stage letter or model registered, in order (``imports``)
+
+
+def registered(module: str) -> None:
+    """Note that ``module`` registered a stage letter or a model: a module named in ``imports`` must."""
+    REGISTERING.append(module)
 
 
 def register_block(letter: str, description: str) -> Callable[[type["Block"]], type["Block"]]:
@@ -37,6 +43,7 @@ def register_block(letter: str, description: str) -> Callable[[type["Block"]], t
             raise ValueError(f"stage letter {letter!r} must be one new upper-case letter; taken: {sorted(BLOCKS)}")
         BLOCKS[letter] = cls
         BLOCK_DESCRIPTIONS[letter] = description
+        registered(cls.__module__)
         return cls
 
     return add
@@ -78,11 +85,16 @@ class Block(nn.Module):
 def import_block_modules(names: list[str] | None) -> None:
     """Import the modules that register a user's block types (``imports: [my_blocks]`` in a config or sweep)."""
     for name in names or []:
+        before = len(REGISTERING)
         try:
             importlib.import_module(name)
         except ModuleNotFoundError as err:
             raise ValueError(f"imports: module {name!r} cannot be imported ({err}); give a dotted module name "
                              "importable from the working directory") from None
+        if len(REGISTERING) == before and not any(m == name or m.startswith(name + ".") for m in REGISTERING):
+            raise ValueError(f"imports: module {name!r} registers no stage letter or model; valid: a module that "
+                             "registers one with @register_block or register_model (letters known: "
+                             f"{', '.join(sorted(BLOCKS))})")
 
 
 def block_setting_names() -> dict[str, list[str]]:

@@ -7,12 +7,13 @@ keyword overrides of the config fields.
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass, fields
 from typing import Any
 
 from torch import nn
 
-from .blocks import BLOCK_DESCRIPTIONS
+from .blocks import BLOCK_DESCRIPTIONS, registered
 from .budget import Budget
 from .config import ConvMixerConfig, StagedNetConfig
 from .convmixer import ConvMixer
@@ -39,6 +40,7 @@ def register_model(name: str, entry: ModelEntry) -> None:
     if name in MODELS:
         raise ValueError(f"model {name!r} is registered twice")
     MODELS[name] = entry
+    registered(sys._getframe(1).f_globals.get("__name__", ""))  # the caller's module: `imports` may name it
 
 
 # --- CoAtNet (Table 3, Table 11, Table 12) ------------------------------------------------------------------
