@@ -13,7 +13,7 @@ NO_WHEELS := $(CURDIR)/$(VENV)/no-find-links
 export PIP_FIND_LINKS := $(NO_WHEELS)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test lab bench gpu-check clean
+.PHONY: setup demo test test-fast lab bench gpu-check clean
 
 setup: $(STAMP)
 
@@ -30,7 +30,11 @@ demo: $(STAMP)
 	$(BIN)/ablate demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=15
+
+# The loop while working: every module's tests but the slow ones (marked `slow`: sweeps, kills, DDP, notebooks)
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" --durations=10
 
 # The analysis notebook on the demo's results (`make demo` first); SOURCE=wandb:ENTITY/PROJECT or another folder.
 SOURCE ?= runs/demo

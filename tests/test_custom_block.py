@@ -4,6 +4,7 @@ a config (``imports``), sized by the budget matcher, trained by `ablate train` a
 import json
 from dataclasses import dataclass
 
+import pytest
 import torch
 import yaml
 from torch import nn
@@ -62,6 +63,7 @@ def test_ablate_train_imports_the_module_and_matches_the_layout_to_a_budget(tmp_
     assert summary["backbone"]["num_classes"] == 4  # matched at the budget, built for the data
 
 
+@pytest.mark.slow
 def test_sweep_over_a_layout_with_the_new_letter(tmp_path):
     from ablations.sweep import SweepSpec, run_sweep, sweep_dir
 

@@ -55,6 +55,7 @@ def assert_same_as(straight: Path, run_dir: Path) -> None:
     # iterator must be made after the resumed epoch is known
     pytest.param("checkpoint_write", 0, ["--data.init_args.num_workers=2"], id="checkpoint_write-workers"),
 ])
+@pytest.mark.slow
 def test_sigkill_at_any_point_then_resume_equals_uninterrupted(straight, tmp_path, at, batch, extra):
     run_dir = tmp_path / "run"
     killer = [*extra, "--trainer.callbacks+=tests.helpers.KillOnce", "--trainer.callbacks.epoch=1", f"--trainer.callbacks.at={at}",
@@ -93,6 +94,7 @@ def test_preemption_signal_saves_and_stops_then_resumes_exactly(straight, tmp_pa
     assert_same_as(straight, run_dir)
 
 
+@pytest.mark.slow
 def test_sigterm_from_outside_stops_a_subprocess_cleanly(tmp_path):
     """As a scheduler sends it: to the `ablate train` process, from another process, while it trains."""
     import time
@@ -199,6 +201,7 @@ def test_analysis_never_counts_an_unreadable_summary_as_completed(tmp_path):
 @pytest.mark.parametrize("data", [["--data.init_args.device_data=true"],
                                   ["--data.init_args.device_data=false", "--data.init_args.num_workers=2"]],
                          ids=["device-path", "loader-workers"])
+@pytest.mark.slow
 def test_mid_epoch_resume_is_exact_with_mixup_and_stochastic_depth(tmp_path, data):
     """The randomness of the training step (MixUp's mixing weights and partners, stochastic depth's dropped paths)
     is seeded per step, so a preempted run that resumes mid-epoch draws what the uninterrupted one drew."""

@@ -36,6 +36,7 @@ def test_smoke_check_runs_every_step_and_writes_markdown_and_json(tmp_path):
     assert "ratio ours / timm" in md and "Wall time:" in md
 
 
+@pytest.mark.slow
 def test_a_node_without_a_gpu_fails_the_check_with_the_reason(tmp_path):
     proc = _run([], tmp_path)
     assert proc.returncode == 1

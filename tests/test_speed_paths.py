@@ -10,6 +10,7 @@ TINY = dict(depths=(1, 1, 1, 1), dims=(16, 32, 32, 64), stem_dim=16, head_dim=16
 
 @pytest.mark.parametrize("name,kwargs", [("C-C-T-T", TINY), ("VIT_REL", dict(depths=(2,), dims=(32,), stem_stride=8,
                                                                                     head_dim=16, image_size=32))])
+@pytest.mark.slow
 def test_compiles_without_graph_breaks_forward_and_backward(name, kwargs):
     """fullgraph=True raises on any graph break; aot_eager traces the backward too without a C++ toolchain."""
     torch._dynamo.reset()

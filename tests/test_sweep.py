@@ -126,6 +126,7 @@ def test_a_non_finite_loss_is_not_retried_and_is_reported_at_once(tmp_path, caps
     assert "(non_finite: " in out and "training loss became" in out
 
 
+@pytest.mark.slow
 def test_a_crash_is_retried_and_then_completes(tmp_path):
     """A crash may not happen again (a flaky node): the sweep tries again, up to max_retries."""
     flaky = TINY_SPEC.replace("trainer.max_epochs: 1", "trainer.max_epochs: 1\n  trainer.callbacks: [{class_path: "
@@ -155,6 +156,7 @@ def _sweep_process(spec_path, root, *extra):
                             env={**os.environ, "WANDB_MODE": "disabled"})
 
 
+@pytest.mark.slow
 def test_sweep_killed_midway_then_rerun_completes_every_run_exactly_once(tmp_path):
     import signal
     import time
@@ -187,6 +189,7 @@ def test_sweep_killed_midway_then_rerun_completes_every_run_exactly_once(tmp_pat
         assert steps == sorted(set(steps))  # each evaluation once
 
 
+@pytest.mark.slow
 def test_a_killed_sweeps_training_child_keeps_its_run_and_a_rerun_does_not_start_it_again(tmp_path):
     """`kill -KILL <sweep pid>` alone: the training child trains on holding the run's lock, so `status` says running
     and a rerun of the sweep starts no second training into the folder."""
@@ -216,6 +219,7 @@ def test_a_killed_sweeps_training_child_keeps_its_run_and_a_rerun_does_not_start
     assert not list(run_dir.rglob("*-v1*"))
 
 
+@pytest.mark.slow
 def test_two_sweep_processes_on_one_folder_never_run_a_run_twice(tmp_path):
     spec_path = write_spec(tmp_path)
     procs = [_sweep_process(spec_path, tmp_path / "runs") for _ in range(2)]
@@ -242,6 +246,7 @@ def agent_command(sweep: dict, params: dict) -> list[str]:
     return out
 
 
+@pytest.mark.slow
 def test_exported_wandb_sweep_trains_as_the_agent_runs_it(tmp_path, capsys):
     import yaml
 
@@ -275,6 +280,7 @@ def test_shipped_specs_load(name, runs):
     check_overrides(spec, spec.expand())  # every override is an `ablate train` option with a valid value
 
 
+@pytest.mark.slow
 def test_submitit_local_executor_runs_a_two_run_array(tmp_path):
     from ablations.sweep import submit_sweep
 
@@ -360,6 +366,7 @@ def test_run_ids_do_not_depend_on_how_a_run_is_watched(tmp_path):
     assert not set(r.id for r in SweepSpec.load(write_spec(tmp_path, other_lr)).expand()) & set(plain)
 
 
+@pytest.mark.slow
 def test_a_forked_run_trains_as_a_new_process_does_and_a_killed_one_ends_alone(tmp_path):
     """CPU sweeps fork each run from a server that imported torch once (``launch.forked``): the run's metrics equal
     a fresh interpreter's to the last digit, and a run killed by a signal ends with its

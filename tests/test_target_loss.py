@@ -87,6 +87,7 @@ def test_stops_at_the_first_evaluation_at_or_below_the_target(reference, target,
     # preempted mid-epoch before the stop (after step 5): resumed mid-epoch, it stops at the next evaluation
     pytest.param("train", 1, "SIGTERM", [], 5, id="sigterm-before-the-stop"),
 ])
+@pytest.mark.slow
 def test_killed_or_preempted_then_resumed_stops_where_an_uninterrupted_run_stops(stopped, target, tmp_path, at, epoch,
                                                                                 signal_name, extra, saved):
     run_dir = tmp_path / "run"

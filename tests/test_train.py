@@ -74,6 +74,7 @@ def test_printed_config_runs_again_unchanged(tmp_path, capsys):
     assert capsys.readouterr().out == printed
 
 
+@pytest.mark.slow
 def test_killed_mid_epoch_and_resumed_equals_uninterrupted(tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     run_cli(*SMALL_RUN, f"--run_dir={straight}")
