@@ -270,6 +270,13 @@ def test_cpu_processes_are_not_gpus():
     (f"name: x\nconfig: {DIGITS}\nset: [a, b]\ngrid: {{seed_everything: [0]}}\n", "set ['a', 'b'] is not valid; expected a mapping"),
     (f"name: x\nconfig: {DIGITS}\nbudget: 5\ngrid: {{seed_everything: [0]}}\n", "budget 5 is not valid; expected a budget name"),
     ("- a list\n", "must be a mapping of budget, config, grid, margins, max_retries, name, set, slurm"),
+    # the report's equivalence margins and linked axes, checked as the spec loads
+    (f"name: x\nconfig: {DIGITS}\nmargins: {{acc: 1}}\ngrid: {{seed_everything: [0]}}\n",
+     "margin 'acc' is not a metric kind; valid: accuracy, log_loss"),
+    (f"name: x\nconfig: {DIGITS}\nmargins: {{accuracy: 0}}\ngrid: {{seed_everything: [0]}}\n",
+     "margin accuracy=0 is not valid; expected a positive number (points, default 1)"),
+    (f"name: x\nconfig: {DIGITS}\ngrid: {{'data.init_args.train_fraction,target_loss': [[0.5, 0.2], [1.0]]}}\n",
+     "linked axis data.init_args.train_fraction,target_loss value [1.0] is not valid; expected a list of 2 values"),
     # overrides checked by `ablate train`'s parser before any run: a typo named with the closest option, bad values
     (f"name: x\nconfig: {DIGITS}\ngrid: {{data.init_args.train_fraktion: [0.2, 0.3]}}\n",
      "sweep x: grid key data.init_args.train_fraktion is not an `ablate train` option; the closest option is "
