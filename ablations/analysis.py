@@ -139,10 +139,8 @@ def _off_grid(parts: list[tuple[dict, dict, pd.DataFrame]], keys: list[str]) -> 
 def _assemble(parts: list[tuple[dict, dict, pd.DataFrame]], keys: list[str], source: str) -> pd.DataFrame:
     """One frame of runs ``(identity, flat config or axes, rows)``, a column per setting key; two runs that
     differ in nothing but their folder are an error naming both."""
-    predictions = {identity["run"]: identity.pop("predictions") for identity, _, _ in parts
-                   if identity.get("predictions") is not None}
-    for identity, _, _ in parts:
-        identity.pop("predictions", None)
+    predictions = {identity["run"]: saved for identity, _, _ in parts
+                   if (saved := identity.pop("predictions", None)) is not None}
     frames = [_tidy(rows, identity, {k: flat.get(k) for k in keys}) for identity, flat, rows in parts]
     if not frames:
         raise FileNotFoundError(f"no completed runs with metrics under {source}")
@@ -194,8 +192,7 @@ def _read_run(run_dir: Path, completed_only: bool) -> tuple | None:
         raise UnreadableRun(f"{run_folder.METRICS} holds {epochs} epoch row(s), {run_folder.SUMMARY} records "
                             f"{summary['epochs']}")
     identity = _run_identity(run_dir.name, str(run_dir), config, summary, rows)
-    reader = getattr(run_folder, "read_predictions", None)
-    identity["predictions"] = reader(run_dir) if reader else None
+    identity["predictions"] = run_folder.read_predictions(run_dir)
     return identity, flatten(config), rows
 
 
@@ -373,14 +370,14 @@ def run_facts(frame: pd.DataFrame) -> pd.DataFrame:
     ``convergence_rule``) and, for a run with a target loss, whether it reached it."""
     from lightning_modules.curves import convergence
 
-    rows = []
+    keys, rows = _keys(frame), []
     for run, curve in _order(frame).groupby("run", sort=False):
         first = curve.iloc[0]
         clean = curve[["step", "train_eval_loss"]].dropna()
         stopped = pd.notna(first["target"])
         fit = None if stopped or clean.empty else convergence(clean["step"].to_numpy(), clean["train_eval_loss"].to_numpy(),
                                                               float(curve["step"].max()))
-        rows.append({**first[_keys(frame)].to_dict(), "floor": float(clean["train_eval_loss"].min()),
+        rows.append({**first[keys].to_dict(), "floor": float(clean["train_eval_loss"].min()),
                      "warmup_steps": first["warmup_steps"], "target": first["target"],
                      "target_reached": first["target_reached"], "last_step": float(curve["step"].max()),
                      "converged": None if fit is None or fit["converged"] is None else bool(fit["converged"]),
@@ -464,7 +461,7 @@ def _equal_loss_values(part: pd.DataFrame, facts: pd.DataFrame, loss: float, sca
     """Per run of ``part``: test accuracy at ``loss`` (a stopped run's final one: read where it stopped, with no
     interpolation) and, where it cannot be read there, why."""
     why = _not_comparable_at(facts, part, loss)
-    rows = []
+    keys, rows = _keys(part), []
     for _, row in facts.iterrows():
         curve = part[part["run"] == row["run"]]
         read_at = loss  # a stopped run is read at the loss of the evaluation it stopped at
@@ -475,7 +472,7 @@ def _equal_loss_values(part: pd.DataFrame, facts: pd.DataFrame, loss: float, sca
             value, read_at = float(last["test_acc"]), float(last["train_eval_loss"])
         else:
             value = accuracy_at_loss(curve, loss, scale=scale, drop=drop)
-        rows.append({**row[_keys(part)].to_dict(), "test_acc_at_loss": value, "at_loss": loss, "read_at": read_at,
+        rows.append({**row[keys].to_dict(), "test_acc_at_loss": value, "at_loss": loss, "read_at": read_at,
                      "not_comparable": why.get(row["run"])})
     return pd.DataFrame(rows)
 
@@ -549,22 +546,14 @@ def parse_order(order: str) -> list[tuple[str, str, str]]:
     return [(tokens[i], tokens[i + 1], tokens[i + 2]) for i in range(0, len(tokens) - 2, 2)]
 
 
-def _correct(predictions: dict, run: str) -> np.ndarray | None:
-    saved = predictions.get(run)
-    return None if saved is None else np.asarray(saved["pred"]) == np.asarray(saved["target"])
-
-
 def _test_set_share(predictions: dict | None, runs_a: list[str], runs_b: list[str], scale: float) -> float | None:
     """``verdicts.image_variance`` of runs paired by seed (in the metric's units), or None without predictions for
     every run or on test sets that differ."""
-    if not predictions:
-        return None
-    saved = [predictions.get(run) for run in (*runs_a, *runs_b)]
+    saved = [(predictions or {}).get(run) for run in (*runs_a, *runs_b)]
     if any(s is None for s in saved) or len({np.asarray(s["target"]).tobytes() for s in saved}) != 1:
         return None
-    correct_a = np.stack([_correct(predictions, r) for r in runs_a])
-    correct_b = np.stack([_correct(predictions, r) for r in runs_b])
-    return image_variance(correct_a, correct_b) * scale * scale
+    correct = np.stack([np.asarray(s["pred"]) == np.asarray(s["target"]) for s in saved])
+    return image_variance(correct[:len(runs_a)], correct[len(runs_a):]) * scale * scale
 
 
 def _relation(part: pd.DataFrame, value: str, left: str, rel: str, right: str, higher_is_better: bool,

@@ -178,7 +178,7 @@ DEMO_SPEC = Path(__file__).parent / "sweeps" / "demo.yaml"
 
 
 def machine() -> str:
-    """The machine a measurement ran on, in words: CPU model and cores, and the GPU if one was used."""
+    """The machine a measurement ran on, in words: CPU model, cores and operating system."""
     import platform
 
     cpu = platform.processor() or platform.machine()

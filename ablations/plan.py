@@ -4,8 +4,8 @@ cost, from a pilot's observed paired spread and measured time per run.
 The relations are the report's families (``analysis.ordering_checks``: the paper's orders, per data size and at the
 largest) restricted to the spec's layouts and data sizes, read on the pilot. Each gets the seeds that resolve its
 margin at 80% power (``verdicts.seeds_for_sd``, at 5% / family size, Holm's strictest step), with the range the
-pilot's few seeds leave. The cost is the spec's runs at that many seeds, each layout and data size at the pilot's
-mean wall time per run, per slot kind (the pilot's ``trainer.accelerator``).
+pilot's few seeds leave. The cost is the spec's runs at that many seeds times the pilot's mean wall time per run
+(the mean over its layouts and data sizes), on the pilot's slot kind (its ``trainer.accelerator``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .analysis import load_runs, ordering_checks
+from .analysis import describe_model, load_runs, ordering_checks
 from .report import markdown_table
 from .sweep import SweepSpec
 from .verdicts import ALPHA, format_seeds, parse_margins, seeds_for_sd
@@ -26,8 +26,6 @@ FAMILY_KIND = {"generalisation at equal loss": "accuracy", "generalisation by fi
 
 def _spec_cells(spec: SweepSpec) -> tuple[list[str], list[float], int]:
     """The spec's layouts, data sizes and its runs per seed (every other grid combination)."""
-    from .analysis import describe_model
-
     runs = spec.expand()
     layouts = sorted({describe_model(str(r.overrides.get("model.init_args.model", "")))[0] for r in runs})
     sizes = sorted({float(r.overrides.get("data.init_args.train_fraction", 1.0)) for r in runs})

@@ -40,16 +40,22 @@ def markdown_table(table: pd.DataFrame, digits: int = 4, empty: str = "(no rows)
 
 def layout_by_size(per_run: pd.DataFrame, value: str) -> pd.DataFrame:
     """A row per layout and combination of the other settings, data sizes across, ``mean ± std (n)`` over seeds."""
-    def cell(values: pd.Series) -> str:
-        values = values.dropna()
+    def cell(part: pd.DataFrame) -> str:
+        values = part[value].dropna()
         if values.empty:
             return "not reached"
         if len(values) == 1:
             return f"{values.iloc[0]:.4f} (n=1)"
         return f"{values.mean():.4f} ± {values.std():.4f} (n={len(values)})"
 
+    return _by_size(per_run, cell)
+
+
+def _by_size(per_run: pd.DataFrame, cell) -> pd.DataFrame:
+    """``cell(runs)`` for the runs of each layout and combination of the other settings (rows, in the paper's
+    layout order) at each data size (columns)."""
     rows = ["layout", *settings(per_run)[1:]]
-    table = per_run.groupby([*rows, "data_size"], dropna=False)[value].apply(cell).unstack("data_size")
+    table = per_run.groupby([*rows, "data_size"], dropna=False)[list(per_run.columns)].apply(cell).unstack("data_size")
     table = table.reset_index()
     table["layout"] = pd.Categorical(table["layout"], layout_order(table["layout"]), ordered=True)
     table = table.sort_values(rows).astype({"layout": str})
@@ -110,13 +116,7 @@ def convergence_table(frame: pd.DataFrame) -> pd.DataFrame:
         worst = pd.to_numeric(part["rel_change"], errors="coerce").max()
         return f"{int(known.sum())} of {len(part)} converged (fell up to {worst:.0%})"
 
-    rows = ["layout", *settings(facts)[1:]]
-    table = facts.groupby([*rows, "data_size"], dropna=False)[list(facts.columns)].apply(cell).unstack("data_size")
-    table = table.reset_index()
-    table["layout"] = pd.Categorical(table["layout"], layout_order(table["layout"]), ordered=True)
-    table = table.sort_values(rows).astype({"layout": str})
-    table.columns = [f"data size {c:g}" if not isinstance(c, str) else c for c in table.columns]
-    return table.reset_index(drop=True)
+    return _by_size(facts, cell)
 
 
 def report_tables(frame: pd.DataFrame, margins: dict[str, float] | None = None) -> dict[str, pd.DataFrame]:

@@ -131,8 +131,8 @@ PAPER_P = {"≈": "p_equiv", "≥": "p_ni", ">": "p_sup", "≫": "p_sup_margin"}
 
 def decide(relations: Sequence[Relation], margin: float, alpha: float = ALPHA) -> list[dict]:
     """Each relation's verdict within its family (Holm over the family's comparable relations), with n, the effect,
-    its 95% and 90% intervals, the raw and adjusted p values and the paper's test. For an inconclusive one,
-    ``seeds_needed`` says how many seeds would resolve it (at ``alpha / family``, Holm's strictest step)."""
+    its 95% and 90% intervals, the raw and adjusted p values and the paper's test. How many seeds would resolve an
+    inconclusive one is ``seeds_needed``'s, at ``alpha / family`` (Holm's strictest step)."""
     rows = [{"pair": r.pair, **_tests(np.asarray(r.diffs, dtype=float), r.image_var, margin),
              "sd": float(np.std(r.diffs, ddof=1)) if len(r.diffs) > 1 else float("nan"), "image_var": r.image_var}
             for r in relations]
@@ -249,9 +249,5 @@ def image_variance(correct_a: np.ndarray, correct_b: np.ndarray) -> float:
     return max(between, 0.0) / images
 
 
-def verdict_counts(rows: Sequence[dict]) -> dict[str, int]:
-    return {v: sum(row["verdict"] == v for row in rows) for v in VERDICTS if any(row["verdict"] == v for row in rows)}
-
-
 __all__ = ["ALPHA", "KINDS", "MARGINS", "parse_margins", "PAPER_TESTS", "POWER", "Relation", "VERDICTS", "decide", "format_seeds", "holm",
-           "image_variance", "seeds_for_sd", "seeds_needed", "standard_error", "verdict_counts"]
+           "image_variance", "seeds_for_sd", "seeds_needed", "standard_error"]
