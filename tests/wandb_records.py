@@ -53,14 +53,34 @@ def _items(items) -> dict:
     return out
 
 
+def _finished_logs(run_dir: Path, wait_s: float = 30.0) -> list[Path]:
+    """The run's ``.wandb`` logs once the last one holds its exit record. ``run.finish()`` can return before W&B's
+    service has written the log out when one service serves several runs in a process (seen once in CI: a log with
+    none of its records), so a reader in the same process waits for the exit record, as ``wandb sync`` needs one."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        logs = sorted(Path(run_dir).glob("wandb/offline-run-*/run-*.wandb"))
+        try:
+            kinds = [r.WhichOneof("record_type") for r in records(logs[-1])] if logs else []
+        except Exception:  # a log still being written: a short header or a torn last record
+            kinds = []
+        if "exit" in kinds or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert logs, f"no offline W&B log under {run_dir}"
+    assert "exit" in kinds, f"{logs[-1]} has no exit record after {wait_s:.0f} s; its records: {kinds}"
+    return logs
+
+
 class OfflineRun:
     """The config (as W&B ends up with it: later config records overwrite earlier keys), history rows, summary and
     metric definitions that an offline run's ``.wandb`` log holds; shaped like ``wandb.Api().runs()``'s runs."""
 
     def __init__(self, run_dir: Path):
         self._dir = Path(run_dir)
-        logs = sorted(self._dir.glob("wandb/offline-run-*/run-*.wandb"))
-        assert logs, f"no offline W&B log under {run_dir}"
+        logs = _finished_logs(self._dir)
         self.config_records, self.rows, self.summary, self.metrics, self.files = [], [], {}, {}, []
         self.name = self.id = self.group = self.job_type = None
         for log in logs:  # a resumed run writes a second log
