@@ -20,6 +20,7 @@ from torch import nn
 
 from lightning_modules.backbones import count_params, create_model
 from lightning_modules.backbones.profile import attention_macs, macs_by_op
+from lightning_modules.optim import build_optimizer, param_groups
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -83,7 +84,8 @@ def build(source: str, name: str, settings: BenchSettings, overrides: dict[str, 
 
 
 class Runner:
-    """One model prepared for timed train steps (forward, backward, AdamW) and inference batches."""
+    """One model prepared for timed train steps (forward, backward, the training's default optimizer: fused AdamW
+    over the decayed and undecayed groups) and inference batches."""
 
     def __init__(self, model: nn.Module, settings: BenchSettings):
         self.settings = settings
@@ -92,7 +94,7 @@ class Runner:
         self.model = model.to(device, memory_format=fmt)
         # fullgraph: a graph break is an error, not a silently slower model
         self.forward = torch.compile(self.model, fullgraph=True, backend=settings.compile_backend) if settings.compile else self.model
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, fused=device.type in ("cuda", "cpu"))
+        self.optimizer = build_optimizer(param_groups(self.model, weight_decay=0.05), lr=1e-4)
         self.x = torch.randn(settings.batch, 3, *settings.image_size, device=device).contiguous(memory_format=fmt)
         self.y = torch.randint(0, settings.num_classes, (settings.batch,), device=device)
         dtype = PRECISIONS[settings.precision]

@@ -193,13 +193,14 @@ def _compile_cases(plan: Plan) -> dict[str, tuple[dict[str, Any], int, int]]:
 def compile_one(plan: Plan, name: str) -> dict[str, float]:
     """One compiled (fullgraph) training step of ``name``, then two under ``error_on_recompile``."""
     from lightning_modules.backbones import create_model
+    from lightning_modules.optim import build_optimizer, param_groups
 
     overrides, size, batch = _compile_cases(plan)[name]
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(plan.precision)
     model = create_model(name, num_classes=plan.num_classes, image_size=(size, size), **overrides)
     model = model.to(plan.device).train()
     compiled = torch.compile(model, fullgraph=True, backend=plan.backend)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    optimizer = build_optimizer(param_groups(model, weight_decay=0.05), lr=1e-4)  # training's: fused AdamW
     x = torch.randn(batch, 3, size, size, device=plan.device)
     y = torch.randint(0, plan.num_classes, (batch,), device=plan.device)
 

@@ -16,6 +16,7 @@ from torchvision.transforms import v2
 
 from . import compat
 from .backbones import budget_variant, count_macs, count_params, create_model, import_block_modules
+from .optim import OptimizerName, build_optimizer, check_optimizer, no_decay, param_groups  # noqa: F401 (no_decay)
 from .ranges import NonNegativeFinite, PositiveFinite, PositiveInt, Probability, plain
 
 EVAL_SPLITS = ("val", "train_eval", "test")  # the order of the DataModule's validation loaders
@@ -27,11 +28,6 @@ def _eval_metrics(num_classes: int) -> MetricCollection:
         "acc": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
         "acc5": MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro"),
     })
-
-
-def no_decay(name: str, param: nn.Parameter) -> bool:
-    """Norm weights, biases and relative-bias tables are not decayed."""
-    return param.ndim <= 1 or name.endswith("rel_bias.table")
 
 
 def check_budget(model: str, budget: str, size: tuple[int, int]) -> None:
@@ -56,7 +52,8 @@ def check_budget(model: str, budget: str, size: tuple[int, int]) -> None:
 
 
 class ImageClassifier(L.LightningModule):
-    """AdamW with linear warm-up and cosine decay, label smoothing, MixUp/CutMix, stochastic depth.
+    """AdamW (or another ``optimizer``, see ``lightning_modules.optim``) with linear warm-up and cosine decay, label
+    smoothing, MixUp/CutMix, stochastic depth.
 
     Defaults follow the paper's ImageNet recipe (Table 10): lr 1e-3 -> 1e-5, weight decay 0.05, label smoothing
     0.1, MixUp 0.8; gradient clipping 1.0 is the Trainer's ``gradient_clip_val``. ``channels_last`` is off by
@@ -90,10 +87,13 @@ class ImageClassifier(L.LightningModule):
         channels_last: bool = False,
         budget: str | None = None,
         imports: list[str] | None = None,
+        optimizer: OptimizerName = "adamw",
+        optimizer_args: dict[str, Any] | None = None,
     ):
         super().__init__()
         if min_lr > lr:  # the schedule's floor above its peak would raise the rate as it "decays"
             raise ValueError(f"--model.init_args.min_lr {min_lr} is above --model.init_args.lr {lr}; valid: min_lr <= lr")
+        check_optimizer(optimizer, optimizer_args)
         self.save_hyperparameters()
         self.save_hyperparameters(plain(dict(self.hparams)))  # plain numbers: checkpoints load with weights_only
         import_block_modules(imports)
@@ -213,14 +213,8 @@ class ImageClassifier(L.LightningModule):
 
     # --- optimisation -----------------------------------------------------------------------------------------
     def configure_optimizers(self):
-        decay, plain = [], []
-        for name, param in self.backbone.named_parameters():
-            if param.requires_grad:
-                (plain if no_decay(name, param) else decay).append(param)
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": plain, "weight_decay": 0.0}],
-            lr=self.hparams.lr, fused=self.device.type in ("cuda", "cpu"),  # one kernel, no per-step host reads
-        )
+        hp = self.hparams
+        optimizer = build_optimizer(param_groups(self.backbone, hp.weight_decay), hp.lr, hp.optimizer, hp.optimizer_args)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = min(total - 1, round(self.hparams.warmup_epochs * total / max(1, self.trainer.max_epochs or 1)))
         floor = self.hparams.min_lr / self.hparams.lr
