@@ -34,7 +34,8 @@ from .identity import MISSING, affects_result, default
 from .verdicts import ALPHA, KINDS, MARGINS, Relation, decide, format_seeds, image_variance, parse_margins, seeds_needed
 
 IDENTITY = ["run", "layout", "model", "budget", "data_size"]  # then the setting columns, then RUN_FACTS
-RUN_FACTS = ["seed", "params", "flops", "wall_time", "warmup_steps", "target", "target_reached", "epoch", "step"]
+RUN_FACTS = ["seed", "params", "flops", "wall_time", "warmup_steps", "target", "target_reached", "source", "epoch",
+             "step"]
 TOP_LEVEL_SETTINGS = ("target_loss", "eval_every_n_steps")  # `ablate train` options outside model/data/trainer
 # the result-affecting config keys that other columns hold (or facts a run records, not settings); what does not
 # affect a result at all is ``identity.NOT_RESULT``, the definition the run hash, run ids and resume check share
@@ -61,6 +62,48 @@ def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = json.dumps(value, default=str) if isinstance(value, (list, tuple)) else value
     return out
+
+
+INIT_FROM = "model.init_args.init_from"
+
+
+def recorded_source(config: dict, summary: dict | None) -> str | None:
+    """What a run started from (None: random weights): the source its summary records as resolved, else the
+    ``init_from`` of its config (a run folder, a checkpoint file or a timm name)."""
+    recorded = (summary or {}).get("init_from")
+    if isinstance(recorded, dict):  # a record with the source's place and identity
+        recorded = next((recorded[k] for k in ("run_dir", "path", "source") if recorded.get(k)), None)
+    return str(recorded or ((config.get("model") or {}).get("init_args") or {}).get("init_from") or "") or None
+
+
+def _source_run_path(source: str) -> Path | None:
+    """The run folder a source names (a checkpoint's ``checkpoints/`` parent is its run); None for a timm name."""
+    path = Path(source)
+    if path.suffix == ".ckpt":
+        return path.parent.parent if path.parent.name == run_folder.CHECKPOINTS else None
+    return path if len(path.parts) > 1 or path.is_absolute() or run_folder.is_run(path) else None
+
+
+def _source_folder(source: str, run_dir: Path) -> Path | None:
+    """The source's run folder on this disk: as recorded, or a relative path from the project root or from any
+    folder above the fine-tuning run (a chained sweep records ``runs/pretrain/ID``; a copy of ``runs`` still
+    links). None when no such run folder exists."""
+    path = _source_run_path(source)
+    if path is None:
+        return None
+    bases = [Path()] if path.is_absolute() else [Path.cwd(), PROJECT_ROOT, *Path(run_dir).resolve().parents]
+    return next((base / path for base in bases if run_folder.is_run(base / path)), None)
+
+
+def _flat_config(config: dict) -> dict[str, Any]:
+    """``flatten``, with ``init_from`` as the folder its source runs live in (the pre-training sweep), so that runs
+    fine-tuned from one sweep share the setting while runs from scratch or another sweep differ by it."""
+    flat = flatten(config)
+    source = flat.get(INIT_FROM)
+    if source:
+        path = _source_run_path(str(source))
+        flat[INIT_FROM] = f"{path.parent.name}/" if path is not None else source
+    return flat
 
 
 def _is_setting(key: str) -> bool:
@@ -108,7 +151,8 @@ def _run_identity(name: str, run_dir: str, config: dict, summary: dict | None, r
             "wall_time": (summary or {}).get("wall_time"),
             "warmup_steps": per_epoch * float(config["model"]["init_args"].get("warmup_epochs", 1.0)),
             "target": float("nan") if target is None else float(target),
-            "target_reached": None if target is None else bool((losses <= target).any())}
+            "target_reached": None if target is None else bool((losses <= target).any()),
+            "source": recorded_source(config, summary)}
 
 
 def _tidy(rows: pd.DataFrame, identity: dict, setting_values: dict) -> pd.DataFrame:
@@ -193,7 +237,10 @@ def _read_run(run_dir: Path, completed_only: bool) -> tuple | None:
                             f"{summary['epochs']}")
     identity = _run_identity(run_dir.name, str(run_dir), config, summary, rows)
     identity["predictions"] = run_folder.read_predictions(run_dir)
-    return identity, flatten(config), rows
+    if identity["source"] is not None:  # found from this run's own place, so a copied tree still links
+        found = _source_folder(identity["source"], run_dir)
+        identity["source"] = str(found) if found is not None else identity["source"]
+    return identity, _flat_config(config), rows
 
 
 def _run_candidates(folder: Path) -> list[Path]:
@@ -280,7 +327,7 @@ def load_wandb(project: str, api=None, filters: dict | None = None) -> pd.DataFr
         runtime = dict(run.summary).get("_runtime")  # W&B's own clock, from its start to its finish
         identity = _run_identity(run.name, f"{project}/{run.id}", config, {"wall_time": runtime}, rows)
         identity["predictions"] = _wandb_predictions(run)
-        parts.append((identity, flatten(config), rows))
+        parts.append((identity, _flat_config(config), rows))
     parts = [(identity, filled, rows) for (identity, _, rows), filled in zip(parts, _with_defaults([f for _, f, _ in parts]))]
     return _assemble(parts, _varying([flat for _, flat, _ in parts]), f"W&B project {project!r}")
 
@@ -693,10 +740,116 @@ def ordering_checks(frame: pd.DataFrame, margins: dict[str, float] | None = None
     }
 
 
+# --- transfer: each fine-tuned run beside the run it started from --------------------------------------------------
+# The paper's transfer finding (Table 2): C-C-T-T and C-T-T-T reach the same pre-training precision on JFT (34.40
+# vs 34.36), yet C-C-T-T fine-tunes better on ImageNet-1K (82.39 vs 81.78 at 224).
+PAPER_TRANSFER = "C-C-T-T > C-T-T-T"
+TRANSFER_COLUMNS = ["source_run", "source_seed", "pretrain_loss", "log_pretrain_loss", "pretrain_acc",
+                    "finetune_acc", "source", "not_comparable"]
+
+
+def _pretraining(source: str) -> dict:
+    """A source run's pre-training record at its last evaluation, or ``why`` there is none to compare."""
+    path = _source_run_path(source)
+    if path is None:
+        return {"why": f"source {source} is not a run folder: no pre-training record"}
+    if not run_folder.is_run(path):
+        return {"why": f"source {source} not found"}
+    try:
+        part = _read_run(path, completed_only=True)
+    except UnreadableRun as err:
+        return {"why": f"source {source} unreadable: {err}"}
+    if part is None:
+        return {"why": f"source {source} is not completed ({run_folder.summary_status(path) or 'no summary'})"}
+    identity, _, rows = part
+    last = lambda name: float(rows[name].dropna().iloc[-1]) if name in rows and rows[name].notna().any() else np.nan  # noqa: E731
+    return {"why": None, "name": f"{path.parent.name}/{path.name}", "layout": identity["layout"],
+            "seed": identity["seed"], "loss": last("train_eval/loss"), "acc": last("test/acc"),
+            "predictions": identity["predictions"]}
+
+
+def transfer_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per fine-tuned run (a run with a ``source``): its source run and that run's pre-training fit at its last
+    evaluation (clean training loss, and test accuracy: the paper's pre-training precision) beside the fine-tuned
+    final test accuracy. A source that cannot be read (not found, not completed, unreadable, no run folder, another
+    layout) keeps its row, NaN pre-training values and the reason in ``not_comparable``: never left out."""
+    keys = _keys(frame)
+    if "source" not in frame or frame["source"].isna().all():
+        return pd.DataFrame(columns=[*keys, *TRANSFER_COLUMNS])
+    sources: dict[str, dict] = {}
+    rows = []
+    for run, curve in _order(frame[frame["source"].notna()]).groupby("run", sort=False):
+        first, source = curve.iloc[0], str(curve["source"].iloc[0])
+        pre = sources.setdefault(source, _pretraining(source))
+        why = pre["why"]
+        if why is None and pre["layout"] != first["layout"]:
+            why = f"source {pre['name']} is {pre['layout']}, not {first['layout']}"
+        accs = curve["test_acc"].dropna()
+        rows.append({**first[keys].to_dict(), "source_run": pre.get("name"), "source_seed": pre.get("seed"),
+                     "pretrain_loss": pre.get("loss", np.nan), "log_pretrain_loss": np.log(pre.get("loss", np.nan)),
+                     "pretrain_acc": pre.get("acc", np.nan),
+                     "finetune_acc": float(accs.iloc[-1]) if len(accs) else np.nan, "source": source,
+                     "not_comparable": why})
+    table = pd.DataFrame(rows, columns=[*keys, *TRANSFER_COLUMNS])
+    table.attrs["predictions"] = {s: pre["predictions"] for s, pre in sources.items() if pre.get("predictions")}
+    return table
+
+
+def _fit_reading(acc: dict, loss: dict) -> str:
+    """Whether the two pre-training fits of a pair are shown equal, by test accuracy and clean training loss."""
+    if acc["verdict"] == loss["verdict"] == "equivalent":
+        return "equivalent"
+    if "not comparable" in (acc["verdict"], loss["verdict"]):
+        return f"not comparable: {acc['why'] or loss['why']}"
+    return f"not shown equivalent (accuracy {acc['verdict']}, loss {loss['verdict']})"
+
+
+def _transfer_reading(verdict: str, fit: str) -> str:
+    if verdict in ("A better", "B better"):
+        return ("equal pre-training fit, different transfer" if fit == "equivalent" else
+                "different transfer, but the pre-training fits are not shown equivalent")
+    if verdict == "equivalent":
+        return "equal transfer"
+    return f"transfer {verdict}"
+
+
+def transfer_checks(frame: pd.DataFrame, margins: dict[str, float] | None = None,
+                    order: str = PAPER_TRANSFER) -> dict[str, pd.DataFrame]:
+    """``transfer_verdicts`` of the fine-tuned runs of ``frame`` linked to their sources (``transfer_table``), with
+    the table itself as ``linked runs``; empty without fine-tuned runs."""
+    table = transfer_table(frame)
+    if table.empty:
+        return {}
+    return {"linked runs": table, **transfer_verdicts(table, margins, order, frame.attrs.get("predictions") or None)}
+
+
+def transfer_verdicts(table: pd.DataFrame, margins: dict[str, float] | None = None, order: str = PAPER_TRANSFER,
+                      predictions: dict | None = None) -> dict[str, pd.DataFrame]:
+    """The transfer comparison on a ``transfer_table``: ``order``'s relations on the fine-tuned test accuracy, and
+    the same pairs' pre-training fits tested for equivalence (TOST) by the source's test accuracy and by its clean
+    training loss (log units), each a family per combination of settings, paired by seed, Holm within the family.
+    ``transfer`` carries both fits beside each verdict (``pre-training fit``, ``reading``): the paper's finding is
+    an equal fit and a different transfer. A run whose source cannot be read makes its relations ``not
+    comparable``, naming the source. ``predictions`` are the fine-tuned runs'; the sources' are the table's."""
+    margins = parse_margins(margins)
+    equal = " ".join(f"{left} ≈ {right}" if i == 0 else f"≈ {right}"
+                     for i, (left, _, right) in enumerate(parse_order(order)))
+    pre = table.assign(run=table["source"])  # the sources' predictions are keyed by their path
+    transfer = check_order(table, "finetune_acc", order, True, "accuracy", margins["accuracy"], predictions)
+    acc = check_order(pre, "pretrain_acc", equal, True, "accuracy", margins["accuracy"],
+                      table.attrs.get("predictions") or None)
+    loss = check_order(pre, "log_pretrain_loss", equal, False, "log_loss", margins["log_loss"])
+    transfer["pre-training fit"] = [_fit_reading(a, l) for a, l in zip(acc.to_dict("records"), loss.to_dict("records"))]
+    transfer["reading"] = [_transfer_reading(v, f) for v, f in zip(transfer["verdict"], transfer["pre-training fit"])]
+    return {"transfer": transfer, "pre-training accuracy": acc, "pre-training loss": loss,
+            "exploratory: fine-tuned layout pairs": pairwise(table, "finetune_acc", margin=margins["accuracy"],
+                                                              predictions=predictions)}
+
+
 __all__ = [
-    "KINDS", "MARGINS", "PAPER_CAPACITY", "PAPER_GENERALISATION", "VARIANTS", "accuracy_at_loss", "capacity",
+    "KINDS", "MARGINS", "PAPER_CAPACITY", "PAPER_GENERALISATION", "PAPER_TRANSFER", "VARIANTS", "accuracy_at_loss", "capacity",
     "check_order", "check_order_at_equal_loss", "comparison_loss", "describe_model", "equal_loss_table", "final_gap",
     "from_project_root", "generalisation", "load_run", "load_runs", "load_source", "load_wandb", "mean_interval",
     "ordering_checks", "pairwise", "parse_margins", "parse_order", "ranking", "read_runs", "run_facts", "settings",
-    "summarise", "UnreadableRun",
+    "summarise", "transfer_checks", "transfer_table", "transfer_verdicts", "UnreadableRun",
 ]

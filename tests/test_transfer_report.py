@@ -1,0 +1,167 @@
+"""The transfer comparison: fine-tuned runs linked to the runs they started from, on run folders written here in the
+on-disk format; verdicts checked against plain scipy and, by simulation, against a known truth."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from scipy import stats
+
+from ablations.analysis import load_runs, transfer_checks, transfer_verdicts
+from ablations.cli import main as cli_main
+from lightning_modules import run_folder
+
+LAYOUTS = ("C-C-T-T", "C-T-T-T")
+
+
+def write_run(run_dir, layout, seed, final_loss, final_acc, init_from=None, status="completed", classes=None):
+    """A run folder as `ablate train` leaves it: config.yaml, metrics.csv (three epochs, the last at ``final_loss``
+    and ``final_acc``) and summary.json."""
+    config = {"seed_everything": seed, "trainer": {"accelerator": "cpu"},
+              "model": {"init_args": {"model": layout, "warmup_epochs": 0.0, "init_from": init_from}},
+              "data": {"init_args": {"train_fraction": 1.0, "classes": classes}}}
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    losses, accs = [4 * final_loss, 2 * final_loss, final_loss], [final_acc - 0.2, final_acc - 0.1, final_acc]
+    rows = [{"epoch": i, "step": 10 * (i + 1), "train/loss": loss, "train_eval/loss": loss,
+             "train_eval/acc": 1 - loss / 4, "test/acc": acc, "test/loss": loss + 0.5}
+            for i, (loss, acc) in enumerate(zip(losses, accs))]
+    run_folder.write_rows(run_dir, rows)
+    run_folder.write_summary(run_dir, {"status": status, "epochs": len(rows), "wall_time": 1.0})
+
+
+def name(layout, seed):
+    return f"{layout.lower().replace('-', '')}-s{seed}"
+
+
+# pre-training: equal fits (C-C-T-T's accuracy within 0.1 point of C-T-T-T's, its loss within 1%);
+# fine-tuning: C-C-T-T ahead by 3 points (+/- 0.5)
+PRE = {("C-C-T-T", s): (0.200 * (1 + d), 0.800 + a) for s, d, a in [(0, 0.01, 0.001), (1, -0.005, -0.0005), (2, 0.0, 0.0)]}
+PRE |= {("C-T-T-T", s): (0.200, 0.800) for s in range(3)}
+TUNED = {("C-C-T-T", s): 0.90 + d for s, d in [(0, 0.005), (1, -0.005), (2, 0.002)]}
+TUNED |= {("C-T-T-T", s): 0.87 for s in range(3)}
+
+
+def write_study(root, relative=True, skip=()):
+    """Pre-training runs under ``root/pretrain``, fine-tuning runs under ``root/finetune`` recording their sources
+    as a chained sweep does (``pretrain/ID`` from ``root``, or absolute); sources in ``skip`` are not written."""
+    for (layout, seed), (loss, acc) in PRE.items():
+        if (layout, seed) not in skip:
+            write_run(root / "pretrain" / name(layout, seed), layout, seed, loss, acc, classes=[0, 1, 2, 3, 4])
+    for (layout, seed), acc in TUNED.items():
+        source = root / "pretrain" / name(layout, seed)
+        write_run(root / "finetune" / name(layout, seed), layout, seed, 0.1, acc, classes=[5, 6, 7, 8, 9],
+                  init_from=str(source.relative_to(root) if relative else source))
+
+
+@pytest.mark.parametrize("relative", [True, False], ids=["recorded relative", "recorded absolute"])
+def test_each_finetuned_run_is_linked_to_its_source_in_another_folder(tmp_path, relative):
+    write_study(tmp_path, relative)
+    table = transfer_checks(load_runs(tmp_path / "finetune"))["linked runs"].set_index("run")
+    assert sorted(table.index) == sorted(name(l, s) for l, s in TUNED)
+    for (layout, seed), acc in TUNED.items():
+        row = table.loc[name(layout, seed)]
+        loss, pre_acc = PRE[(layout, seed)]
+        assert row["source_run"] == f"pretrain/{name(layout, seed)}" and row["source_seed"] == seed
+        assert row["pretrain_loss"] == pytest.approx(loss) and row["pretrain_acc"] == pytest.approx(pre_acc)
+        assert row["finetune_acc"] == pytest.approx(acc) and pd.isna(row["not_comparable"])
+
+
+def test_verdicts_equal_a_plain_scipy_computation(tmp_path):
+    write_study(tmp_path)
+    checks = transfer_checks(load_runs(tmp_path / "finetune"))
+    seeds = range(3)
+    tuned = np.array([TUNED[("C-C-T-T", s)] - TUNED[("C-T-T-T", s)] for s in seeds]) * 100
+    row = checks["transfer"].iloc[0]
+    t = stats.ttest_rel([TUNED[("C-C-T-T", s)] * 100 for s in seeds], [TUNED[("C-T-T-T", s)] * 100 for s in seeds])
+    low, high = stats.t.interval(0.95, 2, loc=tuned.mean(), scale=stats.sem(tuned))
+    assert row["pair"] == "C-C-T-T > C-T-T-T" and row["n"] == 3 and row["family"] == 1
+    assert row["effect"] == pytest.approx(tuned.mean()) and (row["low"], row["high"]) == pytest.approx((low, high))
+    assert row["p_holm"] == pytest.approx(t.pvalue) and t.pvalue < 0.05 and row["verdict"] == "A better"
+    assert row["paper"] == "supported"  # superiority, one-sided: half the two-sided p of a positive effect
+    assert "paired t over 3 seed(s)" in row["method"] and "margin 1 points" in row["method"]
+    # pre-training accuracy: TOST at the 1-point margin, both one-sided tests by scipy
+    pre = np.array([PRE[("C-C-T-T", s)][1] - PRE[("C-T-T-T", s)][1] for s in seeds]) * 100
+    tost = max(stats.ttest_1samp(pre, -1.0, alternative="greater").pvalue,
+               stats.ttest_1samp(pre, 1.0, alternative="less").pvalue)
+    acc = checks["pre-training accuracy"].iloc[0]
+    assert acc["pair"] == "C-C-T-T ≈ C-T-T-T" and tost < 0.05 and acc["verdict"] == "equivalent"
+    # pre-training loss: log units, B's minus A's, TOST at 0.1
+    pre_loss = np.array([math.log(PRE[("C-T-T-T", s)][0]) - math.log(PRE[("C-C-T-T", s)][0]) for s in seeds])
+    loss = checks["pre-training loss"].iloc[0]
+    assert loss["effect"] == pytest.approx(pre_loss.mean()) and loss["verdict"] == "equivalent"
+    assert loss["p_holm"] == pytest.approx(stats.ttest_1samp(pre_loss, 0.0).pvalue)
+    assert row["pre-training fit"] == "equivalent" and row["reading"] == "equal pre-training fit, different transfer"
+
+
+def test_a_missing_source_is_reported_not_dropped(tmp_path):
+    write_study(tmp_path, skip={("C-T-T-T", 1)})
+    checks = transfer_checks(load_runs(tmp_path / "finetune"))
+    table = checks["linked runs"].set_index("run")
+    assert len(table) == len(TUNED)
+    why = table.loc[name("C-T-T-T", 1), "not_comparable"]
+    assert why == f"source pretrain/{name('C-T-T-T', 1)} not found"
+    assert math.isnan(table.loc[name("C-T-T-T", 1), "pretrain_acc"])
+    row = checks["transfer"].iloc[0]
+    assert row["verdict"] == "not comparable" and row["why"] == why
+    assert row["pre-training fit"] == f"not comparable: {why}"
+
+
+def test_an_unfinished_source_is_named_with_its_status(tmp_path):
+    write_study(tmp_path)
+    summary = run_folder.load_summary(tmp_path / "pretrain" / name("C-C-T-T", 0))
+    run_folder.write_summary(tmp_path / "pretrain" / name("C-C-T-T", 0), {**summary, "status": "running"})
+    table = transfer_checks(load_runs(tmp_path / "finetune"))["linked runs"].set_index("run")
+    assert table.loc[name("C-C-T-T", 0), "not_comparable"].endswith("is not completed (running)")
+
+
+def test_unequal_pre_training_fits_are_said_beside_the_transfer_verdict(tmp_path, monkeypatch):
+    monkeypatch.setitem(PRE, ("C-C-T-T", 0), (0.100, 0.85))  # one seed far apart: the fits are not shown equal
+    write_study(tmp_path)
+    row = transfer_checks(load_runs(tmp_path / "finetune"))["transfer"].iloc[0]
+    assert row["verdict"] == "A better"
+    assert row["pre-training fit"] == "not shown equivalent (accuracy inconclusive, loss inconclusive)"
+    assert row["reading"] == "different transfer, but the pre-training fits are not shown equivalent"
+
+
+@pytest.mark.parametrize("folder", ["finetune", "."], ids=["fine-tuning sweep", "folder holding both"])
+def test_report_writes_a_transfer_section(tmp_path, folder, capsys):
+    write_study(tmp_path)
+    assert cli_main(["report", str(tmp_path / folder)]) == 0
+    text = (tmp_path / folder / "report.md").read_text()
+    section = text[text.index("## Transfer"):]
+    assert "C-C-T-T > C-T-T-T" in section and "equal pre-training fit, different transfer" in section
+    assert f"pretrain/{name('C-T-T-T', 2)}" in section  # each fine-tuned run beside its source
+
+
+def simulated_table(rng, seeds, transfer_effect, pre_effect=0.0):
+    """A linked-runs table of two layouts: per seed a shared seed effect plus noise (sd 1 point) on the fine-tuned
+    accuracy, and pre-training fits that differ by ``pre_effect`` points."""
+    rows = []
+    for seed in range(seeds):
+        shared = rng.normal(0.80, 0.02)
+        for layout, shift in zip(LAYOUTS, (transfer_effect, 0.0)):
+            pre_acc = 0.7 + (pre_effect if layout == LAYOUTS[0] else 0) / 100 + rng.normal(0, 0.001)
+            rows.append({"run": f"{layout}-{seed}", "layout": layout, "data_size": 1.0, "seed": seed,
+                         "source": f"pre/{layout}-{seed}", "pretrain_acc": pre_acc,
+                         "log_pretrain_loss": math.log(0.2) + rng.normal(0, 0.005),
+                         "finetune_acc": shared + shift / 100 + rng.normal(0, 0.01), "not_comparable": None})
+    return pd.DataFrame(rows)
+
+
+def test_simulated_studies_find_a_real_effect_and_no_false_one():
+    """5 seeds, 1 point of noise: with no layout effect a `better` verdict comes at about the nominal 5%; an effect
+    of 3 points is found nearly always, and the equal pre-training fits are shown equal."""
+    rng = np.random.default_rng(0)
+    null = [transfer_verdicts(simulated_table(rng, 5, 0.0))["transfer"].iloc[0]["verdict"] for _ in range(200)]
+    false = sum(v in ("A better", "B better") for v in null) / len(null)
+    assert false <= 0.05 + 2 * math.sqrt(0.05 * 0.95 / len(null))
+    assert set(null) <= {"A better", "B better", "inconclusive", "equivalent"}
+    real = [transfer_verdicts(simulated_table(rng, 5, 3.0))["transfer"].iloc[0] for _ in range(50)]
+    assert sum(r["verdict"] == "A better" for r in real) >= 45
+    assert sum(r["reading"] == "equal pre-training fit, different transfer" for r in real) >= 45
+    # pre-training fits 3 points apart are never called equal
+    apart = [transfer_verdicts(simulated_table(rng, 5, 3.0, pre_effect=3.0))["transfer"].iloc[0] for _ in range(20)]
+    assert all(r["pre-training fit"] != "equivalent" for r in apart)
