@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -84,6 +85,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
         raise ValueError(f"--precision {precision!r} is not valid; choose one of {', '.join(PRECISIONS)}")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.out and Path(args.out).suffix not in ("", ".md"):  # said before minutes of measuring, not after
+        raise ValueError(f"--out {args.out} is not valid; expected a .md file or a folder")
     if args.timm and len(args.model) > 1:
         raise ValueError(f"--timm {args.timm} pairs with one model; {len(args.model)} given ({' '.join(args.model)})")
     results = []
@@ -93,7 +96,11 @@ def cmd_bench(args: argparse.Namespace) -> None:
                                  rounds=args.rounds, warmup=args.warmup)
         for model in args.model:
             results += run_bench(model, settings, _parse_overrides(args.set), args.timm)
-    print(format_results(results, settings, device_peak(settings, args.peak_tflops)))
+    table = format_results(results, settings, device_peak(settings, args.peak_tflops))
+    print(table)
+    if args.out:
+        gpu = f", {torch.cuda.get_device_name(torch.device(device))}" if device.startswith("cuda") else ""
+        print(f"wrote {write_measurement(args.out, 'bench', args.command_line, table, machine() + gpu)}")
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
@@ -175,6 +182,24 @@ def cmd_plan(args: argparse.Namespace) -> None:
 
 
 DEMO_SPEC = Path(__file__).parent / "sweeps" / "demo.yaml"
+
+
+def write_measurement(out: str, kind: str, command: str, text: str, where: str) -> Path:
+    """A measurement kept as a file that says when, on what and with which command it was made, so that no
+    machine-dependent number is ever typed into the docs by hand. ``out`` is a ``.md`` file or a folder, which gets
+    ``<kind>-<UTC date and time>.md``."""
+    import time
+
+    from lightning_modules.run_folder import atomic_write
+
+    now = time.gmtime()
+    path = Path(out)
+    if path.suffix != ".md":
+        path.mkdir(parents=True, exist_ok=True)
+        path = path / f"{kind}-{time.strftime('%Y-%m-%d-%H%M', now)}.md"
+    atomic_write(path, f"# {kind}, {time.strftime('%Y-%m-%d %H:%M UTC', now)}\n\nMeasured on {where} with\n\n"
+                       f"```bash\n{command}\n```\n\n```text\n{text}\n```\n")
+    return path
 
 
 def machine() -> str:
@@ -298,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")
     p.add_argument("--rounds", type=int, default=5, help="timed rounds per model (median reported)")
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--out", metavar="FILE_OR_DIR",
+                   help="also write the table, with the date, the machine and this command, to FILE.md or to "
+                        "DIR/bench-<date>-<time>.md (e.g. docs/measurements)")
     p.set_defaults(func=cmd_bench)
     return parser
 
@@ -309,6 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return train_main(argv[1:])
     args = build_parser().parse_args(argv)
+    args.command_line = shlex.join(["ablate", *argv])  # what a measurement file quotes
     try:
         args.func(args)
     except (ValueError, FileNotFoundError) as err:
