@@ -5,6 +5,9 @@ A run is its resolved settings (the config as ``config.yaml`` holds it, after pa
 float option are one value), minus how it is shown, logged, placed or fed (``NOT_RESULT``). An option at its
 default is the same run whether or not a config names it: an option added later with a default changes no run's
 hash and no resume check, and a ``config.yaml`` written before it existed reads as having the default.
+
+A run started from trained weights (``init_from``) depends on the weights, not on how their place is spelled: the
+option counts as its ``source_identity`` (a run folder as that run's settings hash, a file as its content hash).
 """
 
 from __future__ import annotations
@@ -53,8 +56,37 @@ def flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def result_settings(config: dict[str, Any]) -> dict[str, Any]:
-    """The result-affecting settings of a resolved config (nested, as ``config.yaml`` holds it), flat by dotted key."""
-    return {key: value for key, value in flat(config).items() if affects_result(key)}
+    """The result-affecting settings of a resolved config (nested, as ``config.yaml`` holds it), flat by dotted key;
+    a starting-weights source as its identity."""
+    settings = {key: value for key, value in flat(config).items() if affects_result(key)}
+    for key, value in settings.items():
+        if plain(key) == SOURCE and value is not None:
+            settings[key] = source_identity(value)
+    return settings
+
+
+SOURCE = "model.init_from"  # the option that names a run's starting weights (plain spelling)
+
+
+def run_identity(settings: dict[str, Any]) -> str:
+    """What a run counts as when another run starts from it: its settings hash (the hash in its default folder
+    name), known from its settings before it has run (a chained sweep's fine-tuning ids)."""
+    return f"run:{settings_hash(settings)}"
+
+
+def source_identity(given: str) -> str:
+    """What a run started from ``given`` depends on: a run folder's ``run_identity`` (one run however its path is
+    spelled), a checkpoint file's sha256, a timm source's name and weights' sha256. One line (exit 2 in ablate
+    train) when the source does not exist or, for a run folder, is not completed."""
+    import yaml
+
+    from lightning_modules import init_from
+
+    source = init_from.resolve(given)
+    if source.kind == "run":
+        return run_identity(result_settings(yaml.safe_load((source.run_dir / "config.yaml").read_text()) or {}))
+    digest = f"sha256:{init_from.file_hash(source.file)}"
+    return f"timm:{source.timm_name}@{digest}" if source.kind == "timm" else digest
 
 
 def canonical(value: Any) -> str:

@@ -330,6 +330,7 @@ class RunRecorder(L.Callback):
             "reason": reason,
             "params": getattr(pl_module, "params", None),
             "flops": getattr(pl_module, "macs", None),
+            "init_from": getattr(pl_module, "init_record", None),  # the starting weights, resolved (init_from.py)
             "epochs": len(epoch_ends),
             "wall_time": round(time.time() - self.start, 2),
             "final": {**(epoch_ends[-1] if epoch_ends else {}), **(final or {})},

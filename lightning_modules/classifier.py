@@ -15,6 +15,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchvision.transforms import v2
 
 from . import compat
+from . import init_from as init_from_source
 from .backbones import budget_variant, count_macs, count_params, create_model, import_block_modules
 from .optim import OptimizerName, build_optimizer, check_optimizer, no_decay, param_groups  # noqa: F401 (no_decay)
 from .ranges import NonNegativeFinite, PositiveFinite, PositiveInt, Probability, plain
@@ -60,6 +61,7 @@ class ImageClassifier(L.LightningModule):
     default: it sped CoAtNet-0 training up on CPU but can slow hybrid models down; ``ablate bench`` measures it. ``num_classes``, ``image_size``
     and ``in_chans`` come from the DataModule when trained through ``ablate train``. ``budget`` sizes a layout
     ``model`` for a budget (``"C-T-C-T"`` at ``"cifar"``); ``imports`` names modules that register block types.
+    ``init_from`` starts from trained weights (a run folder, a checkpoint file or ``timm:NAME``; ``init_from.py``).
 
     Every metric it logs is recorded (``metrics.csv``, W&B, the analysis's table) under the name it is logged with;
     ``summaries`` says how a run's W&B summary shows the ones a comparison reads (W&B's default is the last value).
@@ -87,6 +89,7 @@ class ImageClassifier(L.LightningModule):
         channels_last: bool = False,
         budget: str | None = None,
         imports: list[str] | None = None,
+        init_from: str | None = None,
         optimizer: OptimizerName = "adamw",
         optimizer_args: dict[str, Any] | None = None,
     ):
@@ -107,6 +110,8 @@ class ImageClassifier(L.LightningModule):
             cfg = budget_variant(model, budget, **build)
             build = {**build, "depths": cfg.depths, "dims": cfg.dims, "stem_dim": cfg.stem_dim}
         self.backbone = create_model(model, budget=budget, **build)
+        # read before training: a resume's restore of the run's own last.ckpt comes after and overwrites it
+        self.init_record = init_from_source.load(self.backbone, init_from) if init_from is not None else None
         with torch.device("meta"):  # a weightless twin: MACs without running the real model
             self.macs = count_macs(create_model(model, budget=budget, **build))
         self.params = count_params(self.backbone)

@@ -26,6 +26,7 @@ PREDICTIONS = "predictions.npz"
 MANIFEST = "manifest.json"
 CHECKPOINTS = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
+BEST_CHECKPOINT = "best.ckpt"  # ModelCheckpoint(filename="best") in ablate train: the best validation accuracy
 LOG = "train.log"
 
 # How a run failed, in summary.json's "failure". Only those that may go differently on another try are retried by
@@ -41,6 +42,12 @@ def checkpoints(run_dir: Path) -> Path:
 def last_checkpoint(run_dir: Path) -> Path:
     """Where a run saves to resume from (``ModelCheckpoint(save_last=True)``'s name, and preemption's)."""
     return checkpoints(run_dir) / LAST_CHECKPOINT
+
+
+def best_checkpoint(run_dir: Path) -> Path:
+    """The weights a completed run reports (its best validation accuracy; its last epoch without a validation
+    split): what another run starting from this one loads (``init_from``)."""
+    return checkpoints(run_dir) / BEST_CHECKPOINT
 
 
 def atomic_write(path: Path, content: str | Callable[[BinaryIO], None]) -> None:
