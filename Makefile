@@ -13,7 +13,7 @@ NO_WHEELS := $(CURDIR)/$(VENV)/no-find-links
 export PIP_FIND_LINKS := $(NO_WHEELS)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test test-fast lab bench gpu-check clean
+.PHONY: setup demo test test-fast measure lab bench gpu-check clean
 
 setup: $(STAMP)
 
@@ -35,6 +35,12 @@ test: $(STAMP)
 # The loop while working: every module's tests but the slow ones (marked `slow`: sweeps, kills, DDP, notebooks)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" --durations=10
+
+# Test counts and wall times of both tiers on this machine, written by the runs themselves (tests/measure.py)
+# into docs/measurements/tests-<date>.md: the numbers the docs link instead of quoting.
+measure: $(STAMP)
+	ABLATE_MEASURE=docs/measurements $(BIN)/python -m pytest -q -m "not slow"
+	ABLATE_MEASURE=docs/measurements $(BIN)/python -m pytest -q
 
 # The analysis notebook on the demo's results (`make demo` first); SOURCE=wandb:ENTITY/PROJECT or another folder.
 SOURCE ?= runs/demo

@@ -5,6 +5,16 @@ import pytest
 from tests.specs import tiny_spec
 
 
+def pytest_configure(config):
+    """``ABLATE_MEASURE=FOLDER``: this run's test counts and wall time go into a dated file there (tests/measure.py)."""
+    import os
+
+    if os.environ.get("ABLATE_MEASURE"):
+        from tests.measure import SuiteTimes
+
+        config.pluginmanager.register(SuiteTimes(Path(os.environ["ABLATE_MEASURE"]), config), "ablate-measure")
+
+
 @pytest.fixture(autouse=True)
 def _no_wandb_network(monkeypatch):
     """W&B is disabled in tests unless a test asks for offline mode; nothing is ever sent."""
