@@ -333,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train"]:  # LightningCLI owns the whole option space of `ablate train`
-        from .train import main as train_main
+        from .training.cli import main as train_main
 
         return train_main(argv[1:])
     args = build_parser().parse_args(argv)

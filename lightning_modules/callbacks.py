@@ -220,7 +220,8 @@ class RunRecorder(L.Callback):
     ``metrics.csv`` has a row per evaluation (``EvaluationSchedule``), keyed by training step: every metric the
     module logged there (through ``RunLog``), and at an epoch's end the epoch's training metrics, learning rate,
     epoch time and images/s (logged too, so that W&B's history has them). The summary says ``running`` while
-    training, then ``completed``, or ``failed`` with the failure kind and reason (``run_folder.FAILURE_KINDS``); it
+    training, then ``completed``, or ``failed`` with the failure kind and reason (``run_folder.FAILURE_KINDS``,
+    written when `ablate train` records the failure: ``RunSession.record_failure``); it
     records the target loss's stop (``TargetLoss``) and whether the run converged (``write_summary``). The final
     test's per-image predictions go to ``predictions.npz``.
     """
@@ -340,12 +341,6 @@ class RunRecorder(L.Callback):
             **self.extra,
         }
         run_folder.write_summary(self.run_dir, summary)
-
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, Interrupted):
-            return  # saved and recorded as interrupted
-        self.write_summary(trainer, pl_module, "failed", reason=f"{type(exception).__name__}: {exception}",
-                           failure=run_folder.failure_kind(exception))
 
 
 class Interrupted(Exception):

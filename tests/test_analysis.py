@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from ablations.analysis import accuracy_at_loss, describe_model, equal_loss_table, final_gap, load_runs, settings, summarise
-from ablations.train import main as train_main
+from ablations.training.cli import main as train_main
 from tests.wandb_records import OfflineApi, OfflineRun
 
 

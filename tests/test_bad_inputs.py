@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import ablations.train
+import ablations.training.cli
+import ablations.training.run_setup
 from ablations.cli import main as cli_main
-from ablations.train import check_devices
+from ablations.training.trainer_options import check_devices
 from tests.test_train import SMALL_RUN
 
 MODEL_ARGS = "--model.init_args.model_args={depths: [1, 1], dims: [16, 32], stem_dim: 16, head_dim: 16"
@@ -192,7 +193,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_completed(tmp_path, capsys, ar
     argv = args(tmp_path) if callable(args) else [*SMALL_RUN, *args]
     if not any(a.startswith("--run_dir") for a in argv):
         argv.append(f"--run_dir={tmp_path / 'run'}")
-    assert ablations.train.main(argv) == 2
+    assert ablations.training.cli.main(argv) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert errors and errors[-1].startswith("ablate train: error: "), errors[-5:]
     assert sum(line.startswith("ablate train: error:") for line in errors) == 1
@@ -218,7 +219,7 @@ def test_data_refused_at_set_up_has_no_lightning_line_before_its_error(tmp_path,
     lightning_log = logging.getLogger("lightning.pytorch")
     lightning_log.addHandler(handler)
     try:
-        assert ablations.train.main([*args(tmp_path), f"--run_dir={tmp_path / 'run'}"]) == 2
+        assert ablations.training.cli.main([*args(tmp_path), f"--run_dir={tmp_path / 'run'}"]) == 2
     finally:
         lightning_log.removeHandler(handler)
     assert [record.getMessage() for record in records] == []
@@ -226,9 +227,9 @@ def test_data_refused_at_set_up_has_no_lightning_line_before_its_error(tmp_path,
 
 
 def test_disk_full_fails_before_training(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(ablations.train, "free_bytes", lambda folder: 5 * 2**20)
+    monkeypatch.setattr(ablations.training.run_setup, "free_bytes", lambda folder: 5 * 2**20)
     run_dir = tmp_path / "run"
-    assert ablations.train.main([*SMALL_RUN, f"--run_dir={run_dir}"]) == 2
+    assert ablations.training.cli.main([*SMALL_RUN, f"--run_dir={run_dir}"]) == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line == (f"ablate train: error: run folder {run_dir} has 5 MiB free, a run needs at least 100 MiB for its "
                     "checkpoints; free space or choose another --run_dir")
@@ -333,7 +334,7 @@ def test_yaml_cannot_execute_code(tmp_path, capsys):
     tag = f"!!python/object/apply:os.system ['touch {marker}']"
     config = tmp_path / "config.yaml"
     config.write_text(f"seed_everything: {tag}\n")
-    assert ablations.train.main([f"--config={config}", *SMALL_RUN, f"--run_dir={tmp_path / 'run'}"]) == 2
+    assert ablations.training.cli.main([f"--config={config}", *SMALL_RUN, f"--run_dir={tmp_path / 'run'}"]) == 2
     spec = tmp_path / "spec.yaml"
     spec.write_text(f"name: x\nconfig: {config}\ngrid: {{seed_everything: [{tag}]}}\n")
     assert cli_main(["sweep", str(spec), "--root", str(tmp_path / "runs")]) == 2
@@ -392,7 +393,8 @@ def test_every_numeric_option_refuses_negative_nan_inf_and_text_while_parsing(va
     one line naming the option, the value and what is valid."""
     from jsonargparse import ArgumentError
 
-    from ablations.train import one_line, training_parser
+    from ablations.training.cli import training_parser
+    from ablations.training.messages import one_line
 
     parser = training_parser()
     checked = set()

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ablations.train import main as train_main
+from ablations.training.cli import main as train_main
 from lightning_modules.checkpoints import AtomicCheckpointIO, load_checked, read_summary, resume_checkpoint
 from tests.test_train import SMALL_RUN, read_metrics, run_cli
 
@@ -247,7 +247,7 @@ def test_a_resume_with_other_settings_is_refused_and_config_yaml_is_never_rewrit
 def test_the_default_run_folder_depends_only_on_result_settings(tmp_path, monkeypatch):
     """The same command lands in the same folder with or without a terminal (progress bar, model summary), with
     W&B on or off and any number of loader workers; a changed learning rate or seed gets its own."""
-    from ablations.train import AblateCLI
+    from ablations.training.cli import AblateCLI
 
     seen = []
 

@@ -55,7 +55,7 @@ def test_two_trainings_on_one_run_folder_the_second_is_refused_naming_the_first(
     import time
 
     from ablations import runlock
-    from ablations.train import main as train_main
+    from ablations.training.cli import main as train_main
     from tests.test_train import SMALL_RUN
 
     run_dir = tmp_path / "run"

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ablations.train import main as train_main
+from ablations.training.cli import main as train_main
 from lightning_modules import run_folder
 from lightning_modules.checkpoints import load_checked
 from lightning_modules.curves import convergence

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ablations.train import main as train_main
+from ablations.training.cli import main as train_main
 from lightning_modules.classifier import ImageClassifier, no_decay
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -249,7 +249,7 @@ def test_shipped_configs_parse(config, capsys):
     ({"accelerator": "auto", "devices": 2, "precision": None}, False, 0, {"precision": "32-true"}),
 ])
 def test_device_defaults(trainer, cuda, gpus, expected):
-    from ablations.train import device_defaults
+    from ablations.training.trainer_options import device_defaults
 
     assert device_defaults(trainer, cuda, gpus) == expected
 
@@ -327,7 +327,7 @@ def test_an_option_added_later_with_a_default_changes_no_run_folder_run_id_or_re
     from ablations import identity
     from ablations.sweep import SweepSpec
     from ablations.sweep import overrides as sweep_overrides
-    from ablations.train import training_parser
+    from ablations.training.cli import training_parser
     from tests.specs import tiny_spec
 
     argv = [*SMALL_RUN, "--trainer.max_epochs=1", f"--runs_root={tmp_path / 'runs'}"]

@@ -25,7 +25,7 @@ from .. import runlock
 
 Launcher = Callable[[list[str], Path, dict[str, str], int], int]
 TRAIN_PROGRAM = [sys.executable, "-m", "ablations.cli", "train"]
-PRELOAD = ["torch", "lightning", "ablations.train"]  # what every run imports; the fork server holds it
+PRELOAD = ["torch", "lightning", "ablations.training.cli"]  # what every run imports; the fork server holds it
 SERVER_LOST = 255  # multiprocessing's exit code for a forked process whose server is gone
 
 
@@ -58,7 +58,7 @@ def _train_forked(args: list[str], log: str, environ: dict[str, str], cwd: str, 
     import torch
     from threadpoolctl import threadpool_limits
 
-    from ablations.train import main
+    from ablations.training.cli import main
 
     os.environ.clear()
     os.environ.update({**environ, runlock.INHERITED: str(lock)})

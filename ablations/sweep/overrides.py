@@ -39,7 +39,7 @@ def _resolve(config: str, overrides: dict[str, Any]) -> dict[str, Any]:
     import yaml
 
     from ..identity import result_settings
-    from ..train import training_parser
+    from ..training.cli import training_parser
 
     parser = training_parser()
     parsed = parser.parse_args([f"--config={config}", *override_args(overrides)])
@@ -52,7 +52,9 @@ def check_overrides(spec: SweepSpec, runs: list[Run]) -> None:
     its option refuses, with the option's range. Nothing is built and no data is read."""
     from jsonargparse import ArgumentError
 
-    from ..train import check_trainer, closest_option, flat_keys, is_option, one_line, training_parser
+    from ..training.cli import training_parser
+    from ..training.messages import closest_option, flat_keys, is_option, one_line
+    from ..training.trainer_options import check_trainer
 
     parser = training_parser()
     base = [f"--config={spec.config}"]
