@@ -43,13 +43,13 @@ class RelativePositionBias(nn.Module):
         zero = (height - 1) * (2 * width - 1) + (width - 1)
         self.register_buffer("index", F.pad(index, (0, pad), value=zero), persistent=False)
         self.tokens = tokens
-        self._register_load_state_dict_pre_hook(self._resize_loaded_table)
+        self.register_load_state_dict_pre_hook(RelativePositionBias._resize_loaded_table)  # called with the module
 
     def forward(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The bias in ``dtype``, cast before the gather: casting the sliced view would copy it unaligned."""
         return self.table.to(dtype or self.table.dtype).flatten(1)[:, self.index][..., : self.tokens]
 
-    def _resize_loaded_table(self, state_dict, prefix, *args, **kwargs):
+    def _resize_loaded_table(self, state_dict, prefix, *args):
         key = prefix + "table"
         loaded = state_dict.get(key)
         if loaded is not None and loaded.shape[1:] != self.table.shape[1:] and loaded.shape[0] == self.table.shape[0]:
