@@ -10,6 +10,9 @@ The official test split is never cut. With ``track_test`` (default) it is evalua
 Data sets held in memory as uint8 arrays (CIFAR, digits, synthetic) go to the accelerator whole and are
 augmented there (``device_data``, see ``datamodules.device``); image folders and RandAugment use DataLoader
 workers and torchvision transforms.
+
+A new data set is a subclass of ``ImageDataModule`` whose ``load_train``/``load_test`` return data sets that meet
+the contract written at ``load_train`` (checked at set-up by ``check_base``); ``docs/extending.md`` shows one.
 """
 
 from __future__ import annotations
@@ -150,7 +153,18 @@ class ImageDataModule(L.LightningDataModule):
 
     # --- what subclasses provide -----------------------------------------------------------------------------
     def load_train(self) -> Dataset:
-        """The official training set, untransformed, with a ``targets`` sequence."""
+        """The official training set, untransformed. It, and ``load_test``'s set, meet one contract, which set-up
+        checks (``check_base``) so that a set laid out otherwise is a one-line error rather than wrong images:
+
+        - ``ds[i]`` is ``(image, target)``, the image what ``v2.ToImage`` reads (a PIL image, a uint8 (H, W, C)
+          array, a (C, H, W) tensor); ``len(ds)`` images;
+        - ``ds.targets``: one int class index in ``0 .. num_classes - 1`` per image (the balanced splits read them);
+        - optional, for the device path (``device_data``): ``ds.data``, every image in one uint8 numpy array of
+          shape (N, H, W, C), or (N, H, W) for one channel, H x W the ``native_size`` and C ``in_chans``.
+
+        ``datamodules.datasets.ArrayDataset`` is the reference; arrays laid out otherwise are wrapped in it, e.g.
+        torchvision's SVHN (``.labels``, (N, C, H, W)): ``ArrayDataset(svhn.data.transpose(0, 2, 3, 1), svhn.labels)``.
+        """
         raise NotImplementedError
 
     def load_test(self) -> Dataset:
@@ -221,11 +235,12 @@ class ImageDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if getattr(self, "_sets", None) is not None:
             return
-        train_base = self.load_train()
-        parts = self.split_indices(train_base.targets)
-        test_base = self.load_test()
+        train_base, test_base = self.load_train(), self.load_test()
         self.on_device = self.device_data and self.augmentation != "randaugment" and all(
             isinstance(getattr(base, "data", None), np.ndarray) for base in (train_base, test_base))
+        for loader, base in (("load_train", train_base), ("load_test", test_base)):
+            self.check_base(base, loader)
+        parts = self.split_indices(train_base.targets)
         if self.on_device:
             self._sets = {name: self._to_device(train_base, idx) for name, idx in parts.items()}
             self._sets["test"] = self._to_device(test_base, np.arange(len(test_base)))
@@ -238,6 +253,35 @@ class ImageDataModule(L.LightningDataModule):
                 "test": TransformedSubset(test_base, np.arange(len(test_base)), clean),
             }
         self.split_sizes = {name: len(ds[0] if self.on_device else ds) for name, ds in self._sets.items()}
+
+    def check_base(self, base: Dataset, loader: str) -> None:
+        """``base`` (what ``loader`` returned) meets the contract at ``load_train``; ``ValueError`` naming what does
+        not, and what would. The arrays of the device path are checked when it is taken."""
+        name = f"{type(self).__name__}.{loader}(): {type(base).__name__}"
+        wrap = "ArrayDataset(images_nhwc, labels)"
+        if getattr(base, "targets", None) is None:
+            raise ValueError(f"{name} has no .targets; valid: one int class index in 0..{self.num_classes - 1} per "
+                             f"image (a set that names them otherwise, such as torchvision's SVHN with .labels, is "
+                             f"wrapped: {wrap})")
+        targets = np.asarray(base.targets)
+        if targets.shape != (len(base),):
+            raise ValueError(f"{name}.targets has shape {targets.shape} for {len(base)} images; valid: one int class "
+                             "index per image")
+        integers = targets.dtype.kind in "iu"
+        outside = targets[(targets < 0) | (targets >= self.num_classes)] if integers else targets
+        if len(outside):
+            raise ValueError(f"{name}.targets holds {outside[0].item()!r} ({targets.dtype}); valid: int class indices "
+                             f"in 0..{self.num_classes - 1} (num_classes {self.num_classes})")
+        if not self.on_device:
+            return
+        data = base.data
+        want = (len(base), *(self.native_size or data.shape[1:3]), self.in_chans)
+        if data.dtype != np.uint8 or data.shape not in (want, want[:3] if self.in_chans == 1 else want):
+            raise ValueError(f"{name}.data is {data.dtype} of shape {data.shape}: the device path needs uint8 images "
+                             f"(N, H, W, C) = {want} (H x W the native_size, C in_chans"
+                             f"{', or (N, H, W)' if self.in_chans == 1 else ''}); valid: return {wrap} from {loader} "
+                             "(channels-first arrays transposed by "
+                             ".transpose(0, 2, 3, 1)), or --data.init_args.device_data false")
 
     def _placement(self) -> tuple[torch.device, int, int]:
         """The accelerator, this process's rank and the world size (CPU, 0, 1 outside a Trainer)."""
