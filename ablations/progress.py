@@ -6,6 +6,9 @@ remaining epochs times its mean epoch time (the ``epoch_time`` column); a run no
 runs that differ from it only in the seed, else from runs of the same model, else from all runs, plus the start-up
 and final-test time the completed runs took beyond their epochs. The sweep's ETA places the remaining runs on the
 free slots, earliest-free slot first.
+
+A chained sweep's run whose source (a run of another sweep) has not completed is ``waiting`` (``waiting for
+SOURCE`` under it), or ``blocked`` when its source failed; the sweep's line counts its sources' states.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ from lightning_modules import run_folder
 
 from . import runlock
 from .sweep import SweepSpec, failure, read_status, sweep_dir
+from .sweep.chain import failed_why, short, source_state
 
-ACTIVE = ("running", "interrupted", "pending")  # states that still need time
+ACTIVE = ("running", "interrupted", "pending", "waiting")  # states that still need time
 
 
 @dataclass
@@ -44,26 +48,28 @@ class RunProgress:
     overhead: float | None = None  # completed runs: wall time beyond the epochs (start-up, final test)
     remaining: float | None = None  # seconds left (pending: the estimated duration)
     reason: str | None = None
+    source: str | None = None  # a chained run's source run folder
+    source_status: str | None = None
 
 
-def sweep_runs(target: str | Path, root: str | Path = "runs") -> tuple[str, Path, list[tuple[Path, dict[str, Any]]]]:
-    """(name, folder, [(run folder, overrides)]) of a spec file, a sweep folder, or any folder of run folders (as
+def sweep_runs(target: str | Path, root: str | Path = "runs") -> tuple[str, Path, list[tuple[Path, dict[str, Any], str | None]]]:
+    """(name, folder, [(run folder, overrides, source)]) of a spec file, a sweep folder, or any folder of run folders (as
     ``ablate report`` takes). A sweep folder's manifest lists the runs last launched (command-line ``--set``/
     ``--grid`` included); a spec whose sweep has not started lists its own."""
     target = Path(target)
     if target.is_file():
         spec = SweepSpec.load(target)
         folder, name = sweep_dir(spec, root), spec.name
-        runs = [(folder / r.id, r.overrides) for r in spec.expand()]
+        runs = [(folder / r.id, r.overrides, r.source) for r in spec.expand()]
     elif target.is_dir():
         folder, name = target, target.resolve().name
-        runs = [(run_dir, {}) for run_dir in run_folder.run_folders(target)]
+        runs = [(run_dir, {}, None) for run_dir in run_folder.run_folders(target)]
     else:
         raise FileNotFoundError(f"{target} is neither a sweep spec nor a folder")
     manifest = run_folder.read_manifest(folder)
     if manifest is not None:
         name = manifest.get("name", name)
-        runs = [(folder / r["id"], r.get("overrides", {})) for r in manifest["runs"]]
+        runs = [(folder / r["id"], r.get("overrides", {}), r.get("source")) for r in manifest["runs"]]
     if not runs:
         raise FileNotFoundError(no_runs(target))
     return name, folder, runs
@@ -112,9 +118,10 @@ def _max_epochs(run_dir: Path, overrides: dict[str, Any], base_config: str | Non
 
 
 def read_run(run_dir: Path, overrides: dict[str, Any], base_config: str | None = None,
-             now: float | None = None) -> RunProgress:
+             now: float | None = None, source: str | None = None) -> RunProgress:
     now = time.time() if now is None else now
     status = read_status(run_dir)
+    source_status = source_state(source)
     rows = read_metrics(run_dir)
     times: dict[int, float] = {}  # epoch -> its time; only an epoch's last row has one (the others: evaluations)
     for row in rows:
@@ -128,6 +135,11 @@ def read_run(run_dir: Path, overrides: dict[str, Any], base_config: str | None =
     if status == "failed":
         kind, why = failure(run_dir)
         progress.reason = f"({kind}: {why})" if kind else f"({why})"
+    progress.source, progress.source_status = source, source_status
+    if status in ("pending", "interrupted") and source_status not in (None, "completed"):
+        progress.status = "blocked" if source_status == "failed" else "waiting"
+        progress.reason = (f"source failed: {short(source)} ({failed_why(source)})" if source_status == "failed"
+                           else f"waiting for {short(source)} ({source_status})")
     trained = sum(progress.epoch_times)
     if status == "running":  # the epoch in progress began with the last row, unless this attempt began later
         attempt = next((p.stat().st_mtime for p in (run_dir / "attempts", run_dir / run_folder.CONFIG) if p.exists()),
@@ -223,7 +235,7 @@ def duration(seconds: float | None) -> str:
 def collect(target: str | Path, root: str | Path = "runs", now: float | None = None) -> tuple[str, list[RunProgress]]:
     name, folder, runs = sweep_runs(target, root)
     base = (run_folder.read_manifest(folder) or {}).get("config")
-    progress = [read_run(run_dir, overrides, base, now) for run_dir, overrides in runs]
+    progress = [read_run(run_dir, overrides, base, now, source) for run_dir, overrides, source in runs]
     estimate(progress)
     return name, progress
 
@@ -238,7 +250,8 @@ def run_line(run: RunProgress, width: int) -> str:
 
 
 def summary_line(name: str, runs: list[RunProgress], slots: int | None, now: float | None = None) -> str:
-    counts = {s: sum(r.status == s for r in runs) for s in ("completed", "running", "interrupted", "failed", "pending")}
+    counts = {s: sum(r.status == s for r in runs)
+              for s in ("completed", "running", "interrupted", "failed", "pending", "waiting", "blocked")}
     slots = slots or max(1, counts["running"])
     text = f"{name}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n or s in ("completed", "running", "failed"))
     text += f" of {len(runs)}"
@@ -246,7 +259,23 @@ def summary_line(name: str, runs: list[RunProgress], slots: int | None, now: flo
         eta = sweep_eta(runs, slots)
         at = "" if eta is None else time.strftime(" (%H:%M %Z)", time.localtime((now or time.time()) + eta))
         text += f"; ETA {duration(eta)}{at} on {slots} slot{'s' * (slots != 1)}"
+    sources = [r for r in runs if r.source]
+    if sources:  # a chained sweep: where its runs' sources stand
+        states = [r.source_status for r in sources]
+        text += (f"; sources in {_shown(Path(sources[0].source).parent)}: " +
+                 ", ".join(f"{states.count(s)} {s}" for s in dict.fromkeys(sorted(states, key=_SOURCE_ORDER.index))))
     return text
+
+
+_SOURCE_ORDER = ["completed", "running", "interrupted", "pending", "failed"]
+
+
+def _shown(path: Path) -> str:
+    """A folder relative to the working directory when it is below it (as a user typed it), else absolute."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def render(name: str, runs: list[RunProgress], slots: int | None, now: float | None = None) -> str:
@@ -275,6 +304,6 @@ def watch(target: str | Path, root: str | Path, slots: int | None, every: float,
             out.write(summary_line(name, runs, slots) + "\n")
         out.flush()
         done += 1
-        if not any(r.status in ("running", "pending") for r in runs) or (rounds is not None and done >= rounds):
+        if not any(r.status in ("running", "pending", "waiting") for r in runs) or (rounds is not None and done >= rounds):
             return
         time.sleep(every)

@@ -16,11 +16,27 @@ them together (``data.init_args.train_fraction,target_loss: [[0.5, 0.1], [1.0, 0
 size). ``margins`` (optional) sets the report's equivalence margins (``{accuracy: 1.0, log_loss: 0.1}``). A run's id is derived from its resolved overrides, so
 expanding the same spec twice gives the same runs and re-running a sweep is idempotent.
 
+A chained sweep (fine-tuning after pre-training) starts each run from a run of another sweep::
+
+    init_from:
+      sweep: runs/transfer_pretrain     # the source sweep's folder (relative to the working directory)
+      match: [layout, seed_everything]  # the default; add any other axis both sweeps have
+
+Each run's source is the one run of that sweep that agrees with it on every ``match`` key, resolved when the spec
+loads (from the source's ``manifest.json``, so the source sweep must have been launched): no such run, or two, is a
+one-line error before anything starts. The source's folder is the run's ``model.init_args.init_from``, so the run's
+id and folder depend on it, and the manifest records it as the run's ``source``. A run is never started before its
+source has completed: the local pool runs the runs whose sources are done first and waits for the others (a
+source sweep may train at the same time, in another process or on a cluster), and does not start a run whose
+source failed (``source failed``) or whose source sweep has had no run training for a minute (``waiting``); SLURM
+submits only runs whose sources have completed, and the same command again submits the rest (``slurm``).
+``ablate status`` shows ``waiting for SOURCE`` and the sources' states.
+
 The package, one job a module: ``spec`` (the YAML, checked), ``run_ids`` (a run's stable id), ``overrides`` (the
-training command, checked with ``ablate train``'s parser), ``attempts`` (one run: start, record, retry),
-``launch`` (how a training process starts), ``slots`` (CPU processes and GPU groups), ``executor`` (the interface
-every executor shares), ``local`` (a pool of slots here), ``slurm`` (submitit job arrays), ``wandb_export``
-(a W&B sweep YAML). Locks are ``ablations.runlock``.
+training command, checked with ``ablate train``'s parser), ``chain`` (a run's source in another sweep),
+``attempts`` (one run: start, record, retry), ``launch`` (how a training process starts), ``slots`` (CPU processes
+and GPU groups), ``executor`` (the interface every executor shares), ``local`` (a pool of slots here), ``slurm``
+(submitit job arrays), ``wandb_export`` (a W&B sweep YAML). Locks are ``ablations.runlock``.
 """
 
 from .attempts import execute, failure, read_status

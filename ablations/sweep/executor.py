@@ -18,9 +18,16 @@ def sweep_dir(spec: SweepSpec, root: str | Path = "runs") -> Path:
 
 
 def write_manifest(spec: SweepSpec, runs: list[Run], folder: Path) -> None:
-    run_folder.write_manifest(folder, {
-        "name": spec.name, "config": spec.config, "budget": spec.budget, "grid": spec.grid, "margins": spec.margins,
-        "runs": [{"id": r.id, "axes": r.axes, "overrides": r.overrides} for r in runs]})
+    """The sweep as launched; a chained sweep adds its ``init_from`` and each run's ``source`` run folder."""
+    manifest = {"name": spec.name, "config": spec.config, "budget": spec.budget, "grid": spec.grid,
+                "margins": spec.margins}
+    if spec.init_from is not None:
+        manifest["init_from"] = {"sweep": spec.init_from.sweep, "match": list(spec.init_from.match)}
+    manifest["runs"] = [{"id": r.id, "axes": r.axes, "overrides": r.overrides} for r in runs]
+    for entry, run in zip(manifest["runs"], runs):
+        if run.source:
+            entry["source"] = run.source
+    run_folder.write_manifest(folder, manifest)
 
 
 def sweep_status(spec: SweepSpec, root: str | Path = "runs") -> list[tuple[Run, str]]:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import sys
-from concurrent.futures import ThreadPoolExecutor, as_completed
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
-from .attempts import execute
+from . import chain
+from .attempts import execute, read_status
 from .executor import Executor
 from .launch import can_fork, forked, in_new_process, start_fork_server
 from .slots import describe_slots, device_slots
@@ -28,12 +30,19 @@ class LocalPool(Executor):
             start_fork_server()
 
     def launch(self, spec: SweepSpec, runs: list[Run], folder: Path) -> dict[str, str]:
-        """{run id: final status} of every run."""
+        """{run id: final status} of every run. A chained run starts once its source has completed, the runs
+        whose sources are done first; one whose source will not complete is not started (``chain.SourceWatch``:
+        status ``waiting`` or ``source failed``)."""
         from tqdm.auto import tqdm
 
         free = list(range(len(self.slots)))
         results: dict[str, str] = {}
-        print(f"sweep {spec.name}: {len(runs)} runs, {describe_slots(self.slots)}", file=sys.stderr, flush=True)
+        todo = chain.ready_first(runs)
+        held = sum(chain.source_state(r.source) not in (None, "completed") for r in runs)
+        wait_note = f"; {held} wait for their sources in {spec.init_from.sweep}" if held and spec.init_from else ""
+        print(f"sweep {spec.name}: {len(runs)} runs, {describe_slots(self.slots)}{wait_note}", file=sys.stderr,
+              flush=True)
+        watch = chain.SourceWatch()
 
         def work(run: Run) -> tuple[str, str]:
             slot = free.pop()
@@ -46,13 +55,34 @@ class LocalPool(Executor):
 
         with ThreadPoolExecutor(max_workers=len(self.slots)) as pool, \
                 tqdm(total=len(runs), desc=spec.name, disable=not self.progress, unit="run") as bar:
-            futures = [pool.submit(work, run) for run in runs]
-            for future in as_completed(futures):
-                run_id, status = future.result()
+
+            def record(run_id: str, status: str) -> None:
                 results[run_id] = status
                 bar.update()
                 if not self.progress:
                     print(f"[{len(results)}/{len(runs)}] {run_id}: {status}", flush=True)
+
+            running: set = set()
+            while todo or running:
+                for run in list(todo):  # fill the free slots with the first runs that may start
+                    if len(running) == len(self.slots):
+                        break
+                    own = read_status(folder / run.id)  # a run done or taken elsewhere needs no source
+                    verdict = "start" if own in ("completed", "running") else watch.verdict(run.source)
+                    if verdict == "wait":
+                        continue
+                    todo.remove(run)
+                    if verdict == "start":
+                        running.add(pool.submit(work, run))
+                    else:
+                        print(chain.describe(run.id, str(run.source), verdict), file=sys.stderr, flush=True)
+                        record(run.id, verdict)
+                if running:
+                    done, running = wait(running, timeout=chain.POLL_S, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        record(*future.result())
+                elif todo:
+                    time.sleep(chain.POLL_S)
         return results
 
 

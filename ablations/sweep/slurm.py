@@ -1,15 +1,25 @@
 """A sweep as submitit jobs: one job array on SLURM (settings: ``ablations.cluster``), or submitit's local
-executor. A job is a ``SlurmRun``; preempted or timed out, submitit requeues it and it resumes its run."""
+executor. A job is a ``SlurmRun``; preempted or timed out, submitit requeues it and it resumes its run.
+
+A chained sweep (``chain``) submits only the runs whose sources have completed; the others are named as waiting
+(or their source as failed), and the same command run again once the source sweep has finished submits them (it
+skips what is completed or running, as always). A dependency on the pre-training array (``--dependency=afterok``)
+was the alternative: an array shares one dependency, so every fine-tuning run would wait for the last pre-training
+run, one failed source would leave them all pending for good, and SLURM refuses a dependency on a job it has
+already purged, so a sweep could not be launched once its sources were done. ``SlurmRun`` itself refuses to train
+from a source that has not completed."""
 
 from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 from lightning_modules.run_folder import summary_status
 
+from . import chain
 from .attempts import may_retry, execute, read_status
 from .executor import Executor, sweep_dir
 from .launch import TRAIN_PROGRAM
@@ -30,6 +40,8 @@ class SlurmRun:
     def __call__(self) -> str:
         folder = sweep_dir(self.spec, self.root)
         run = next(r for r in self.spec.expand(folder) if r.id == self.run_id)
+        if chain.source_state(run.source) not in (None, "completed"):  # never from random weights
+            return f"waiting for {run.source}"
         if os.environ.get("SLURM_PROCID", "0") != "0":
             # task 0 will not start it either: nobody to wait for (its lock cannot tell our task 0 from another job)
             status = summary_status(folder / run.id)
@@ -67,6 +79,11 @@ class Submitit(Executor):
 
         params = self.params
         todo = [r for r in runs if read_status(folder / r.id) not in ("completed", "running")]
+        held = [r for r in todo if chain.source_state(r.source) not in (None, "completed")]
+        for run in held:
+            verdict = "source failed" if chain.source_state(run.source) == "failed" else "waiting"
+            print(chain.describe(run.id, str(run.source), verdict), file=sys.stderr, flush=True)
+        todo = [r for r in todo if r not in held]
         if not todo:
             return []
         if self.executor == "local":

@@ -1,5 +1,5 @@
-"""A sweep spec: the YAML file (``name``, ``config``, ``set``, ``budget``, ``grid``, ``max_retries``, ``slurm``),
-checked as it loads and expanded into runs. See the package docstring for the format."""
+"""A sweep spec: the YAML file (``name``, ``config``, ``set``, ``budget``, ``grid``, ``max_retries``, ``slurm``,
+``margins``, ``init_from``), checked as it loads and expanded into runs. See the package docstring for the format."""
 
 from __future__ import annotations
 
@@ -16,15 +16,18 @@ from lightning_modules.backbones.registry import MATCHED
 
 from lightning_modules.run_folder import read_manifest, summary_status
 
+from .chain import INIT_FROM, Chain
 from .run_ids import run_id
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-SPEC_KEYS = {"name", "config", "set", "budget", "grid", "max_retries", "slurm", "margins"}
+SPEC_KEYS = {"name", "config", "set", "budget", "grid", "max_retries", "slurm", "margins", "init_from"}
 SPEC_TYPES = {"name": (str, "a string"), "config": (str, "a path to an `ablate train` config"),
               "set": (dict, "a mapping of `ablate train` options to values"), "budget": (str, "a budget name"),
               "grid": (dict, "a mapping of `ablate train` options (or layout) to lists of values"),
               "max_retries": (int, "an integer >= 0"), "slurm": (dict, "a mapping of submitit parameters"),
-              "margins": (dict, "a mapping of metric kind (accuracy, log_loss) to an equivalence margin")}
+              "margins": (dict, "a mapping of metric kind (accuracy, log_loss) to an equivalence margin"),
+              "init_from": (dict, "a mapping: sweep (the source sweep's folder), match (the axes a run shares with "
+                                  "its source)")}
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,7 @@ class Run:
     id: str
     overrides: dict[str, Any]  # `ablate train` options on top of the base config
     axes: dict[str, Any]  # the grid values that define this run (for tables)
+    source: str | None = None  # the run folder of another sweep whose weights it starts from (``chain``)
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,7 @@ class SweepSpec:
     max_retries: int = 2
     slurm: dict[str, Any] = field(default_factory=dict)  # submitit parameters (ablations/cluster.py)
     margins: dict[str, float] = field(default_factory=dict)  # equivalence margins the report's verdicts use
+    init_from: Chain | None = None  # a chained sweep: where each run's starting weights come from
 
     @classmethod
     def load(cls, path: str | Path, fixed: dict[str, Any] | None = None,
@@ -77,6 +82,11 @@ class SweepSpec:
                              f"give {key} in set or in grid, not both")
         if fixed or grid:
             raw = _command_line(raw, fixed or {}, grid or {}, path)
+        chain = Chain.parse(raw["init_from"], f"sweep spec {path}") if raw.get("init_from") is not None else None
+        if chain is not None and (INIT_FROM in (raw.get("set") or {}) or
+                                  any(INIT_FROM in axis_options(axis) for axis in raw["grid"])):
+            raise ValueError(f"sweep spec {path}: {INIT_FROM} is given by init_from, per run; remove it from set "
+                             "and grid")
         from ..cluster import settings
 
         settings([raw.get("slurm") or {}])  # names and types checked now, not at submission
@@ -113,10 +123,12 @@ class SweepSpec:
         except ValueError as err:
             raise ValueError(f"sweep spec {path}: {err}") from None
         spec = cls(raw["name"], str(config), {str(k): v for k, v in (raw.get("set") or {}).items()}, budget, grid,
-                   int(raw.get("max_retries", 2)), dict(raw.get("slurm") or {}), margins)
+                   int(raw.get("max_retries", 2)), dict(raw.get("slurm") or {}), margins, chain)
         import_block_modules(spec.model_init_arg("imports"))  # a user's block letters, before layouts are read
         for layout in grid.get("layout", []):
             spec.layout_overrides(layout)  # unknown letters and unmatchable layouts fail here, not in a run
+        if chain is not None:  # every run has exactly one source, or the spec is refused now
+            chain.sources(spec.name, spec.config, spec.points())
         return spec
 
     def model_init_arg(self, name: str) -> Any:
@@ -149,6 +161,29 @@ class SweepSpec:
         from ..identity import canonical, non_default
         from .overrides import check_overrides, resolved_settings
 
+        points = self.points()
+        sources = self.init_from.sources(self.name, self.config, points) if self.init_from else [None] * len(points)
+        points = [({**overrides, INIT_FROM: source.folder} if source else overrides, axes)
+                  for (overrides, axes), source in zip(points, sources)]
+        check_overrides(self, [Run("", overrides, axes) for overrides, axes in points])
+        runs, seen = [], {}
+        for (overrides, axes), source in zip(points, sources):
+            if source is None:
+                settings = resolved_settings(self.config, overrides)
+            else:  # the source as its identity from its sweep's manifest: it may not have started yet
+                own = {key: value for key, value in overrides.items() if key != INIT_FROM}
+                settings = {**resolved_settings(self.config, own), INIT_FROM: source.identity()}
+            run = Run(run_id(overrides, settings), overrides, axes, source and source.folder)
+            for key in (run.id, canonical(non_default(settings))):
+                if key in seen:
+                    raise ValueError(f"sweep {self.name}: grid points {_point(seen[key].axes)} and {_point(axes)} are "
+                                     "the same run once parsed (the same settings and seed); remove one of them")
+                seen[key] = run
+            runs.append(run)
+        return _launched_ids(self, runs, Path(folder)) if folder is not None else runs
+
+    def points(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """(overrides, axes) of every grid point, in grid order; a chained run's source is added by ``expand``."""
         keys = list(self.grid)
         points = []
         for values in itertools.product(*(self.grid[k] for k in keys)):
@@ -162,18 +197,7 @@ class SweepSpec:
                 else:
                     overrides[key] = value
             points.append((overrides, axes))
-        check_overrides(self, [Run("", overrides, axes) for overrides, axes in points])
-        runs, seen = [], {}
-        for overrides, axes in points:
-            settings = resolved_settings(self.config, overrides)
-            run = Run(run_id(overrides, settings), overrides, axes)
-            for key in (run.id, canonical(non_default(settings))):
-                if key in seen:
-                    raise ValueError(f"sweep {self.name}: grid points {_point(seen[key].axes)} and {_point(axes)} are "
-                                     "the same run once parsed (the same settings and seed); remove one of them")
-                seen[key] = run
-            runs.append(run)
-        return _launched_ids(self, runs, Path(folder)) if folder is not None else runs
+        return points
 
 def _point(axes: dict[str, Any]) -> str:
     return "{" + ", ".join(f"{key}: {value!r}" for key, value in axes.items()) + "}"
@@ -196,7 +220,7 @@ def _launched_ids(spec: SweepSpec, runs: list[Run], folder: Path) -> list[Run]:
             continue
         if now in ids and (now not in earlier or summary_status(folder / entry["id"]) == "completed"):
             earlier[now] = str(entry["id"])
-    return [Run(earlier.get(run.id, run.id), run.overrides, run.axes) for run in runs]
+    return [Run(earlier.get(run.id, run.id), run.overrides, run.axes, run.source) for run in runs]
 
 
 LAYOUT_SETS = ("model.init_args.model", "model.init_args.budget")  # what the layout axis sets (layout_overrides)

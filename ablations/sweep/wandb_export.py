@@ -18,6 +18,9 @@ def wandb_sweep_config(spec: SweepSpec, project: str = "stacking-ablations") -> 
     def literal(value: Any) -> Any:  # the agent writes --key=value; jsonargparse reads JSON for lists and dicts
         return json.dumps(value) if isinstance(value, (list, dict)) else value
 
+    if spec.init_from is not None:
+        raise ValueError(f"sweep {spec.name}: a chained sweep (init_from) cannot be exported: each run's source "
+                         "depends on its own grid point, which a W&B grid cannot express; run it with `ablate sweep`")
     parameters: dict[str, Any] = {key: {"value": literal(value)} for key, value in spec.fixed.items()}
     for key, values in spec.grid.items():
         if "," in key:
