@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from ablations.training.cli import main as train_main
+from lightning_modules import compat
 from lightning_modules.classifier import ImageClassifier, no_decay
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,12 +161,29 @@ def test_ddp_on_cpu_two_ranks_synchronised_metrics(tmp_path):
     assert predictions["loss"].mean() == pytest.approx(final["test/loss"], rel=1e-5)
 
 
-def test_compiled_checkpoint_loads_into_an_uncompiled_model():
+@pytest.mark.slow
+def test_a_compiled_models_checkpoint_loads_uncompiled_and_predicts_the_same(tmp_path):
+    """Runs on GPUs compile by default; their checkpoints load where nothing compiles (an analysis on a laptop,
+    init_from): the Trainer's checkpoint of a compiled model, loaded with compile=False, is a plain model that
+    predicts what the compiled model's weights predict."""
+    import lightning as L
+
     args = dict(model="C-T", model_args=dict(depths=(1, 1), dims=(16, 32), stem_dim=16, head_dim=16), num_classes=3,
                 image_size=16)
-    compiled, plain = ImageClassifier(**args, compile=True), ImageClassifier(**args)
-    assert set(compiled.state_dict()) == set(plain.state_dict())
-    plain.load_state_dict(compiled.state_dict())
+    torch.manual_seed(0)
+    compiled = ImageClassifier(**args, compile=True)
+    torch.manual_seed(0)
+    reference = ImageClassifier(**args).eval()  # the same weights, never compiled
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path)
+    trainer.strategy.connect(compiled)
+    trainer.save_checkpoint(tmp_path / "compiled.ckpt")
+    loaded = ImageClassifier.load_from_checkpoint(tmp_path / "compiled.ckpt", compile=False).eval()
+    assert compat.is_compiled(compiled.backbone) and not compat.is_compiled(loaded.backbone)
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), reference(x), rtol=0, atol=0)
+        assert not torch.allclose(ImageClassifier(**args).eval()(x), reference(x))  # other weights predict otherwise
 
 
 def test_wandb_records_the_nested_config_summaries_and_every_logged_metric(tmp_path, monkeypatch):
@@ -306,7 +324,7 @@ def test_compile_by_default_on_gpus_only():
         module = ImageClassifier(model="C-T", model_args={"depths": [1, 1], "dims": [16, 32]}, image_size=16, **kwargs)
         module.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)))
         module.setup("fit")
-        return module.backbone._compiled_call_impl is not None
+        return compat.is_compiled(module.backbone)
 
     assert placed("cuda") and not placed("cpu") and placed("cpu", compile=True) and not placed("cuda", compile=False)
 
