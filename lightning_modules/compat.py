@@ -3,6 +3,7 @@ exercised by ``tests/test_compat.py``, which fails when a new release moves it."
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import lightning as L
@@ -27,6 +28,12 @@ def validate_after_batch(trainer: L.Trainer, batch_idx: int, validate: bool) -> 
     validates after batch ``i`` when ``(i + 1) % trainer.val_check_batch == 0``; ``val_check_interval`` only
     offers a fixed period."""
     trainer.val_check_batch = batch_idx + 1 if validate else trainer.num_training_batches
+
+
+def seed_logger() -> logging.Logger:
+    """The logger of Lightning's "Seed set to N" line. LightningCLI seeds with the line on and offers no switch; a
+    filter on this logger (named after the module that logs it) keeps a refused command to its one error line."""
+    return logging.getLogger("lightning.fabric.utilities.seed")
 
 
 def is_compiled(module: nn.Module) -> bool:

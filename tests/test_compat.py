@@ -35,6 +35,26 @@ def test_validation_follows_the_schedule_and_the_private_state_is_where_compat_r
     assert isinstance(compat.cluster_environment(trainer), ClusterEnvironment)
 
 
+def test_lightnings_seed_line_is_logged_where_compat_finds_it():
+    import logging
+
+    from lightning.fabric.utilities.seed import seed_everything
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    log = compat.seed_logger()
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        seed_everything(7)
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+    assert [record.getMessage() for record in records] == ["Seed set to 7"]
+
+
 def test_in_place_compile_is_seen():
     layer = nn.Linear(2, 2)
     assert not compat.is_compiled(layer)

@@ -26,7 +26,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from datamodules import ImageDataModule
-from lightning_modules import run_folder
+from lightning_modules import compat, run_folder
 from lightning_modules.callbacks import (
     EpochSeeder, EvaluationSchedule, FiniteLossCheck, Interrupted, Preemption, RunRecorder, StepCheckpoint, TargetLoss,
 )
@@ -167,11 +167,8 @@ def _as_list(value: Any) -> list[Any]:
     return [] if value is None else list(value) if isinstance(value, list) else [value]
 
 
-SEED_LOGGER = "lightning.fabric.utilities.seed"  # "Seed set to 0": the seed is in config.yaml
-
-
 def _cli(cls: type[AblateCLI], argv: list[str] | None, session: RunSession | None = None) -> AblateCLI:
-    with silenced(SEED_LOGGER):
+    with silenced(compat.seed_logger()):  # no "Seed set to 0": the seed is in config.yaml
         return cls(
             ImageClassifier, ImageDataModule, subclass_mode_model=True, subclass_mode_data=True, run=False,
             save_config_callback=None, args=argv, auto_configure_optimizers=False, session=session,

@@ -79,10 +79,9 @@ def device_defaults(trainer: dict[str, Any], cuda: bool, gpus: int) -> dict[str,
 
 
 @contextlib.contextmanager
-def silenced(logger: str):
-    """Every record of ``logger`` dropped while inside: Lightning's "Seed set to 0" (the seed is in config.yaml;
-    a refused command prints only its error)."""
-    log = logging.getLogger(logger)
+def silenced(log: logging.Logger):
+    """Every record of ``log`` dropped while inside (Lightning's "Seed set to 0": a refused command prints only its
+    error)."""
 
     def drop(record: logging.LogRecord) -> bool:
         return False
