@@ -2,10 +2,10 @@
 
 from .base import AUGMENTATIONS, ImageDataModule, balanced_subset
 from .datasets import (
-    CIFAR10DataModule, CIFAR100DataModule, DigitsDataModule, ImageFolderDataModule, SyntheticDataModule,
+    ArrayDataset, CIFAR10DataModule, CIFAR100DataModule, DigitsDataModule, ImageFolderDataModule, SyntheticDataModule,
 )
 
 __all__ = [
-    "AUGMENTATIONS", "CIFAR100DataModule", "CIFAR10DataModule", "DigitsDataModule", "ImageDataModule",
+    "AUGMENTATIONS", "ArrayDataset", "CIFAR100DataModule", "CIFAR10DataModule", "DigitsDataModule", "ImageDataModule",
     "ImageFolderDataModule", "SyntheticDataModule", "balanced_subset",
 ]
