@@ -57,10 +57,19 @@ def test_ablate_train_imports_the_module_and_matches_the_layout_to_a_budget(tmp_
     run_cli("--model.class_path=lightning_modules.classifier.ImageClassifier", "--model.init_args.model=C-C-K-K",
             "--model.init_args.budget=tiny", f"--model.init_args.imports=[{MODULE}]", *SYNTHETIC, f"--run_dir={run_dir}")
     summary = json.loads((run_dir / "summary.json").read_text())
-    cfg, _ = match_budget("C-C-K-K", BUDGETS["tiny"])
-    assert summary["status"] == "completed"
-    assert (tuple(summary["backbone"]["depths"]), tuple(summary["backbone"]["dims"])) == (cfg.depths, cfg.dims)
+    assert summary["status"] == "completed" and summary["backbone"]["layout"] == "C-C-K-K"
+    assert_matched_to_the_tiny_budget(summary["backbone"]["dims"], summary["params"], summary["flops"])
     assert summary["backbone"]["num_classes"] == 4  # matched at the budget, built for the data
+
+
+def assert_matched_to_the_tiny_budget(dims, params, macs):
+    """The trained network as counted by its run: the tiny budget's size and compute, not CoAtNet-0's 25M that the
+    layout gets without one, with every stage a multiple of the block's 24 channels. Within 10%, not the registry's
+    3.5%: a one-convolution K block at 24-channel steps and one block per stage is the closest the matcher finds, 6-8%
+    off (`ablate match` reports the miss)."""
+    tiny = BUDGETS["tiny"]
+    assert abs(params / tiny.params - 1) <= 0.1 and abs(macs / tiny.macs - 1) <= 0.1, (params, macs)
+    assert all(width % 24 == 0 for width in dims), dims
 
 
 @pytest.mark.slow
@@ -78,9 +87,11 @@ def test_sweep_over_a_layout_with_the_new_letter(tmp_path):
     [run] = spec.expand()
     assert run.id == SweepSpec.load(spec_path).expand()[0].id  # stable
     assert run_sweep(spec, tmp_path / "runs", progress=False) == {run.id: "completed"}
-    config = yaml.safe_load((sweep_dir(spec, tmp_path / "runs") / run.id / "config.yaml").read_text())["model"]["init_args"]
-    cfg, _ = match_budget("C-K-C-K", BUDGETS["tiny"])
+    folder = sweep_dir(spec, tmp_path / "runs") / run.id
+    config = yaml.safe_load((folder / "config.yaml").read_text())["model"]["init_args"]
+    summary = json.loads((folder / "summary.json").read_text())
     assert (config["model"], config["budget"]) == ("C-K-C-K", "tiny")
-    assert (tuple(config["model_args"]["depths"]), tuple(config["model_args"]["dims"])) == (cfg.depths, cfg.dims)
+    assert config["model_args"]["dims"] == summary["backbone"]["dims"]  # the recorded shape is the one trained
+    assert_matched_to_the_tiny_budget(summary["backbone"]["dims"], summary["params"], summary["flops"])
     manifest = json.loads((sweep_dir(spec, tmp_path / "runs") / "manifest.json").read_text())
-    assert manifest["runs"][0]["overrides"]["model.init_args.model_args"]["dims"] == list(cfg.dims)
+    assert manifest["runs"][0]["overrides"]["model.init_args.model_args"]["dims"] == summary["backbone"]["dims"]
