@@ -249,8 +249,28 @@ def test_more_gpus_than_exist(trainer, gpus, needle):
     assert needle in str(err.value) and "\n" not in str(err.value)
 
 
-def test_cpu_processes_are_not_gpus():
-    check_devices({"accelerator": "cpu", "devices": 8}, 0)  # 8 CPU processes are fine
+@pytest.mark.parametrize("trainer", [
+    {"accelerator": "cpu", "devices": 8}, {"accelerator": "auto", "devices": 8}, {"accelerator": "auto", "devices": "auto"},
+    {"accelerator": "gpu", "devices": 1}, {"accelerator": "cuda", "devices": [0, 3]},
+])
+def test_the_device_check_refuses_what_lightning_would_and_nothing_else(trainer):
+    """Lightning's own reading of the request on this machine is the reference: 8 CPU processes are not 8 GPUs, and a
+    request Lightning would refuse once set-up is done is refused here before it."""
+    import lightning
+    import torch
+    from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+    try:
+        lightning.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, **trainer)
+        lightning_accepts = True
+    except MisconfigurationException:
+        lightning_accepts = False
+    try:
+        check_devices(trainer, torch.cuda.device_count())
+        accepted = True
+    except ValueError:
+        accepted = False
+    assert accepted == lightning_accepts
 
 
 @pytest.mark.parametrize("spec,needle", [
