@@ -49,38 +49,39 @@ class Chain:
     def sources(self, name: str, config: str, points: list[tuple[dict[str, Any], dict[str, Any]]]) -> list[Source]:
         """The source of each ``(overrides, axes)`` point of sweep ``name``, or a ValueError naming the first point
         with no source or with several."""
+        from ..identity import canonical
+
         manifest = run_folder.read_manifest(Path(self.sweep)) or {}
         entries = manifest.get("runs", [])
         source_config = manifest.get("config", config)
-        keys = {id(e): self._key(e.get("overrides", {}), e.get("axes", {}), source_config, "the source sweep")
-                for e in entries}
+        values = [self._values(e.get("overrides", {}), e.get("axes", {}), source_config, f"sweep {self.sweep}")
+                  for e in entries]
         out = []
         for overrides, axes in points:
-            key = self._key(overrides, axes, config, f"sweep {name}")
-            found = [e for e in entries if keys[id(e)] == key]
+            key = canonical(self._values(overrides, axes, config, f"sweep {name}"))
+            found = [e for e, v in zip(entries, values) if canonical(v) == key]
             if len(found) != 1:
-                raise ValueError(self._mismatch(name, axes, entries, found))
+                raise ValueError(self._mismatch(name, axes, entries, values, found))
             out.append(Source(str(Path(self.sweep) / found[0]["id"]), source_config, found[0].get("overrides", {})))
         return out
 
-    def _key(self, overrides: dict[str, Any], axes: dict[str, Any], config: str, whose: str) -> tuple[str, ...]:
-        from ..identity import canonical
-
-        key = []
+    def _values(self, overrides: dict[str, Any], axes: dict[str, Any], config: str, whose: str) -> list[Any]:
+        """The run's value of each ``match`` key."""
+        out = []
         for name in self.match:
             value = _value(name, overrides, axes, config)
             if value is _ABSENT:
                 raise ValueError(f"init_from match {name!r} is not an axis or option of {whose} "
                                  f"({', '.join(sorted({*axes, *overrides}))}); give axes both sweeps have")
-            key.append(canonical(value))
-        return tuple(key)
+            out.append(value)
+        return out
 
-    def _mismatch(self, name: str, axes: dict[str, Any], entries: list[dict], found: list[dict]) -> str:
+    def _mismatch(self, name: str, axes: dict[str, Any], entries: list[dict], values: list[list[Any]],
+                  found: list[dict]) -> str:
         point = "{" + ", ".join(f"{k}: {v}" for k, v in axes.items()) + "}"
         if not found:
-            values = {k: sorted({str(e.get("axes", {}).get(k, e.get("overrides", {}).get(k))) for e in entries})
-                      for k in self.match}
-            have = "; ".join(f"{k} {', '.join(v)}" for k, v in values.items())
+            have = "; ".join(f"{key} {', '.join(sorted({str(v[i]) for v in values}))}"
+                             for i, key in enumerate(self.match))
             return (f"sweep {name}: run {point} has no source in {self.sweep} (init_from match: "
                     f"{', '.join(self.match)}); its runs have {have or 'none'}")
         differ = sorted(k for k in {k for e in found for k in e.get("axes", {})}
