@@ -271,3 +271,16 @@ def test_a_chained_sweep_beside_its_running_source_sweep_starts_each_run_after_i
     again = run_sweep(spec, root, progress=False)  # a rerun after completion starts nothing
     assert sorted(again.values()) == ["completed"] * 2
     assert all((root / "finetune" / r.id / "attempts").read_text() == "1" for r in spec.expand())
+
+
+@pytest.mark.slow  # 7 s on the loaded 2-core machine: 30 runs parsed
+def test_the_shipped_transfer_specs_pair_each_fine_tuning_run_with_its_layouts_and_seeds_pre_training(tmp_path,
+                                                                                                      monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the fine-tuning spec names runs/transfer_pretrain, under the working directory
+    pretrain = SweepSpec.load(ROOT / "ablations/sweeps/transfer_pretrain.yaml")
+    write_manifest(pretrain, pretrain.expand(), tmp_path / "runs" / pretrain.name)
+    finetune = SweepSpec.load(ROOT / "ablations/sweeps/transfer_finetune.yaml")
+    runs = finetune.expand()  # every override checked with `ablate train`'s parser
+    by_point = {(r.axes["layout"], r.axes["seed_everything"]): r.id for r in pretrain.expand()}
+    assert len(runs) == len(by_point) == 15
+    assert {(r.axes["layout"], r.axes["seed_everything"]): Path(r.source).name for r in runs} == by_point
