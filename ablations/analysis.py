@@ -34,8 +34,8 @@ from .identity import MISSING, affects_result, default
 from .verdicts import ALPHA, KINDS, MARGINS, Relation, decide, format_seeds, image_variance, parse_margins, seeds_needed
 
 IDENTITY = ["run", "layout", "model", "budget", "data_size"]  # then the setting columns, then RUN_FACTS
-RUN_FACTS = ["seed", "params", "flops", "wall_time", "warmup_steps", "target", "target_reached", "source", "epoch",
-             "step"]
+RUN_FACTS = ["seed", "params", "flops", "wall_time", "warmup_steps", "target", "target_reached", "epoch", "step",
+             "source"]  # source: what the run started from (``recorded_source``), None from random weights
 TOP_LEVEL_SETTINGS = ("target_loss", "eval_every_n_steps")  # `ablate train` options outside model/data/trainer
 # the result-affecting config keys that other columns hold (or facts a run records, not settings); what does not
 # affect a result at all is ``identity.NOT_RESULT``, the definition the run hash, run ids and resume check share
@@ -71,28 +71,31 @@ def recorded_source(config: dict, summary: dict | None) -> str | None:
     """What a run started from (None: random weights): the source its summary records as resolved, else the
     ``init_from`` of its config (a run folder, a checkpoint file or a timm name)."""
     recorded = (summary or {}).get("init_from")
-    if isinstance(recorded, dict):  # a record with the source's place and identity
-        recorded = next((recorded[k] for k in ("run_dir", "path", "source") if recorded.get(k)), None)
+    if isinstance(recorded, dict):  # lightning_modules.init_from's record: a run folder, a checkpoint or timm
+        recorded = recorded.get("run_dir") or recorded.get("file" if recorded.get("kind") == "checkpoint" else "given")
     return str(recorded or ((config.get("model") or {}).get("init_args") or {}).get("init_from") or "") or None
 
 
 def _source_run_path(source: str) -> Path | None:
     """The run folder a source names (a checkpoint's ``checkpoints/`` parent is its run); None for a timm name."""
     path = Path(source)
+    if source.startswith("timm:"):
+        return None
     if path.suffix == ".ckpt":
         return path.parent.parent if path.parent.name == run_folder.CHECKPOINTS else None
     return path if len(path.parts) > 1 or path.is_absolute() or run_folder.is_run(path) else None
 
 
 def _source_folder(source: str, run_dir: Path) -> Path | None:
-    """The source's run folder on this disk: as recorded, or a relative path from the project root or from any
-    folder above the fine-tuning run (a chained sweep records ``runs/pretrain/ID``; a copy of ``runs`` still
-    links). None when no such run folder exists."""
+    """The source's run folder on this disk: as recorded, else found from any folder above the fine-tuning run as
+    its last parts (``SWEEP/RUN``; a relative path whole, also from the project root): runs copied or moved
+    together still link. None when no such run folder exists."""
     path = _source_run_path(source)
     if path is None:
         return None
-    bases = [Path()] if path.is_absolute() else [Path.cwd(), PROJECT_ROOT, *Path(run_dir).resolve().parents]
-    return next((base / path for base in bases if run_folder.is_run(base / path)), None)
+    spellings = [*([] if path.is_absolute() else [path]), Path(*path.parts[-2:])]
+    tries = [path, PROJECT_ROOT / path, *(base / p for base in Path(run_dir).resolve().parents for p in spellings)]
+    return next((p for p in tries if run_folder.is_run(p)), None)
 
 
 def _flat_config(config: dict) -> dict[str, Any]:

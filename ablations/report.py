@@ -14,8 +14,8 @@ import yaml
 from lightning_modules import run_folder
 
 from .analysis import (
-    PAPER_CAPACITY, PAPER_GENERALISATION, capacity, generalisation, load_source, ordering_checks, pairwise, ranking,
-    read_runs, run_facts, run_folders_of, settings,
+    PAPER_CAPACITY, PAPER_GENERALISATION, PAPER_TRANSFER, capacity, generalisation, load_source, ordering_checks,
+    pairwise, ranking, read_runs, run_facts, run_folders_of, settings, transfer_checks,
 )
 from .analysis import _run_candidates
 from .plots import PAPER_LAYOUTS, layout_order, save_figures
@@ -71,9 +71,11 @@ def _interval(row: pd.Series) -> str:
     return f"{row['effect']:+.2f} [{row['low']:+.2f}, {row['high']:+.2f}]"
 
 
-def verdict_table(table: pd.DataFrame, frame: pd.DataFrame, extra: tuple[str, ...] = ()) -> str:
+def verdict_table(table: pd.DataFrame, frame: pd.DataFrame, extra: tuple[str, ...] = (),
+                  beside: tuple[str, ...] = ()) -> str:
     """A family's verdicts as the report prints them: the effect with its 95% interval, the Holm-adjusted p, the
-    verdict, the paper's relation, the seeds an inconclusive one needs, why a relation gives none, and the method."""
+    verdict, the paper's relation, the columns ``beside`` it, the seeds an inconclusive one needs, why a relation
+    gives none, and the method."""
     if table.empty:
         return "_no pair of these layouts in the runs_"
     shown = table.copy()
@@ -82,7 +84,7 @@ def verdict_table(table: pd.DataFrame, frame: pd.DataFrame, extra: tuple[str, ..
     shown["seeds needed"] = shown["seeds_needed"]
     shown["why"] = shown["why"].fillna("")
     columns = [*[c for c in settings(frame) if c in shown], *extra, "pair", "n", "effect [95% CI]", "p (Holm)",
-               "verdict", *(["paper"] if "paper" in shown else []), "seeds needed", "why", "method"]
+               "verdict", *(["paper"] if "paper" in shown else []), *beside, "seeds needed", "why", "method"]
     return markdown_table(shown[columns])
 
 
@@ -139,7 +141,64 @@ def report_tables(frame: pd.DataFrame, margins: dict[str, float] | None = None) 
     }
     if len(set(PAPER_LAYOUTS) & set(frame["layout"])) > 1:
         tables.update({f"paper ordering: {k}": v for k, v in ordering_checks(frame, margins).items()})
+    tables.update({f"transfer: {k}": v for k, v in transfer_checks(frame, margins).items()})
     return tables
+
+
+def transfer_by_layout(linked: pd.DataFrame) -> pd.DataFrame:
+    """The paper's Table 2 over seeds: per layout and settings, the sources' pre-training test accuracy and clean
+    training loss, and the fine-tuned test accuracy, ``mean ± std (n)`` over the runs whose source was read."""
+    read = linked[linked["not_comparable"].isna()]
+    keys = ["layout", *settings(linked)]
+
+    def cell(values: pd.Series) -> str:
+        values = values.dropna()
+        return ("" if values.empty else f"{values.iloc[0]:.4f} (n=1)" if len(values) == 1 else
+                f"{values.mean():.4f} ± {values.std():.4f} (n={len(values)})")
+
+    columns = {"pretrain_acc": "pre-training test accuracy", "pretrain_loss": "pre-training clean training loss",
+               "finetune_acc": "fine-tuned test accuracy"}
+    table = read.groupby(keys, dropna=False)[list(columns)].agg(cell).reset_index().rename(columns=columns)
+    table["layout"] = pd.Categorical(table["layout"], layout_order(table["layout"]), ordered=True)
+    return table.sort_values(keys).astype({"layout": str}).reset_index(drop=True)
+
+
+def _transfer_section(tables: dict[str, pd.DataFrame], margins: dict[str, float]) -> list[str]:
+    """Each fine-tuned run beside its source, the paper's transfer relation with the pre-training fits beside it,
+    the fits' own families, and every pair of layouts after fine-tuning."""
+    linked = tables["transfer: linked runs"]
+    unread = linked[linked["not_comparable"].notna()]
+    runs = linked.assign(layout=pd.Categorical(linked["layout"], layout_order(linked["layout"]), ordered=True))
+    runs = runs.sort_values(["layout", *settings(linked)[1:], "seed"]).astype({"layout": str})
+    shown = runs[["layout", *settings(linked)[1:], "seed", "run", "source_run", "pretrain_loss", "pretrain_acc",
+                  "finetune_acc", "not_comparable"]].rename(columns={"source_run": "source", "not_comparable": "why"})
+    shown["source"] = shown["source"].fillna(runs["source"])
+    shown["why"] = shown["why"].fillna("")
+    accuracy, log_loss = margins["accuracy"], margins["log_loss"]
+    return [
+        "## Transfer", "",
+        "The paper decides between its two best layouts by transfer (Table 2): pre-trained on JFT, C-C-T-T and "
+        "C-T-T-T reach the same precision (34.40 vs 34.36), yet fine-tuned on ImageNet-1K C-C-T-T is better (82.39 vs "
+        "81.78 at 224). Here each fine-tuned run is read beside the run it started from (its recorded `init_from`): "
+        "the source's clean training loss and test accuracy at its last evaluation (its pre-training fit), and the "
+        "fine-tuned run's final test accuracy. Pairs are by seed: a fine-tuning run of seed s starts from the "
+        "pre-training run of the same layout and seed.", "",
+        *([f"{len(unread)} fine-tuned run(s) have no source to read, named in `why`: their relations are `not "
+           "comparable`.", ""] if len(unread) else []),
+        markdown_table(transfer_by_layout(linked)), "",
+        f"### The paper's transfer relation: `{PAPER_TRANSFER}`", "",
+        f"Effect: A's fine-tuned test accuracy minus B's, in points; margin {accuracy:g} point(s). `pre-training fit` "
+        "says whether the pair's pre-training fits are shown equivalent (TOST, both the sources' test accuracy, "
+        f"margin {accuracy:g} point(s), and their clean training loss, margin {log_loss:g} log units): `equal "
+        "pre-training fit, different transfer` is the paper's finding; a fit not shown equivalent is said beside the "
+        "verdict, since then a transfer difference may be a pre-training difference carried over.", "",
+        verdict_table(tables["transfer: transfer"], linked, beside=("pre-training fit", "reading")), "",
+        "The pre-training fits of the same pairs, each tested for equivalence (`paper`: the paper's `≈`):", "",
+        verdict_table(tables["transfer: pre-training accuracy"], linked), "",
+        verdict_table(tables["transfer: pre-training loss"], linked), "",
+        "Exploratory: every pair of layouts by fine-tuned test accuracy (Holm over all pairs; leads, not findings):",
+        "", verdict_table(tables["transfer: exploratory: fine-tuned layout pairs"], linked), "",
+        "Each fine-tuned run and its source:", "", markdown_table(shown), ""]
 
 
 def build_report(frame: pd.DataFrame, title: str, intro: str, figures: dict[str, Path],
@@ -193,6 +252,7 @@ def build_report(frame: pd.DataFrame, title: str, intro: str, figures: dict[str,
              *(_ordering_sections(frame, checks, margins) if paper else
                ["The orderings compare the paper's layouts (" + ", ".join(PAPER_LAYOUTS) + "); the runs have fewer "
                 "than two of them.", ""]),
+             *(_transfer_section(tables, margins) if "transfer: linked runs" in tables else []),
              "## Exploratory: every pair of layouts", "",
              "Final test accuracy, every pair at each combination of settings (the effect is the first's minus the "
              "second's, in points; Holm over all pairs of a combination). No hypothesis was named for these pairs "

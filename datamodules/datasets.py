@@ -179,7 +179,9 @@ class ImageFolderDataModule(ImageDataModule):
 class DigitsDataModule(ImageDataModule):
     """scikit-learn's bundled 8x8 handwritten digits (1797 images, no download), resized; the embedded default.
 
-    A fixed 20% of the images, the same for every seed, is the test split.
+    A fixed 20% of the images, the same for every seed, is the test split. ``classes`` keeps only those digits, in
+    both splits, labelled 0.. in the order given: a transfer study pre-trains on some digits and fine-tunes on the
+    others.
     """
 
     num_classes = 10
@@ -189,8 +191,14 @@ class DigitsDataModule(ImageDataModule):
     std = (0.35,)
     test_seed = 1234
 
-    def __init__(self, *args, image_size: PositiveInt = 32, **kwargs):
+    def __init__(self, *args, image_size: PositiveInt = 32, classes: list[int] | None = None, **kwargs):
         super().__init__(*args, image_size=image_size, **kwargs)
+        if classes is not None and (not classes or len(set(classes)) != len(classes)
+                                    or not all(isinstance(c, int) and 0 <= c <= 9 for c in classes)):
+            raise ValueError(f"--data.init_args.classes {classes} is not valid; expected distinct digits 0-9, "
+                             "e.g. [0, 1, 2, 3, 4]")
+        self.classes = classes
+        self.num_classes = len(classes) if classes is not None else 10
 
     @cached_property
     def _arrays(self) -> tuple[ArrayDataset, ArrayDataset]:
@@ -201,7 +209,14 @@ class DigitsDataModule(ImageDataModule):
         order = np.random.default_rng(self.test_seed).permutation(len(images))
         n_test = len(images) // 5
         test, train = order[:n_test], order[n_test:]
-        return ArrayDataset(images[train], digits.target[train]), ArrayDataset(images[test], digits.target[test])
+        targets = digits.target
+        if self.classes is not None:  # the same test images as without the option, those of the kept digits
+            keep = np.isin(targets, self.classes)
+            test, train = test[keep[test]], train[keep[train]]
+            label = np.full(10, -1)
+            label[self.classes] = np.arange(len(self.classes))
+            targets = label[targets]
+        return ArrayDataset(images[train], targets[train]), ArrayDataset(images[test], targets[test])
 
     def load_train(self) -> Dataset:
         return self._arrays[0]

@@ -96,6 +96,34 @@ def test_verdicts_equal_a_plain_scipy_computation(tmp_path):
     assert row["pre-training fit"] == "equivalent" and row["reading"] == "equal pre-training fit, different transfer"
 
 
+def test_the_summarys_resolved_source_is_read_and_a_moved_tree_still_links(tmp_path):
+    """summary.json's record (an absolute run folder) over the config's spelling; after the study moves, the
+    source is found as SWEEP/RUN from a folder above the fine-tuning run."""
+    write_study(tmp_path / "before", relative=False)
+    for run_dir in (tmp_path / "before" / "finetune").iterdir():
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        source = config["model"]["init_args"]["init_from"]
+        config["model"]["init_args"]["init_from"] = "a spelling that names nothing"
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+        summary = run_folder.load_summary(run_dir)
+        run_folder.write_summary(run_dir, {**summary, "init_from": {"kind": "run", "run_dir": source}})
+    (tmp_path / "before").rename(tmp_path / "after")
+    table = transfer_checks(load_runs(tmp_path / "after" / "finetune"))["linked runs"]
+    assert table["not_comparable"].isna().all() and len(table) == len(TUNED)
+    assert all(s.startswith(str(tmp_path / "after" / "pretrain")) for s in table["source"])
+
+
+def test_a_source_that_is_no_run_folder_is_said_to_have_no_pre_training_record(tmp_path):
+    write_study(tmp_path)
+    run_dir = tmp_path / "finetune" / name("C-C-T-T", 0)
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    config["model"]["init_args"]["init_from"] = "timm:coatnet_0_224"
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    table = transfer_checks(load_runs(tmp_path / "finetune"))["linked runs"].set_index("run")
+    assert table.loc[name("C-C-T-T", 0), "not_comparable"] == ("source timm:coatnet_0_224 is not a run folder: no "
+                                                               "pre-training record")
+
+
 def test_a_missing_source_is_reported_not_dropped(tmp_path):
     write_study(tmp_path, skip={("C-T-T-T", 1)})
     checks = transfer_checks(load_runs(tmp_path / "finetune"))
@@ -165,3 +193,48 @@ def test_simulated_studies_find_a_real_effect_and_no_false_one():
     # pre-training fits 3 points apart are never called equal
     apart = [transfer_verdicts(simulated_table(rng, 5, 3.0, pre_effect=3.0))["transfer"].iloc[0] for _ in range(20)]
     assert all(r["pre-training fit"] != "equivalent" for r in apart)
+
+
+def test_notebook_shows_the_reports_transfer_tables(tmp_path, monkeypatch):
+    """The notebook's transfer cell shows the report's own transfer tables, on a folder holding both sweeps."""
+    import json
+
+    from ablations import analysis
+    from ablations.report import report_tables
+    from tests.test_notebooks import NOTEBOOKS
+
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    write_study(tmp_path)
+    frame = load_runs(tmp_path)
+    monkeypatch.setattr(analysis, "load_source", lambda source: frame)
+    shown = []
+    namespace = {"display": shown.append}
+    cells = json.loads(NOTEBOOKS[0].read_text())["cells"]
+    source = "".join("".join(c["source"]) + "\n" for c in cells if c["cell_type"] == "code")
+    exec(source, namespace)
+    expected = [t for title, t in report_tables(frame).items() if title.startswith("transfer: ")]
+    transfer = [t for t in shown if any(t.equals(e) for e in expected)]
+    assert len(expected) == 5 and len(transfer) == 5
+    assert "equal pre-training fit, different transfer" in set(expected[1]["reading"])
+
+
+def test_digits_keep_the_classes_asked_for_labelled_in_their_order():
+    """The transfer demo's split: digits 5-9 only, labelled 0-4, their test images those of the full test split."""
+    from datamodules import DigitsDataModule
+
+    full_train, full_test = DigitsDataModule()._arrays
+    data = DigitsDataModule(classes=[5, 6, 7, 8, 9])
+    train, test = data._arrays
+    assert data.num_classes == 5
+    for part, full in ((train, full_train), (test, full_test)):
+        kept = [i for i, t in enumerate(full.targets) if t >= 5]
+        assert part.targets == [full.targets[i] - 5 for i in kept]
+        assert np.array_equal(part.data, full.data[kept])
+
+
+@pytest.mark.parametrize("classes", [[], [1, 1], [3, 10]], ids=["none", "repeated", "not a digit"])
+def test_bad_digit_classes_are_one_line(classes):
+    from datamodules import DigitsDataModule
+
+    with pytest.raises(ValueError, match=r"^--data.init_args.classes .* is not valid; expected distinct digits 0-9"):
+        DigitsDataModule(classes=classes)
