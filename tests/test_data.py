@@ -260,3 +260,50 @@ def test_device_batches_resumed_mid_epoch_continue_where_the_epoch_stopped():
     for (xa, ya), (xb, yb) in zip(resumed, full[2:]):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
     assert len(list(loader)) == len(full)  # the skip applies to one pass only
+
+
+# --- the data set contract (ImageDataModule.load_train) ---------------------------------------------------------
+class _Arrays(torch.utils.data.Dataset):
+    def __init__(self, data, targets):
+        self.data, self.targets = data, targets
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        return self.data[i], self.targets[i]
+
+
+def _module(data, targets, **kwargs):
+    from datamodules import ImageDataModule
+
+    class Custom(ImageDataModule):
+        num_classes, native_size = 3, (4, 4)
+
+        def load_train(self):
+            return _Arrays(data, targets)
+
+        load_test = load_train
+
+    return Custom(val_fraction=0.0, train_eval_samples=2, **kwargs)
+
+
+GOOD = np.zeros((6, 4, 4, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("data,targets,line", [
+    (GOOD, [0, 1, 2, 0, 1, 3], "Custom.load_train(): _Arrays.targets holds 3 (int64); valid: int class indices in 0..2"),
+    (GOOD, [0, 1, -1, 0, 1, 2], "_Arrays.targets holds -1 (int64)"),
+    (GOOD, [0.0, 1.0, 2.0, 0.0, 1.0, 2.0], "_Arrays.targets holds 0.0 (float64); valid: int class indices"),
+    (GOOD, [0, 1, 2], "_Arrays.targets has shape (3,) for 6 images; valid: one int class index per image"),
+    (GOOD.astype(np.float32), [0, 1, 2] * 2, "_Arrays.data is float32 of shape (6, 4, 4, 3): the device path needs "
+                                             "uint8 images (N, H, W, C) = (6, 4, 4, 3)"),
+    (np.zeros((6, 3, 4, 4), np.uint8), [0, 1, 2] * 2, "_Arrays.data is uint8 of shape (6, 3, 4, 4)"),
+    (np.zeros((6, 4, 4), np.uint8), [0, 1, 2] * 2, "_Arrays.data is uint8 of shape (6, 4, 4)"),  # 1 channel, 3 wanted
+], ids=["target too large", "negative target", "float targets", "targets short", "float images", "channels first",
+        "one channel"])
+def test_a_data_set_breaking_the_contract_is_named_at_set_up(data, targets, line):
+    with pytest.raises(ValueError) as err:
+        _module(data, targets).setup()
+    assert line in str(err.value) and "\n" not in str(err.value)
+
