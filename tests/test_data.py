@@ -306,4 +306,3 @@ def test_a_data_set_breaking_the_contract_is_named_at_set_up(data, targets, line
     with pytest.raises(ValueError) as err:
         _module(data, targets).setup()
     assert line in str(err.value) and "\n" not in str(err.value)
-
