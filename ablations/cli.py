@@ -146,6 +146,10 @@ def cmd_sweep(args: argparse.Namespace) -> None:
                 kind, reason = failure(sweep_dir(spec, args.root) / run_id_)
                 print(f"failed ({kind}) {run_id_}: {reason}", file=sys.stderr)
         raise ValueError(f"{counts['failed']} run(s) failed; `ablate status {args.spec}` lists them and why")
+    held = counts.get("waiting", 0) + counts.get("source failed", 0)  # a chained sweep's runs left unstarted
+    if held:
+        raise ValueError(f"{held} run(s) not started: their sources are not completed (named above); "
+                         f"`ablate status {args.spec}` shows them")
 
 
 def cmd_status(args: argparse.Namespace) -> None:

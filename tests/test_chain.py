@@ -181,6 +181,17 @@ def test_the_local_pool_starts_no_run_whose_source_is_not_done_and_status_shows_
     assert f"; sources in {folder}: 1 completed, 2 pending, 1 failed" in out
 
 
+def test_a_sweep_that_left_runs_unstarted_for_their_sources_exits_2(source, tmp_path, capsys, monkeypatch):
+    runs, folder = source
+    path = write(tmp_path, "finetune.yaml", finetune_spec(folder, "  model.init_args.model: [C-T]\n  seed_everything: [0]\n"))
+    monkeypatch.setattr(chain, "SOURCE_IDLE_S", 0.0)
+    assert cli_main(["sweep", str(path), "--root", str(tmp_path / "runs")]) == 2
+    out, err = capsys.readouterr()
+    assert "sweep finetune: 1 waiting; report: " in out
+    assert err.strip().endswith("ablate sweep: error: 1 run(s) not started: their sources are not completed (named "
+                                f"above); `ablate status {path}` shows them")
+
+
 def test_slurm_submits_only_runs_whose_sources_completed_and_a_second_launch_the_rest(source, tmp_path, fake_sbatch,
                                                                                       capsys, monkeypatch):
     from submitit.core.utils import DelayedSubmission
