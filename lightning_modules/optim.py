@@ -103,3 +103,11 @@ def state_bytes(params: Iterable[torch.Tensor], name: str = "adamw", args: dict[
         one, two = _stand_in_bytes(1, dtype, name, args), _stand_in_bytes(2, dtype, name, args)
         per[dtype] = (two - one, 2 * one - two)  # (per element, per tensor)
     return sum(per[p.dtype][0] * p.numel() + per[p.dtype][1] for p in params)
+
+
+def checkpoint_bytes(model: nn.Module) -> int:
+    """The tensors a checkpoint of ``model`` holds, in bytes: its state dict (weights, buffers) and the state of the
+    optimizer its hyper-parameters name (``optimizer``, ``optimizer_args``; AdamW where they name none)."""
+    hparams = getattr(model, "hparams", {})
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values() if torch.is_tensor(t))
+    return weights + state_bytes(model.parameters(), hparams.get("optimizer", "adamw"), hparams.get("optimizer_args"))

@@ -130,3 +130,52 @@ def test_sgd_trains_through_ablate_train_and_config_yaml_names_it(tmp_path):
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     [state] = checkpoint["optimizer_states"]
     assert state["param_groups"][0]["nesterov"] and state["param_groups"][0]["momentum"] == 0.9
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_checkpoint_bytes_are_the_tensors_a_saved_checkpoint_holds(tmp_path, optimizer):
+    """What the disk preflight reserves room for (three of these): a real checkpoint's weights, buffers and
+    optimizer state after a training step."""
+    from lightning_modules.optim import checkpoint_bytes
+
+    model = ImageClassifier(**TINY, optimizer=optimizer)
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, DataLoader(TensorDataset(torch.randn(8, 3, 16, 16), torch.randint(0, 3, (8,))), batch_size=8))
+    trainer.save_checkpoint(tmp_path / "step.ckpt")
+    saved = torch.load(tmp_path / "step.ckpt", weights_only=True)
+    tensors = [*saved["state_dict"].values(),
+               *(t for state in saved["optimizer_states"][0]["state"].values() for t in state.values())]
+    assert checkpoint_bytes(model) == sum(t.numel() * t.element_size() for t in tensors if torch.is_tensor(t))
+
+
+def test_the_disk_preflight_reserves_the_chosen_optimizers_checkpoints(tmp_path, monkeypatch, capsys):
+    """`ablate train` hands the preflight the model's checkpoint with its optimizer's real state, and the preflight
+    wants room for three: less for SGD (one buffer a weight) than for AdamW (two)."""
+    import ablations.training.cli as train_cli
+    import ablations.training.run_setup as run_setup
+    from ablations.cli import main
+    from lightning_modules.optim import checkpoint_bytes
+    from tests.test_train import SMALL_RUN
+
+    model = dict(model="C-T", model_args=dict(depths=(1, 1), dims=(16, 32), stem_dim=16, head_dim=16), num_classes=4,
+                 image_size=16)
+    handed = {}
+
+    def stop(run_dir, size):
+        handed[run_dir.name] = size
+        raise run_setup.RunFolderError("stopped after the preflight's input")
+
+    monkeypatch.setattr(train_cli, "preflight", stop)
+    for optimizer in ("adamw", "sgd"):
+        assert main(["train", *SMALL_RUN, f"--model.init_args.optimizer={optimizer}", f"--run_dir={tmp_path / optimizer}"]) == 2
+        assert handed[optimizer] == checkpoint_bytes(ImageClassifier(**model, optimizer=optimizer))
+    weights = checkpoint_bytes(ImageClassifier(**model, optimizer="sgd", optimizer_args={"momentum": 0.0}))
+    assert handed["adamw"] - weights > handed["sgd"] - weights > 0
+
+    monkeypatch.setattr(run_setup, "MIN_FREE_BYTES", 0)
+    monkeypatch.setattr(run_setup, "free_bytes", lambda folder: 3 * handed["sgd"] - 1)
+    with pytest.raises(run_setup.RunFolderError, match="for its checkpoints"):
+        run_setup.preflight(tmp_path, handed["sgd"])
+    monkeypatch.setattr(run_setup, "free_bytes", lambda folder: 3 * handed["sgd"])
+    run_setup.preflight(tmp_path, handed["sgd"])  # room for three checkpoints: enough

@@ -32,6 +32,7 @@ from lightning_modules.callbacks import (
 )
 from lightning_modules.checkpoints import AtomicCheckpointIO, resume_checkpoint
 from lightning_modules.classifier import ImageClassifier
+from lightning_modules.optim import checkpoint_bytes
 from lightning_modules.ranges import PositiveFinite, PositiveInt
 
 from .. import identity, runlock
@@ -83,7 +84,7 @@ class AblateCLI(LightningCLI):
         """The Trainer gets the run-folder callbacks; they need the parsed config and the built model."""
         config, model = self.config, self.model
         self.session.set_up()
-        preflight(self.run_dir, getattr(model, "params", 0))
+        preflight(self.run_dir, checkpoint_bytes(model))
         self.recorder = RunRecorder(
             self.run_dir, echo=not sys.stderr.isatty(),
             extra={"model": model.hparams.model, "run_dir": str(self.run_dir), "seed": config.seed_everything,

@@ -83,11 +83,12 @@ def writable(run_dir: Path) -> None:
                              "choose another with --run_dir or --runs_root") from None
 
 
-def preflight(run_dir: Path, params: int) -> None:
+def preflight(run_dir: Path, checkpoint_bytes: int) -> None:
     """Fail in a second, not after hours: the run folder must be writable and have room for a few checkpoints
-    (weights + AdamW's two moments in fp32, x3 for last/best/the temporary copy), at least ``MIN_FREE_BYTES``."""
+    (``checkpoint_bytes`` each: weights and the chosen optimizer's real state, ``lightning_modules.optim``; x3 for
+    last/best/the temporary copy), at least ``MIN_FREE_BYTES``."""
     writable(run_dir)
-    need = max(MIN_FREE_BYTES, 3 * 3 * 4 * int(params or 0))
+    need = max(MIN_FREE_BYTES, 3 * int(checkpoint_bytes or 0))
     free = free_bytes(run_dir)
     if free < need:
         raise RunFolderError(f"run folder {run_dir} has {free / 2**20:.0f} MiB free, a run needs at least "
