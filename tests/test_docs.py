@@ -109,8 +109,8 @@ def check_ablate(args: list[str], needs: frozenset[str] = frozenset()) -> None:
     if parsed.command in ("bench", "models"):
         from lightning_modules.backbones import list_models
 
-        unknown = [m for m in parsed.model if m not in list_models()] if parsed.command == "bench" else \
-            [m for m in parsed.models if m not in list_models()]
+        names = parsed.model if parsed.command == "bench" else parsed.models  # bench also takes layouts
+        unknown = [m for m in names if m not in list_models() and not (parsed.command == "bench" and "-" in m)]
         assert not unknown, f"not registry models: {unknown}"
 
 

@@ -1,0 +1,215 @@
+"""A run started from trained weights (``--model.init_args.init_from``, issue 22 point 1): its first weights are the
+source's (the classifier and the bias tables aside), a bad source is one line, the source is part of the run's
+identity, and a resume continues from the run's own checkpoint."""
+
+import json
+import shutil
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from ablations.cli import main as cli_main
+from ablations.identity import result_settings, settings_hash
+from lightning_modules.classifier import ImageClassifier
+from tests.test_train import SMALL_RUN, read_metrics
+
+RUN = [a for a in SMALL_RUN if not a.startswith("--trainer.max_epochs")] + ["--trainer.max_epochs=1"]
+MODEL_ARGS = dict(depths=(1, 1), dims=(16, 32), stem_dim=16, head_dim=16)  # SMALL_RUN's model
+
+
+def train(*args: str) -> int:
+    return cli_main(["train", *args])
+
+
+class FirstWeights(L.Callback):
+    """Saves the backbone's weights as training starts (after any restore): the weights a run starts from."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def on_train_start(self, trainer, pl_module):
+        torch.save({k: v.detach().clone() for k, v in pl_module.backbone.state_dict().items()}, self.path)
+
+
+def first_weights(tmp_path: Path) -> list[str]:
+    return ["--trainer.callbacks+=tests.test_transfer.FirstWeights", f"--trainer.callbacks.path={tmp_path / 'first.pt'}"]
+
+
+def backbone_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    return {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory) -> dict[str, Path]:
+    """``a``: a completed one-epoch pre-training run of SMALL_RUN's model (4 classes at 16x16); ``b``: its copy as
+    another run would leave it (another seed in its config, other weights in its checkpoints)."""
+    root = tmp_path_factory.mktemp("sources")
+    a, b = root / "a", root / "b"
+    assert train(*RUN, f"--run_dir={a}") == 0
+    shutil.copytree(a, b)
+    (b / "config.yaml").write_text((a / "config.yaml").read_text().replace("seed_everything: 0", "seed_everything: 1"))
+    for path in (b / "checkpoints").glob("*.ckpt"):
+        checkpoint = torch.load(path, weights_only=True)
+        checkpoint["state_dict"]["backbone.head.fc.bias"] += 1
+        torch.save(checkpoint, path)
+    return {"a": a, "b": b}
+
+
+@pytest.mark.slow
+def test_the_sources_weights_are_the_fine_tuning_runs_first_weights(sources, tmp_path):
+    """A run folder gives its best.ckpt, a checkpoint file itself; each fine-tuning gets its own default folder."""
+    source = sources["a"]
+    last = source / "checkpoints" / "last.ckpt"
+    for given, expected in ((source, source / "checkpoints" / "best.ckpt"), (last, last)):
+        before = set(tmp_path.glob("C-T-*"))
+        assert train(*RUN, *first_weights(tmp_path), f"--runs_root={tmp_path}", f"--model.init_args.init_from={given}") == 0
+        (run_dir,) = set(tmp_path.glob("C-T-*")) - before  # a folder of its own: two sources never share one
+        first, reference = torch.load(tmp_path / "first.pt", weights_only=True), backbone_weights(expected)
+        assert first.keys() == reference.keys()
+        assert all(torch.equal(first[k], reference[k]) for k in reference)
+        assert yaml.safe_load((run_dir / "config.yaml").read_text())["model"]["init_args"]["init_from"] == str(given)
+        record = json.loads((run_dir / "summary.json").read_text())["init_from"]
+        assert (record["kind"], record["file"], record["head"], record["resized"]) == (
+            "run" if given == source else "checkpoint", str(expected), "loaded", [])
+        if given == source:
+            assert (record["run_dir"], record["checkpoint"]) == (str(source), "best.ckpt")
+
+
+def fine_tuned(source: Path, seed: int = 0, **data) -> ImageClassifier:
+    torch.manual_seed(seed)
+    return ImageClassifier("C-T", model_args=MODEL_ARGS, **data, init_from=str(source) if source else None)
+
+
+def test_another_class_count_replaces_only_the_classifier(sources):
+    source = backbone_weights(sources["a"] / "checkpoints" / "best.ckpt")
+    model = fine_tuned(sources["a"], num_classes=3, image_size=16)
+    fresh = fine_tuned(None, num_classes=3, image_size=16)  # the same seed, from random weights
+    for key, value in model.backbone.state_dict().items():
+        expected = fresh.backbone.state_dict()[key] if key.startswith("head.fc.") else source[key]
+        assert torch.equal(value, expected), key
+    assert model.init_record["head"] == "replaced" and model.backbone.head.fc.weight.shape == (3, 32)
+
+
+def test_another_resolution_resizes_the_bias_tables_bilinearly(sources):
+    """16x16 -> 32x32: the attention stage's map grows from 2x2 to 4x4 and its (heads, 3, 3) table to (heads, 7, 7),
+    interpolated as the paper fine-tunes 224 -> 384 (bilinear, corners aligned: ``RelativePositionBias``)."""
+    source = backbone_weights(sources["a"] / "checkpoints" / "best.ckpt")
+    model = fine_tuned(sources["a"], num_classes=4, image_size=32)
+    table = "stages.1.0.attn.rel_bias.table"
+    assert model.init_record["resized"] == [table]
+    by_hand = F.interpolate(source[table][None], size=(7, 7), mode="bilinear", align_corners=True)[0]
+    weights = model.backbone.state_dict()
+    assert weights[table].shape == (2, 7, 7) and torch.equal(weights[table], by_hand)
+    assert all(torch.equal(weights[k], source[k]) for k in source if k != table)
+
+
+def _unfinished(tmp_path, sources):
+    run = shutil.copytree(sources["a"], tmp_path / "unfinished")
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "status": "running"}))
+    return [f"--model.init_args.init_from={run}"]
+
+
+def _corrupt_file(tmp_path, sources):
+    path = tmp_path / "broken.ckpt"
+    path.write_bytes((sources["a"] / "checkpoints" / "last.ckpt").read_bytes()[:5000])  # cut short
+    return [f"--model.init_args.init_from={path}"]
+
+
+def _corrupt_best(tmp_path, sources):
+    run = shutil.copytree(sources["a"], tmp_path / "damaged")
+    (run / "checkpoints" / "best.ckpt").write_bytes(b"not a checkpoint")
+    return [f"--model.init_args.init_from={run}"]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (lambda t, s: [f"--model.init_args.init_from={t / 'nowhere'}"], "no such run folder or checkpoint file"),
+    (lambda t, s: [f"--model.init_args.init_from={t}"], "not a run folder (no config.yaml)"),
+    (_unfinished, "the run is not completed (status running)"),
+    (lambda t, s: [f"--model.init_args.init_from={s['a']}", "--model.init_args.model_args={depths: [1, 1], dims: "
+                   "[16, 48], stem_dim: 16, head_dim: 16}"],
+     "tensor stages.1.0.shortcut.proj.weight is (32, 16, 1, 1) in the source but (48, 16, 1, 1) in this model: another "
+     "architecture"),
+    (lambda t, s: [f"--model.init_args.init_from={s['a']}", "--model.init_args.model=C-C"],
+     "tensor stages.1.0.norm.weight (16,) of this model is not in the source: another architecture"),
+    (_corrupt_file, "broken.ckpt is not a readable training checkpoint"),
+    (_corrupt_best, "best.ckpt is not a readable training checkpoint"),
+    (lambda t, s: ["--model.init_args.init_from=timm:coatnet_0_224"], "timm's cache holds no weights for coatnet_0_224"),
+], ids=["missing", "not a run", "unfinished", "other widths", "other layout", "corrupt file", "corrupt best",
+        "timm without weights"])
+def test_a_bad_source_is_one_line_exit_2_and_nothing_completed(sources, tmp_path, capsys, args, needle):
+    run_dir = tmp_path / "run"
+    assert train(*RUN, *args(tmp_path, sources), f"--run_dir={run_dir}") == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("ablate train: error: --model.init_args.init_from "), errors
+    assert needle in errors[0], errors[0]
+    assert not (run_dir / "summary.json").exists() and not (run_dir / "metrics.csv").exists()
+
+
+def run_hash(init_from) -> str:
+    """The default run folder's hash of SMALL_RUN's model started from ``init_from``."""
+    config = {"model": {"class_path": "lightning_modules.classifier.ImageClassifier",
+                        "init_args": {"model": "C-T", "init_from": init_from}}}
+    return settings_hash(result_settings(config))
+
+
+def test_the_source_is_part_of_the_runs_identity(sources, tmp_path, monkeypatch):
+    a, b = sources["a"], sources["b"]
+    monkeypatch.chdir(a.parent)
+    assert run_hash(str(a)) == run_hash("a") == run_hash("./a/") == run_hash(f"{a.parent}/../{a.parent.name}/a")
+    copy = shutil.copy(a / "checkpoints" / "best.ckpt", tmp_path / "elsewhere.ckpt")  # one content, two places
+    assert run_hash(str(copy)) == run_hash(str(a / "checkpoints" / "best.ckpt"))
+    hashes = [run_hash(None), run_hash(str(a)), run_hash(str(b)), run_hash(str(a / "checkpoints" / "best.ckpt")),
+              run_hash(str(b / "checkpoints" / "best.ckpt"))]
+    assert len(set(hashes)) == len(hashes)
+    # a run folder counts as its settings hash, the one in its default folder name: known before it has run
+    source_settings = result_settings(yaml.safe_load((a / "config.yaml").read_text()))
+    assert result_settings({"model": {"init_args": {"init_from": str(a)}}})["model.init_args.init_from"] == (
+        f"run:{settings_hash(source_settings)}")
+    # a run written before init_from existed keeps its folder
+    assert run_hash(None) == settings_hash(result_settings({"model": {
+        "class_path": "lightning_modules.classifier.ImageClassifier", "init_args": {"model": "C-T"}}}))
+
+
+@pytest.mark.slow
+def test_an_interrupted_fine_tuning_run_resumes_from_its_own_checkpoint(sources, tmp_path, capsys):
+    """Stopped mid-epoch by SIGTERM (as SLURM preempts), resumed by the same command: the same rows as a run never
+    stopped, with the EMA the fine-tuning presets use. Starting from the source again would change them."""
+    tune = [*RUN, "--trainer.max_epochs=2", f"--model.init_args.init_from={sources['a']}", "--data.init_args.image_size=32",
+            "--trainer.callbacks+=lightning.pytorch.callbacks.EMAWeightAveraging", "--trainer.callbacks.decay=0.9"]
+    assert train(*tune, f"--run_dir={tmp_path / 'straight'}") == 0
+    stop = ["--trainer.callbacks+=tests.helpers.KillOnce", "--trainer.callbacks.epoch=1", "--trainer.callbacks.batch=2",
+            "--trainer.callbacks.signal=SIGTERM", f"--trainer.callbacks.marker={tmp_path / 'stopped'}"]
+    resumed = tmp_path / "resumed"
+    assert train(*tune, *stop, f"--run_dir={resumed}") == 3
+    assert train(*tune, *stop, f"--run_dir={resumed}") == 0
+    columns = ("epoch", "step", "train/loss", "train_eval/loss", "val/acc", "test/loss", "test/acc")
+    assert [[r[c] for c in columns] for r in read_metrics(resumed)] == [
+        [r[c] for c in columns] for r in read_metrics(tmp_path / "straight")]
+
+
+@pytest.mark.slow
+def test_a_timm_coatnet_from_a_local_weights_file(tmp_path):
+    """timm:NAME@FILE, never downloaded: timm's coatnet_0_224 (random weights saved to a file) converted by
+    from_timm; at 64x64 with 10 classes its head is replaced and its bias tables resized, the rest loads exactly."""
+    timm = pytest.importorskip("timm")
+    from lightning_modules.backbones import from_timm
+
+    torch.manual_seed(0)
+    theirs = timm.create_model("coatnet_0_224", pretrained=False)
+    weights = tmp_path / "coatnet_0.pth"
+    torch.save(theirs.state_dict(), weights)
+    converted = from_timm(theirs).state_dict()
+    model = ImageClassifier("coatnet_0", model_args=dict(style="timm", downsample="dw", pre_logits=True),
+                            num_classes=10, image_size=64, in_chans=3, init_from=f"timm:coatnet_0_224@{weights}")
+    record = model.init_record
+    assert (record["kind"], record["timm"], record["head"]) == ("timm", "coatnet_0_224", "replaced")
+    ours = model.backbone.state_dict()
+    assert sorted(record["resized"]) == sorted(k for k in ours if k.endswith("rel_bias.table"))
+    assert all(torch.equal(ours[k], converted[k]) for k in ours
+               if not k.startswith("head.fc.") and k not in record["resized"])
