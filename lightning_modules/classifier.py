@@ -31,10 +31,11 @@ def _eval_metrics(num_classes: int) -> MetricCollection:
     })
 
 
-def check_budget(model: str, budget: str, size: tuple[int, int]) -> None:
+def check_budget(model: str, budget: str, size: tuple[int, int] | None) -> None:
     """A run at a budget is at it: the budget sizes a layout (a registry name has its own size) for its own
     resolution (at another, its parameters and MACs are another network's: the paper budget on 32x32 images spends
-    96.5M MACs of its 5.0G, with S4 on a 1x1 map)."""
+    96.5M MACs of its 5.0G, with S4 on a 1x1 map). ``size`` None: any resolution, for a run that starts from a
+    source's weights (the budget's network, fine-tuned at another resolution as the paper's 224 -> 384)."""
     from .backbones import BUDGETS, MODELS
 
     if budget not in BUDGETS:
@@ -44,7 +45,7 @@ def check_budget(model: str, budget: str, size: tuple[int, int]) -> None:
                          "model with its own size: drop the budget, or give the layout (--model.init_args.model "
                          f"{getattr(MODELS[model.strip().lower()].config, 'layout', 'C-C-T-T')})")
     want = tuple(BUDGETS[budget].template.image_size)
-    if tuple(size) != want:
+    if size is not None and tuple(size) != want:
         fits = [name for name, b in BUDGETS.items() if tuple(b.template.image_size) == tuple(size)]
         hint = (f"use --model.init_args.budget {' or '.join(fits)}" if fits else
                 f"no budget is sized for {size[0]}x{size[1]}; give depths and dims in --model.init_args.model_args")
@@ -106,7 +107,7 @@ class ImageClassifier(L.LightningModule):
             overrides.setdefault("drop_path", drop_path)
         build = dict(num_classes=num_classes, image_size=size, in_chans=in_chans, **overrides)
         if budget is not None:  # matched once (at the budget's own resolution and classes), then built twice
-            check_budget(model, budget, size)
+            check_budget(model, budget, size if init_from is None else None)
             cfg = budget_variant(model, budget, **build)
             build = {**build, "depths": cfg.depths, "dims": cfg.dims, "stem_dim": cfg.stem_dim}
         self.backbone = create_model(model, budget=budget, **build)

@@ -193,7 +193,10 @@ def classifier(backbone: nn.Module) -> str:
 
 
 def _shape(t: torch.Tensor) -> str:
-    return "x".join(map(str, t.shape)) or "scalar"
+    return str(tuple(t.shape))
+
+
+ANOTHER = "another architecture (give the source's model, model_args and budget)"
 
 
 def fit(backbone: nn.Module, weights: dict[str, torch.Tensor], given: str) -> dict[str, Any]:
@@ -206,8 +209,7 @@ def fit(backbone: nn.Module, weights: dict[str, torch.Tensor], given: str) -> di
     resized = []
     for key, value in ours.items():
         if key not in weights:
-            raise ValueError(_bad(given, f"tensor {key} ({_shape(value)}) of this model is not in the source: another "
-                                         "architecture (give the source's layout, depths and dims)"))
+            raise ValueError(_bad(given, f"tensor {key} {_shape(value)} of this model is not in the source: {ANOTHER}"))
         theirs = weights[key]
         if theirs.shape == value.shape or (replace_head and key in head_keys):
             continue
@@ -215,11 +217,11 @@ def fit(backbone: nn.Module, weights: dict[str, torch.Tensor], given: str) -> di
             resized.append(key)  # RelativePositionBias resizes it while loading
             continue
         raise ValueError(_bad(given, f"tensor {key} is {_shape(theirs)} in the source but {_shape(value)} in this "
-                                     "model: another architecture (give the source's layout, depths and dims)"))
+                                     f"model: {ANOTHER}"))
     extra = [key for key in weights if key not in ours]
     if extra:
-        raise ValueError(_bad(given, f"source tensor {extra[0]} ({_shape(weights[extra[0]])}) has no place in this "
-                                     f"model ({len(extra)} such): another architecture"))
+        raise ValueError(_bad(given, f"source tensor {extra[0]} {_shape(weights[extra[0]])} has no place in this "
+                                     f"model ({len(extra)} such): {ANOTHER}"))
     load = {k: v for k, v in weights.items() if not (replace_head and k in head_keys)}
     load.update({k: ours[k] for k in head_keys if replace_head and k in ours})
     backbone.load_state_dict(load, strict=True)

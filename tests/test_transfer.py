@@ -213,3 +213,16 @@ def test_a_timm_coatnet_from_a_local_weights_file(tmp_path):
     assert sorted(record["resized"]) == sorted(k for k in ours if k.endswith("rel_bias.table"))
     assert all(torch.equal(ours[k], converted[k]) for k in ours
                if not k.startswith("head.fc.") and k not in record["resized"])
+
+
+def test_a_budget_layout_is_fine_tuned_at_a_higher_resolution(tmp_path):
+    """The budget sizes the network at its own resolution (32x32 for tiny); a run from a source's weights keeps that
+    network at 64x64, as the paper fine-tunes at 384 what it sized at 224. Without a source 64x64 stays refused."""
+    source = ImageClassifier("C-C-T-T", budget="tiny", num_classes=10, image_size=32, in_chans=1)
+    path = tmp_path / "tiny.ckpt"
+    torch.save({"state_dict": source.state_dict(), "loops": {}, "epoch": 1}, path)
+    tuned = ImageClassifier("C-C-T-T", budget="tiny", num_classes=10, image_size=64, in_chans=1, init_from=str(path))
+    assert (tuned.backbone.cfg.depths, tuned.backbone.cfg.dims) == (source.backbone.cfg.depths, source.backbone.cfg.dims)
+    assert tuned.init_record["head"] == "loaded" and len(tuned.init_record["resized"]) == 3  # S3's 2 blocks, S4's 1
+    with pytest.raises(ValueError, match="is sized for 32x32 images but the data are 64x64"):
+        ImageClassifier("C-C-T-T", budget="tiny", num_classes=10, image_size=64, in_chans=1)
