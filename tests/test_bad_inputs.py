@@ -290,7 +290,7 @@ def test_the_device_check_refuses_what_lightning_would_and_nothing_else(trainer)
      "name '../elsewhere' is not valid; expected a folder name without '/'"),
     (f"name: x\nconfig: {DIGITS}\nset: [a, b]\ngrid: {{seed_everything: [0]}}\n", "set ['a', 'b'] is not valid; expected a mapping"),
     (f"name: x\nconfig: {DIGITS}\nbudget: 5\ngrid: {{seed_everything: [0]}}\n", "budget 5 is not valid; expected a budget name"),
-    ("- a list\n", "must be a mapping of budget, config, grid, margins, max_retries, name, set, slurm"),
+    ("- a list\n", "must be a mapping of budget, config, grid, init_from, margins, max_retries, name, set, slurm"),
     # the report's equivalence margins and linked axes, checked as the spec loads
     (f"name: x\nconfig: {DIGITS}\nmargins: {{acc: 1}}\ngrid: {{seed_everything: [0]}}\n",
      "margin 'acc' is not a metric kind; valid: accuracy, log_loss"),
