@@ -4,9 +4,9 @@ Which run is resolved when the spec loads, from the source sweep's ``manifest.js
 with the run's on every ``match`` key (a grid axis, else a ``set`` key, else the base config's value; layouts
 compared as parsed, so ``CCTT`` is ``C-C-T-T``). No such run, or two, is a one-line error before anything starts.
 
-A run whose source has not completed is never started, since it would train from random weights. Where the
-source is decided (``source_state``) is one function that the local pool, SLURM and ``ablate status`` share; how
-long a local pool waits for it is ``SourceWatch``.
+A run whose source has not completed is never started: it would train from random weights (and ``ablate train``
+refuses an unfinished run folder as a source). The local pool, SLURM and ``ablate status`` read a source's state
+one way (``source_state``); how long the local pool waits for a source is ``SourceWatch``'s rule.
 """
 
 from __future__ import annotations
