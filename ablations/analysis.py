@@ -767,8 +767,7 @@ def _pretraining(source: str) -> dict:
     identity, _, rows = part
     last = lambda name: float(rows[name].dropna().iloc[-1]) if name in rows and rows[name].notna().any() else np.nan  # noqa: E731
     return {"why": None, "name": f"{path.parent.name}/{path.name}", "layout": identity["layout"],
-            "seed": identity["seed"], "loss": last("train_eval/loss"), "acc": last("test/acc"),
-            "predictions": identity["predictions"]}
+            "seed": identity["seed"], "loss": last("train_eval/loss"), "acc": last("test/acc")}
 
 
 def transfer_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -793,9 +792,7 @@ def transfer_table(frame: pd.DataFrame) -> pd.DataFrame:
                      "pretrain_acc": pre.get("acc", np.nan),
                      "finetune_acc": float(accs.iloc[-1]) if len(accs) else np.nan, "source": source,
                      "not_comparable": why})
-    table = pd.DataFrame(rows, columns=[*keys, *TRANSFER_COLUMNS])
-    table.attrs["predictions"] = {s: pre["predictions"] for s, pre in sources.items() if pre.get("predictions")}
-    return table
+    return pd.DataFrame(rows, columns=[*keys, *TRANSFER_COLUMNS])
 
 
 def _fit_reading(acc: dict, loss: dict) -> str:
@@ -823,24 +820,27 @@ def transfer_checks(frame: pd.DataFrame, margins: dict[str, float] | None = None
     table = transfer_table(frame)
     if table.empty:
         return {}
-    return {"linked runs": table, **transfer_verdicts(table, margins, order, frame.attrs.get("predictions") or None)}
+    read = table.loc[table["not_comparable"].isna(), "source"].unique()
+    sources = {s: saved for s in read if (saved := run_folder.read_predictions(Path(s))) is not None}
+    return {"linked runs": table,
+            **transfer_verdicts(table, margins, order, frame.attrs.get("predictions") or None, sources or None)}
 
 
 def transfer_verdicts(table: pd.DataFrame, margins: dict[str, float] | None = None, order: str = PAPER_TRANSFER,
-                      predictions: dict | None = None) -> dict[str, pd.DataFrame]:
+                      predictions: dict | None = None, source_predictions: dict | None = None) -> dict[str, pd.DataFrame]:
     """The transfer comparison on a ``transfer_table``: ``order``'s relations on the fine-tuned test accuracy, and
     the same pairs' pre-training fits tested for equivalence (TOST) by the source's test accuracy and by its clean
     training loss (log units), each a family per combination of settings, paired by seed, Holm within the family.
     ``transfer`` carries both fits beside each verdict (``pre-training fit``, ``reading``): the paper's finding is
     an equal fit and a different transfer. A run whose source cannot be read makes its relations ``not
-    comparable``, naming the source. ``predictions`` are the fine-tuned runs'; the sources' are the table's."""
+    comparable``, naming the source. ``predictions`` are the fine-tuned runs' (by run), ``source_predictions`` the
+    sources' (by source): each adds the test set's sampling noise to the comparisons it covers."""
     margins = parse_margins(margins)
     equal = " ".join(f"{left} ≈ {right}" if i == 0 else f"≈ {right}"
                      for i, (left, _, right) in enumerate(parse_order(order)))
     pre = table.assign(run=table["source"])  # the sources' predictions are keyed by their path
     transfer = check_order(table, "finetune_acc", order, True, "accuracy", margins["accuracy"], predictions)
-    acc = check_order(pre, "pretrain_acc", equal, True, "accuracy", margins["accuracy"],
-                      table.attrs.get("predictions") or None)
+    acc = check_order(pre, "pretrain_acc", equal, True, "accuracy", margins["accuracy"], source_predictions)
     loss = check_order(pre, "log_pretrain_loss", equal, False, "log_loss", margins["log_loss"])
     transfer["pre-training fit"] = [_fit_reading(a, l) for a, l in zip(acc.to_dict("records"), loss.to_dict("records"))]
     transfer["reading"] = [_transfer_reading(v, f) for v, f in zip(transfer["verdict"], transfer["pre-training fit"])]

@@ -221,20 +221,30 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
 
 
+# the transfer demo: pre-training, then a sweep chained onto it (its spec names runs/transfer_demo_pretrain)
+TRANSFER_SPECS = tuple(Path(__file__).parent / "sweeps" / f"transfer_demo_{stage}.yaml" for stage in ("pretrain", "finetune"))
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     """The main job: the five stacking orders on the embedded digits, end to end, then the report, which ends with
-    the wall time and the machine that measured it."""
+    the wall time and the machine that measured it. ``--transfer``: the transfer demo, its report the fine-tuning
+    sweep's (with its Transfer section)."""
     import time
 
+    if args.transfer and Path(args.root) != Path("runs"):
+        raise ValueError(f"--root {args.root} is not valid with --transfer: the fine-tuning spec chains onto "
+                         "runs/transfer_demo_pretrain; valid: runs (the default)")
     start = time.time()
-    sweep_args = build_parser().parse_args(["sweep", str(DEMO_SPEC), "--root", args.root, "--parallel", str(args.parallel)])
-    cmd_sweep(sweep_args)
-    name = yaml.safe_load(DEMO_SPEC.read_text())["name"]
+    specs = TRANSFER_SPECS if args.transfer else (DEMO_SPEC,)
+    for spec in specs:
+        cmd_sweep(build_parser().parse_args(["sweep", str(spec), "--root", args.root, "--parallel", str(args.parallel)]))
+    name = yaml.safe_load(specs[-1].read_text())["name"]
     report = Path(args.root) / name / "report.md"
     elapsed = time.time() - start
     from lightning_modules.run_folder import atomic_write
 
-    atomic_write(report, report.read_text() + f"\n`ablate demo --parallel {args.parallel}` took {elapsed / 60:.1f} min "
+    command = f"ablate demo{' --transfer' if args.transfer else ''} --parallel {args.parallel}"
+    atomic_write(report, report.read_text() + f"\n`{command}` took {elapsed / 60:.1f} min "
                  f"({elapsed:.0f} s, completed runs skipped) on {machine()}.\n")
     print(report.read_text())
 
@@ -300,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the default study: five layouts x data sizes x seeds on the embedded digits")
     p.add_argument("--root", default="runs")
     p.add_argument("--parallel", type=int, default=min(4, os.cpu_count() or 1), help="runs at once (CPU)")
+    p.add_argument("--transfer", action="store_true",
+                   help="the transfer demo instead: C-C-T-T and C-T-T-T pre-trained on digits 0-4, fine-tuned on 5-9 "
+                        "(ablations/sweeps/transfer_demo_*.yaml), the report beside each run its source")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("models", help="parameters and MACs of registry models, beside the papers' figures")

@@ -35,6 +35,7 @@ def _labelled(frame: pd.DataFrame) -> pd.DataFrame:
     if not extra:
         return frame
     frame = frame.copy()
+    frame.attrs = {}  # per-image predictions (arrays) are not for figures, and pandas compares attrs when it combines
     frame["layout"] = frame["layout"] + " " + frame[extra].astype(str).apply(
         lambda row: " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in row.items()), axis=1)
     return frame

@@ -167,6 +167,8 @@ def _transfer_section(tables: dict[str, pd.DataFrame], margins: dict[str, float]
     """Each fine-tuned run beside its source, the paper's transfer relation with the pre-training fits beside it,
     the fits' own families, and every pair of layouts after fine-tuning."""
     linked = tables["transfer: linked runs"]
+    # a setting every fine-tuned run shares (their data, their recipe) tells none apart: the tables above show it
+    linked = linked.drop(columns=[c for c in settings(linked)[1:] if linked[c].astype(str).nunique() == 1])
     unread = linked[linked["not_comparable"].notna()]
     runs = linked.assign(layout=pd.Categorical(linked["layout"], layout_order(linked["layout"]), ordered=True))
     runs = runs.sort_values(["layout", *settings(linked)[1:], "seed"]).astype({"layout": str})

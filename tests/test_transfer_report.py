@@ -238,3 +238,20 @@ def test_bad_digit_classes_are_one_line(classes):
 
     with pytest.raises(ValueError, match=r"^--data.init_args.classes .* is not valid; expected distinct digits 0-9"):
         DigitsDataModule(classes=classes)
+
+
+def test_the_transfer_demo_refuses_another_root_before_any_run(tmp_path, capsys):
+    """Its fine-tuning spec chains onto runs/transfer_demo_pretrain: another --root is one line, exit 2, no run."""
+    assert cli_main(["demo", "--transfer", "--root", str(tmp_path / "elsewhere")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"ablate demo: error: --root {tmp_path / 'elsewhere'} is not valid with --transfer")
+    assert len(err.splitlines()) == 1 and not (tmp_path / "elsewhere").exists()
+
+
+def test_the_transfer_demo_specs_chain_each_fine_tuning_run_to_its_layout_and_seed():
+    from ablations.cli import TRANSFER_SPECS
+
+    pretrain, finetune = (yaml.safe_load(p.read_text()) for p in TRANSFER_SPECS)
+    assert finetune["init_from"]["sweep"] == f"runs/{pretrain['name']}"
+    assert finetune["grid"] == pretrain["grid"] and finetune["budget"] == pretrain["budget"]
+    assert set(pretrain["set"]["data.init_args.classes"]).isdisjoint(finetune["set"]["data.init_args.classes"])
