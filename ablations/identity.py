@@ -77,14 +77,16 @@ def run_identity(settings: dict[str, Any]) -> str:
 def source_identity(given: str) -> str:
     """What a run started from ``given`` depends on: a run folder's ``run_identity`` (one run however its path is
     spelled), a checkpoint file's sha256, a timm source's name and weights' sha256. One line (exit 2 in ablate
-    train) when the source does not exist or, for a run folder, is not completed."""
+    train) when the source does not exist; a run folder needs only its config.yaml (its run need not be completed
+    for its identity, only for its weights to be loaded)."""
     import yaml
 
-    from lightning_modules import init_from
+    from lightning_modules import init_from, run_folder
 
     source = init_from.resolve(given)
     if source.kind == "run":
-        return run_identity(result_settings(yaml.safe_load((source.run_dir / "config.yaml").read_text()) or {}))
+        config = yaml.safe_load((source.run_dir / run_folder.CONFIG).read_text()) or {}
+        return run_identity(result_settings(config))
     digest = f"sha256:{init_from.file_hash(source.file)}"
     return f"timm:{source.timm_name}@{digest}" if source.kind == "timm" else digest
 
