@@ -153,6 +153,15 @@ def test_a_source_is_waited_for_while_its_sweep_trains_and_never_after_it_stoppe
     assert watch.verdict(pending, now=9061) == "waiting"
 
 
+def test_the_runs_whose_sources_are_done_go_first(source, tmp_path):
+    runs, folder = source
+    finish(runs["C-T", 1])
+    finish(runs["T-C", 1])
+    spec = SweepSpec.load(write(tmp_path, "finetune.yaml", finetune_spec(folder)))
+    order = [Path(r.source) for r in chain.ready_first(spec.expand())]
+    assert order == [runs["C-T", 1], runs["T-C", 1], runs["C-T", 0], runs["T-C", 0]]  # then grid order
+
+
 def test_the_local_pool_starts_no_run_whose_source_is_not_done_and_status_shows_the_chain(source, tmp_path, capsys,
                                                                                            monkeypatch):
     runs, folder = source
