@@ -93,8 +93,11 @@ def check_completed(source: Source) -> None:
 
 def _resolve_timm(given: str, spec: str) -> Source:
     name, _, file = spec.partition("@")
-    if not name:
-        raise ValueError(_bad(given, "no model name; valid: timm:NAME or timm:NAME@FILE, e.g. timm:coatnet_0_224"))
+    import timm
+
+    if not timm.is_model(name.split(".")[0]):  # a pretrained tag (NAME.TAG) names its model first
+        raise ValueError(_bad(given, f"timm has no model {name!r}; valid: timm:NAME[@FILE] with NAME one of timm's "
+                                     "paper-style CoAtNets, coatnet_0_224 .. coatnet_5_224"))
     if file:
         path = Path(file).expanduser()
         if not path.is_file():
@@ -111,8 +114,6 @@ def _timm_cached_weights(name: str) -> Path | None:
     """The file timm would load ``name``'s pretrained weights from, if it is already downloaded (never downloads)."""
     import timm
 
-    if not timm.is_model(name.split(".")[0]):
-        raise ValueError(_bad(f"{TIMM}{name}", f"timm has no model {name!r}; valid: coatnet_0_224 .. coatnet_5_224"))
     cfg = timm.models.get_pretrained_cfg(name)
     if cfg is None:
         return None

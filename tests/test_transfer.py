@@ -140,8 +140,9 @@ def _corrupt_best(tmp_path, sources):
     (_corrupt_file, "broken.ckpt is not a readable training checkpoint"),
     (_corrupt_best, "best.ckpt is not a readable training checkpoint"),
     (lambda t, s: ["--model.init_args.init_from=timm:coatnet_0_224"], "timm's cache holds no weights for coatnet_0_224"),
+    (lambda t, s: ["--model.init_args.init_from=timm:coatnet_9_224@x"], "timm has no model 'coatnet_9_224'"),
 ], ids=["missing", "not a run", "unfinished", "other widths", "other layout", "corrupt file", "corrupt best",
-        "timm without weights"])
+        "timm without weights", "timm unknown model"])
 def test_a_bad_source_is_one_line_exit_2_and_nothing_completed(sources, tmp_path, capsys, args, needle):
     run_dir = tmp_path / "run"
     assert train(*RUN, *args(tmp_path, sources), f"--run_dir={run_dir}") == 2
