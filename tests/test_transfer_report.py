@@ -16,9 +16,19 @@ from lightning_modules import run_folder
 LAYOUTS = ("C-C-T-T", "C-T-T-T")
 
 
+IMAGES = 200
+
+
+def correct(acc, seed):
+    """Which of the test images a run with accuracy ``acc`` gets right (a seed-dependent set)."""
+    right = np.zeros(IMAGES, dtype=bool)
+    right[np.random.default_rng(seed).permutation(IMAGES)[:round(acc * IMAGES)]] = True
+    return right
+
+
 def write_run(run_dir, layout, seed, final_loss, final_acc, init_from=None, status="completed", classes=None):
     """A run folder as `ablate train` leaves it: config.yaml, metrics.csv (three epochs, the last at ``final_loss``
-    and ``final_acc``) and summary.json."""
+    and ``final_acc``), summary.json and predictions.npz (``correct(final_acc, seed)``)."""
     config = {"seed_everything": seed, "trainer": {"accelerator": "cpu"},
               "model": {"init_args": {"model": layout, "warmup_epochs": 0.0, "init_from": init_from}},
               "data": {"init_args": {"train_fraction": 1.0, "classes": classes}}}
@@ -30,6 +40,9 @@ def write_run(run_dir, layout, seed, final_loss, final_acc, init_from=None, stat
             for i, (loss, acc) in enumerate(zip(losses, accs))]
     run_folder.write_rows(run_dir, rows)
     run_folder.write_summary(run_dir, {"status": status, "epochs": len(rows), "wall_time": 1.0})
+    target = np.arange(IMAGES) % 5
+    run_folder.write_predictions(run_dir, {"target": target, "pred": np.where(correct(final_acc, seed), target,
+                                                                             (target + 1) % 5)})
 
 
 def name(layout, seed):
@@ -69,8 +82,24 @@ def test_each_finetuned_run_is_linked_to_its_source_in_another_folder(tmp_path, 
         assert row["finetune_acc"] == pytest.approx(acc) and pd.isna(row["not_comparable"])
 
 
+def test_each_family_counts_the_test_set_noise_of_its_own_runs(tmp_path):
+    """The fine-tuned runs' predictions in the transfer verdict, the sources' in the pre-training accuracy one."""
+    from ablations.verdicts import image_variance
+
+    write_study(tmp_path)
+    checks = transfer_checks(load_runs(tmp_path / "finetune"))
+    for family, values in (("transfer", TUNED), ("pre-training accuracy", {k: v[1] for k, v in PRE.items()})):
+        a, b = ([correct(values[(layout, s)], s) for s in range(3)] for layout in LAYOUTS)
+        row = checks[family].iloc[0]
+        assert row["image_var"] == pytest.approx(image_variance(np.array(a), np.array(b)) * 100 ** 2)
+        assert "the test set's sampling noise" in row["method"]
+    assert pd.isna(checks["pre-training loss"].iloc[0]["image_var"])  # no per-image record of a training loss
+
+
 def test_verdicts_equal_a_plain_scipy_computation(tmp_path):
     write_study(tmp_path)
+    for run_dir in tmp_path.glob("*/*"):  # the seeds alone: scipy's paired t
+        (run_dir / run_folder.PREDICTIONS).unlink()
     checks = transfer_checks(load_runs(tmp_path / "finetune"))
     seeds = range(3)
     tuned = np.array([TUNED[("C-C-T-T", s)] - TUNED[("C-T-T-T", s)] for s in seeds]) * 100
@@ -154,6 +183,7 @@ def test_unequal_pre_training_fits_are_said_beside_the_transfer_verdict(tmp_path
     assert row["reading"] == "different transfer, but the pre-training fits are not shown equivalent"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("folder", ["finetune", "."], ids=["fine-tuning sweep", "folder holding both"])
 def test_report_writes_a_transfer_section(tmp_path, folder, capsys):
     write_study(tmp_path)
@@ -179,6 +209,7 @@ def simulated_table(rng, seeds, transfer_effect, pre_effect=0.0):
     return pd.DataFrame(rows)
 
 
+@pytest.mark.slow
 def test_simulated_studies_find_a_real_effect_and_no_false_one():
     """5 seeds, 1 point of noise: with no layout effect a `better` verdict comes at about the nominal 5%; an effect
     of 3 points is found nearly always, and the equal pre-training fits are shown equal."""
@@ -195,6 +226,7 @@ def test_simulated_studies_find_a_real_effect_and_no_false_one():
     assert all(r["pre-training fit"] != "equivalent" for r in apart)
 
 
+@pytest.mark.slow
 def test_notebook_shows_the_reports_transfer_tables(tmp_path, monkeypatch):
     """The notebook's transfer cell shows the report's own transfer tables, on a folder holding both sweeps."""
     import json
