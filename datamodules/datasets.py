@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import datasets
 
-from lightning_modules.ranges import PositiveInt
+from lightning_modules.ranges import NonNegativeInt, PositiveInt
 
 from .base import ImageDataModule
 
@@ -191,7 +191,7 @@ class DigitsDataModule(ImageDataModule):
     std = (0.35,)
     test_seed = 1234
 
-    def __init__(self, *args, image_size: PositiveInt = 32, classes: list[int] | None = None, **kwargs):
+    def __init__(self, *args, image_size: PositiveInt = 32, classes: list[NonNegativeInt] | None = None, **kwargs):
         super().__init__(*args, image_size=image_size, **kwargs)
         if classes is not None and (not classes or len(set(classes)) != len(classes)
                                     or not all(isinstance(c, int) and 0 <= c <= 9 for c in classes)):
