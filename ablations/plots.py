@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 from matplotlib.ticker import NullFormatter
 import pandas as pd
 
-from .analysis import capacity, final_gap, generalisation, settings
+from .analysis import capacity, final_gap, generalisation, settings, transfer_table
 
 PAPER_LAYOUTS = ("VIT_REL", "C-T-T-T", "C-C-T-T", "C-C-C-T", "C-C-C-C")
 
@@ -151,6 +151,27 @@ def capacity_vs_data(frame: pd.DataFrame) -> plt.Figure:
     return fig
 
 
+def transfer(frame: pd.DataFrame) -> plt.Figure:
+    """Each fine-tuned run's test accuracy against its source's pre-training fit (test accuracy; clean training
+    loss), a point per run: the paper's finding is layouts at one x and apart in y. Runs whose source could not be
+    read are left out (the report names them)."""
+    linked = transfer_table(frame)
+    linked = _labelled(linked[linked["not_comparable"].isna()])
+    colours = _colours(linked["layout"])
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, x, label in ((axes[0], "pretrain_acc", "pre-training test accuracy"),
+                         (axes[1], "pretrain_loss", "pre-training clean training loss")):
+        for layout in layout_order(linked["layout"]):
+            runs = linked[linked["layout"] == layout]
+            ax.scatter(runs[x], runs["finetune_acc"], color=colours[layout], label=f"{layout} (n={len(runs)})")
+        ax.set_xlabel(label)
+    axes[1].set_xscale("log")
+    axes[0].set(ylabel="fine-tuned test accuracy", title="Transfer: a point per fine-tuned run")
+    axes[1].legend(title="layout", fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
 FIGURES = {
     "training_curves": training_curves,
     "accuracy_vs_loss": accuracy_vs_loss,
@@ -160,11 +181,12 @@ FIGURES = {
 
 
 def save_figures(frame: pd.DataFrame, folder: str | Path) -> dict[str, Path]:
-    """Every figure as ``folder/<name>.png``."""
+    """Every figure as ``folder/<name>.png``; ``transfer`` where runs were started from weights."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = {}
-    for name, draw in FIGURES.items():
+    tuned = "source" in frame and frame["source"].notna().any()
+    for name, draw in {**FIGURES, **({"transfer": transfer} if tuned else {})}.items():
         fig = draw(frame)
         paths[name] = folder / f"{name}.png"
         fig.savefig(paths[name], dpi=110)

@@ -267,7 +267,8 @@ def build_report(frame: pd.DataFrame, title: str, intro: str, figures: dict[str,
     captions = {"training_curves": "clean training loss and test accuracy against steps (the paper's Figure 1)",
                 "accuracy_vs_loss": "test accuracy against clean training loss",
                 "generalisation_gap": "gap and equal-loss accuracy per layout per data size",
-                "capacity_vs_data": "capacity and test accuracy against data size"}
+                "capacity_vs_data": "capacity and test accuracy against data size",
+                "transfer": "fine-tuned test accuracy against the source's pre-training fit, a point per run"}
     parts += [f"![{captions[name]}]({path.name})" for name, path in figures.items()]
     return "\n".join(parts) + "\n"
 

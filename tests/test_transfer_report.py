@@ -192,6 +192,7 @@ def test_report_writes_a_transfer_section(tmp_path, folder, capsys):
     section = text[text.index("## Transfer"):]
     assert "C-C-T-T > C-T-T-T" in section and "equal pre-training fit, different transfer" in section
     assert f"pretrain/{name('C-T-T-T', 2)}" in section  # each fine-tuned run beside its source
+    assert "](transfer.png)" in text and (tmp_path / folder / "transfer.png").exists()
 
 
 def simulated_table(rng, seeds, transfer_effect, pre_effect=0.0):
