@@ -780,7 +780,7 @@ def transfer_table(frame: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=[*keys, *TRANSFER_COLUMNS])
     sources: dict[str, dict] = {}
     rows = []
-    for run, curve in _order(frame[frame["source"].notna()]).groupby("run", sort=False):
+    for _, curve in _order(frame[frame["source"].notna()]).groupby("run", sort=False):
         first, source = curve.iloc[0], str(curve["source"].iloc[0])
         pre = sources.setdefault(source, _pretraining(source))
         why = pre["why"]
