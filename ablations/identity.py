@@ -27,6 +27,7 @@ NOT_RESULT = (
     "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.logger", "trainer.log_every_n_steps",
     "trainer.default_root_dir", "trainer.profiler", "trainer.num_sanity_val_steps",
     "data.num_workers", "data.pin_memory", "model.compile",
+    "model.optimizer_args.fused", "model.optimizer_args.foreach",  # which kernel applies the same update
 )
 
 MISSING = object()  # no declared default: a key that one config lacks differs from any value

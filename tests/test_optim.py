@@ -71,6 +71,21 @@ def test_a_run_at_the_default_optimizer_keeps_its_run_folder_and_resumes():
                                                   "model.init_args.optimizer_args.nesterov unset -> True"]
 
 
+def test_the_kernel_that_applies_an_update_is_not_a_setting_of_the_result():
+    """``fused``/``foreach`` pick the kernel of the same update (the test above: equal to the plain step within
+    rounding), as ``compile`` does: one run, one folder; the optimizer's own settings stay part of it."""
+    base = {"model": {"class_path": "lightning_modules.classifier.ImageClassifier",
+                      "init_args": {"optimizer": "sgd", "optimizer_args": {"momentum": 0.8}}}}
+    hashes = set()
+    for kernel in ({}, {"fused": False}, {"foreach": True}):
+        config = copy.deepcopy(base)
+        config["model"]["init_args"]["optimizer_args"].update(kernel)
+        hashes.add(identity.settings_hash(identity.result_settings(config)))
+    assert len(hashes) == 1
+    base["model"]["init_args"]["optimizer_args"]["momentum"] = 0.9
+    assert identity.settings_hash(identity.result_settings(base)) not in hashes
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_state_bytes_are_the_optimizers_own(dtype):
     """AdamW: two moments of the parameter's dtype per element and a float32 step count per tensor; SGD: one
