@@ -26,16 +26,19 @@ $(STAMP): pyproject.toml constraints.txt
 	@$(BIN)/python .ci/check_pins.py
 	@rm -f $(VENV)/.installed-* && touch $@
 
+# Each demo's report ends with its wall time and the machine; it is kept with its figures as the dated measurement
+# docs/measurements/<name>-<UTC date>/ that the docs link (never typed into them).
+MEASURED = docs/measurements/$(1)-$(shell date -u +%Y-%m-%d)
+keep = mkdir -p $(call MEASURED,$(2)) && cp $(1)/report.md $(1)/*.png $(call MEASURED,$(2))/
+
 demo: $(STAMP)
 	$(BIN)/ablate demo
+	$(call keep,runs/demo,demo)
 
-# The transfer demo (docs/transfer.md): pre-train on digits 0-4, fine-tune on 5-9; its report, which ends with the
-# wall time and the machine, is kept with its figures under docs/measurements/transfer-demo-<UTC date>/
-TRANSFER_DEMO := runs/transfer_demo_finetune
+# The transfer demo (docs/transfer.md): pre-train on digits 0-4, fine-tune on 5-9.
 transfer-demo: $(STAMP)
 	$(BIN)/ablate demo --transfer
-	mkdir -p docs/measurements/transfer-demo-$(shell date -u +%Y-%m-%d)
-	cp $(TRANSFER_DEMO)/report.md $(TRANSFER_DEMO)/*.png docs/measurements/transfer-demo-$(shell date -u +%Y-%m-%d)/
+	$(call keep,runs/transfer_demo_finetune,transfer-demo)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest --durations=15
@@ -57,7 +60,8 @@ lab: $(STAMP)
 	ABLATE_SOURCE=$(SOURCE) $(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) notebooks/analysis.ipynb
 
 bench: $(STAMP)
-	$(BIN)/ablate bench coatnet_0 --set downsample=dw --timm coatnet_0_224 --batch 16 --rounds 10 --channels-last
+	$(BIN)/ablate bench coatnet_0 --set downsample=dw --timm coatnet_0_224 --batch 16 --rounds 10 --channels-last \
+		--out docs/measurements/
 
 # The GPU path on this node's GPU (about 8 minutes; see ablations/gpu_check.py). With the project's .venv, or from
 # the source tree with a Python that has torch, Lightning, timm, torchmetrics and torchvision: wheels of the rest
