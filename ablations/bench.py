@@ -197,7 +197,7 @@ def run_bench(model: str, settings: BenchSettings, overrides: dict[str, Any] | N
     from tqdm.auto import tqdm
 
     if settings.compile:  # compiled code of earlier models counts towards dynamo's per-function recompile limit,
-        torch._dynamo.reset()  # past which it would silently run later models eagerly
+        torch.compiler.reset()  # past which it would silently run later models eagerly
     overrides = overrides or {}
     entries = [("ours", model, f"{model}" + "".join(f" {k}={v}" for k, v in overrides.items()))]
     if timm_name:

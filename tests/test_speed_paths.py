@@ -13,7 +13,7 @@ TINY = dict(depths=(1, 1, 1, 1), dims=(16, 32, 32, 64), stem_dim=16, head_dim=16
 @pytest.mark.slow
 def test_compiles_without_graph_breaks_forward_and_backward(name, kwargs):
     """fullgraph=True raises on any graph break; aot_eager traces the backward too without a C++ toolchain."""
-    torch._dynamo.reset()
+    torch.compiler.reset()
     torch.manual_seed(0)
     model = create_model(name, drop_path=0.1, **kwargs)
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
@@ -26,7 +26,7 @@ def test_compiles_without_graph_breaks_forward_and_backward(name, kwargs):
 
 @pytest.mark.slow
 def test_inductor_compile_matches_eager():
-    torch._dynamo.reset()
+    torch.compiler.reset()
     model = create_model("C-T", depths=(1, 1), dims=(32, 32), stem_dim=16, image_size=16, num_classes=3).eval()
     x = torch.randn(2, 3, 16, 16)
     torch.testing.assert_close(torch.compile(model, fullgraph=True)(x), model(x), atol=1e-4, rtol=1e-4)
