@@ -28,7 +28,7 @@ import yaml
 from scipy import stats
 
 from lightning_modules import run_folder
-from lightning_modules.backbones import MODELS
+from lightning_modules.backbones import BUDGETS, MODELS
 
 from .identity import MISSING, affects_result, default
 from .verdicts import ALPHA, KINDS, MARGINS, Relation, decide, format_seeds, image_variance, parse_margins, seeds_needed
@@ -48,7 +48,7 @@ def describe_model(name: str) -> tuple[str, str | None]:
     entry = MODELS.get(name.lower())
     if entry is None:
         return name, None
-    budget = name.rsplit("_", 1)[-1] if name.rsplit("_", 1)[-1] in ("paper", "cifar", "tiny") else None
+    budget = name.rsplit("_", 1)[-1] if name.rsplit("_", 1)[-1] in BUDGETS else None
     return getattr(entry.config, "layout", name), budget
 
 

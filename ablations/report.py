@@ -121,6 +121,40 @@ def convergence_table(frame: pd.DataFrame) -> pd.DataFrame:
     return _by_size(facts, cell)
 
 
+BUDGET_MISS = 0.05  # farther than this from its budget's params or MACs, a layout is not at a comparable size
+
+
+def size_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per layout and settings: parameters and MACs as built (summary.json) and, for a budget layout trained from
+    random weights, its worse miss of the budget's two targets. The paper compares "at comparable size and compute";
+    a matched block type of your own can miss it (the matcher takes the closest widths and depths there are)."""
+    from lightning_modules.backbones import BUDGETS
+
+    runs = frame.drop_duplicates("run").copy()
+    runs.attrs = {}  # per-image predictions (arrays) in attrs break pandas' concat of the groups
+    rows = ["layout", *settings(runs)[1:]]
+
+    def describe(part: pd.DataFrame) -> pd.Series:
+        params, macs = part["params"].dropna(), part["flops"].dropna()
+        budget = part["budget"].iloc[0]
+        miss = None
+        if not params.empty and not macs.empty and budget in BUDGETS and part["source"].isna().all():
+            target = BUDGETS[budget]
+            miss = max(abs(params.max() / target.params - 1), abs(params.min() / target.params - 1),
+                       abs(macs.max() / target.macs - 1), abs(macs.min() / target.macs - 1))
+        return pd.Series({
+            "budget": budget if isinstance(budget, str) else "",
+            "params (M)": params.max() / 1e6 if not params.empty else None,
+            "MACs (M)": macs.max() / 1e6 if not macs.empty else None,
+            "miss of the budget": "" if miss is None else f"{miss:.1%}" + (
+                f" (over {BUDGET_MISS:.0%}: not at a comparable size)" if miss > BUDGET_MISS else ""),
+        })
+
+    table = runs.groupby(rows, dropna=False)[list(runs.columns)].apply(describe).reset_index()
+    table["layout"] = pd.Categorical(table["layout"], layout_order(table["layout"]), ordered=True)
+    return table.sort_values(rows).astype({"layout": str}).reset_index(drop=True)
+
+
 def report_tables(frame: pd.DataFrame, margins: dict[str, float] | None = None) -> dict[str, pd.DataFrame]:
     """Every table of the report, by title (what ``--wandb`` logs as ``wandb.Table``s)."""
     margins = parse_margins(margins)
@@ -133,6 +167,7 @@ def report_tables(frame: pd.DataFrame, margins: dict[str, float] | None = None) 
         **({"loss read at": layout_by_size(gen, "read_at")} if frame["target"].notna().any() else {}),
         "final gap": layout_by_size(gen, "acc_gap"),
         "convergence": convergence_table(frame),
+        "size and compute": size_table(frame),
         "capacity": layout_by_size(capacity(frame, largest_only=False), "min_train_eval_loss"),
         "ranking by final test accuracy": ranking(gen[gen["data_size"] == gen["data_size"].max()], "test_acc"),
         "ranking by capacity": ranking(cap, "min_train_eval_loss", higher_is_better=False),
@@ -231,6 +266,12 @@ def build_report(frame: pd.DataFrame, title: str, intro: str, figures: dict[str,
              "per-image test predictions, the interval also counts the test set's sampling noise, which the "
              "seed-to-seed spread never sees (the method column says so). No verdict here is a claim beyond its "
              "interval: with 3 seeds most relations are `inconclusive`, and that is the result.", "",
+             "## Size and compute", "",
+             "The paper compares its layouts at comparable size and compute. Parameters and MACs per image as each "
+             f"layout was built for these data; `miss of the budget` is the worse of the two relative misses of its "
+             f"budget's targets (a run fine-tuned from weights has none), and a layout over {BUDGET_MISS:.0%} is "
+             "compared at an unequal size: read its verdicts with that in mind.", "",
+             markdown_table(tables["size and compute"], digits=2), "",
              "## Final test accuracy", "", markdown_table(tables["final test accuracy"]), "",
              "## Generalisation", "",
              "Test accuracy at equal clean training loss: if two models reach the same training loss, the one with "
@@ -261,8 +302,8 @@ def build_report(frame: pd.DataFrame, title: str, intro: str, figures: dict[str,
              "beforehand: read them as leads for a study, not as its findings.", "",
              verdict_table(tables["exploratory: layout pairs by final test accuracy"], frame), "",
              "Rankings at the largest data size (descriptive; mean, 95% t interval over seeds, n):", "",
-             markdown_table(tables["ranking by final test accuracy"]), "",
-             markdown_table(tables["ranking by capacity"]), "",
+             "By final test accuracy:", "", markdown_table(tables["ranking by final test accuracy"]), "",
+             "By capacity (lowest clean training loss):", "", markdown_table(tables["ranking by capacity"]), "",
              "## Figures", ""]
     captions = {"training_curves": "clean training loss and test accuracy against steps (the paper's Figure 1)",
                 "accuracy_vs_loss": "test accuracy against clean training loss",

@@ -596,3 +596,30 @@ def test_a_sweep_rerun_while_two_runs_still_train_names_them_and_so_does_its_rep
             runlock.release(fd)
     header = write_report(root / "study").read_text().split("\n\n")[1]
     assert header.startswith("6 of 8 runs completed; base config")  # dead runs: nothing holds their locks
+
+
+def test_the_report_says_how_far_each_layout_is_from_its_budget(tmp_path):
+    """The paper compares at comparable size and compute: a layout 8% over its budget's parameters is named as
+    compared at an unequal size, one 2% under its MACs is not, and a fine-tuned run (its cost at another
+    resolution is no budget's) gets no miss."""
+    import yaml
+
+    from ablations.report import size_table
+    from lightning_modules import run_folder
+    from lightning_modules.backbones import BUDGETS
+
+    tiny = BUDGETS["tiny"]
+    cases = {"C-C-T-T": (1.08 * tiny.params, tiny.macs, None), "C-T-T-T": (tiny.params, 0.98 * tiny.macs, None),
+             "C-C-C-T": (tiny.params, 4 * tiny.macs, "runs/pretrain/source")}
+    for layout, (params, macs, source) in cases.items():
+        for seed in (0, 1):
+            run_dir = tmp_path / f"{layout}-s{seed}"
+            run_dir.mkdir()
+            (run_dir / "config.yaml").write_text(yaml.safe_dump({"seed_everything": seed, "model": {"init_args": {
+                "model": layout, "budget": "tiny", "init_from": source}}, "data": {"init_args": {"train_fraction": 1.0}}}))
+            run_folder.write_rows(run_dir, [{"epoch": 0, "step": 5, "train/loss": 1.0, "test/acc": 0.5}])
+            run_folder.write_summary(run_dir, {"status": "completed", "params": int(params), "flops": int(macs)})
+    table = size_table(load_runs(tmp_path)).set_index("layout")["miss of the budget"]
+    assert table["C-C-T-T"] == "8.0% (over 5%: not at a comparable size)"
+    assert table["C-T-T-T"] == "2.0%"
+    assert table["C-C-C-T"] == ""
