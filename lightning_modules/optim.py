@@ -69,8 +69,10 @@ def build_optimizer(groups: list[dict[str, Any]], lr: float, name: str = "adamw"
     no per-step host reads) where the class offers it for the parameters' device, unless ``args`` say otherwise."""
     cls, kwargs = _settings(name, args)
     params = [p for group in groups for p in group["params"]]
-    if "fused" in inspect.signature(cls).parameters and params and params[0].device.type in ("cuda", "cpu"):
-        kwargs.setdefault("fused", True)
+    kernel_chosen = "fused" in kwargs or kwargs.get("foreach") or kwargs.get("differentiable")  # torch takes one
+    if ("fused" in inspect.signature(cls).parameters and params and params[0].device.type in ("cuda", "cpu")
+            and not kernel_chosen):
+        kwargs["fused"] = True
     try:
         return cls(groups, lr=lr, **kwargs)
     except (ValueError, TypeError, RuntimeError) as err:  # torch's own range checks: "Invalid momentum value: -1"
@@ -105,9 +107,12 @@ def state_bytes(params: Iterable[torch.Tensor], name: str = "adamw", args: dict[
     return sum(per[p.dtype][0] * p.numel() + per[p.dtype][1] for p in params)
 
 
-def checkpoint_bytes(model: nn.Module) -> int:
+def checkpoint_bytes(model: nn.Module, averaged: bool = False) -> int:
     """The tensors a checkpoint of ``model`` holds, in bytes: its state dict (weights, buffers) and the state of the
-    optimizer its hyper-parameters name (``optimizer``, ``optimizer_args``; AdamW where they name none)."""
+    optimizer its hyper-parameters name (``optimizer``, ``optimizer_args``; AdamW where they name none). ``averaged``:
+    a weight-averaging callback (Lightning's ``WeightAveraging``, e.g. the fine-tuning presets' EMA) is on, and
+    its checkpoints hold the current weights beside the averaged ones: a second state dict."""
     hparams = getattr(model, "hparams", {})
     weights = sum(t.numel() * t.element_size() for t in model.state_dict().values() if torch.is_tensor(t))
-    return weights + state_bytes(model.parameters(), hparams.get("optimizer", "adamw"), hparams.get("optimizer_args"))
+    optimizer = state_bytes(model.parameters(), hparams.get("optimizer", "adamw"), hparams.get("optimizer_args"))
+    return (2 if averaged else 1) * weights + optimizer

@@ -147,21 +147,28 @@ def test_sgd_trains_through_ablate_train_and_config_yaml_names_it(tmp_path):
     assert state["param_groups"][0]["nesterov"] and state["param_groups"][0]["momentum"] == 0.9
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
-def test_checkpoint_bytes_are_the_tensors_a_saved_checkpoint_holds(tmp_path, optimizer):
+@pytest.mark.parametrize("optimizer,averaged", [("adamw", False), ("sgd", False), ("adamw", True)],
+                         ids=["adamw", "sgd", "adamw with EMA"])
+def test_checkpoint_bytes_are_the_tensors_a_saved_checkpoint_holds(tmp_path, optimizer, averaged):
     """What the disk preflight reserves room for (three of these): a real checkpoint's weights, buffers and
-    optimizer state after a training step."""
+    optimizer state after a training step; with Lightning's EMA (the fine-tuning presets') also the current weights
+    it keeps beside the average (its few-byte averaging counter aside)."""
+    from lightning.pytorch.callbacks import EMAWeightAveraging
+
     from lightning_modules.optim import checkpoint_bytes
 
     model = ImageClassifier(**TINY, optimizer=optimizer)
     trainer = L.Trainer(max_steps=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
+                        enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[EMAWeightAveraging(decay=0.9)] if averaged else None)
     trainer.fit(model, DataLoader(TensorDataset(torch.randn(8, 3, 16, 16), torch.randint(0, 3, (8,))), batch_size=8))
     trainer.save_checkpoint(tmp_path / "step.ckpt")
     saved = torch.load(tmp_path / "step.ckpt", weights_only=True)
-    tensors = [*saved["state_dict"].values(),
+    assert ("current_model_state" in saved) == averaged
+    tensors = [*saved["state_dict"].values(), *saved.get("current_model_state", {}).values(),
                *(t for state in saved["optimizer_states"][0]["state"].values() for t in state.values())]
-    assert checkpoint_bytes(model) == sum(t.numel() * t.element_size() for t in tensors if torch.is_tensor(t))
+    expected = sum(t.numel() * t.element_size() for t in tensors if torch.is_tensor(t))
+    assert checkpoint_bytes(model, averaged=averaged) == expected
 
 
 def test_the_disk_preflight_reserves_the_chosen_optimizers_checkpoints(tmp_path, monkeypatch, capsys):
@@ -194,3 +201,15 @@ def test_the_disk_preflight_reserves_the_chosen_optimizers_checkpoints(tmp_path,
         run_setup.preflight(tmp_path, handed["sgd"])
     monkeypatch.setattr(run_setup, "free_bytes", lambda folder: 3 * handed["sgd"])
     run_setup.preflight(tmp_path, handed["sgd"])  # room for three checkpoints: enough
+
+
+def test_a_chosen_kernel_is_kept_not_overridden_by_the_fused_default():
+    """``foreach`` (or ``differentiable``) given is the user's choice: torch refuses it beside ``fused=True``."""
+    from lightning_modules.optim import build_optimizer
+
+    param = torch.nn.Parameter(torch.zeros(3))
+    for args in ({"foreach": True}, {"fused": False}, {}):
+        optimizer = build_optimizer([{"params": [param]}], 1e-3, "adamw", args)
+        group = optimizer.param_groups[0]
+        assert bool(group["fused"]) == (not args), args
+        assert group["foreach"] == args.get("foreach", None), args

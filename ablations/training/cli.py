@@ -22,7 +22,7 @@ import lightning as L
 import torch
 import yaml
 from jsonargparse import ArgumentError
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, WeightAveraging
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from datamodules import ImageDataModule
@@ -84,7 +84,9 @@ class AblateCLI(LightningCLI):
         """The Trainer gets the run-folder callbacks; they need the parsed config and the built model."""
         config, model = self.config, self.model
         self.session.set_up()
-        preflight(self.run_dir, checkpoint_bytes(model))
+        user_callbacks = _as_list({**self.config_init.get("trainer", {}), **kwargs}.get("callbacks"))
+        preflight(self.run_dir, checkpoint_bytes(model, averaged=any(isinstance(c, WeightAveraging)
+                                                                     for c in user_callbacks)))
         self.recorder = RunRecorder(
             self.run_dir, echo=not sys.stderr.isatty(),
             extra={"model": model.hparams.model, "run_dir": str(self.run_dir), "seed": config.seed_everything,
