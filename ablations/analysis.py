@@ -795,6 +795,24 @@ def transfer_table(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=[*keys, *TRANSFER_COLUMNS])
 
 
+def source_pairs(table: pd.DataFrame) -> pd.DataFrame:
+    """The sources of a ``transfer_table`` as the pre-training families pair them: each distinct source once per
+    combination of settings (several fine-tuned runs may start from one: counting it per run would repeat one
+    difference n times), keyed by the source's own path (``run``: its predictions' key) and seed. A source that
+    could not be read keeps its fine-tuned run's seed, and sorts first, so that its reason still blocks its pairs."""
+    pre = table.assign(run=table["source"], seed=table["source_seed"].where(table["source_seed"].notna(),
+                                                                            table["seed"]))
+    pre = pre.sort_values("not_comparable", na_position="last", kind="stable")
+    return pre.drop_duplicates([*settings(table), "source"]).sort_index()
+
+
+def other_seed_sources(table: pd.DataFrame) -> pd.DataFrame:
+    """The fine-tuned runs of a ``transfer_table`` whose source has another seed than their own (a chained sweep
+    matched without the seed): their transfer is paired by their own seed, their source's fit by the source's."""
+    read = table[table["source_seed"].notna()]
+    return read[read["source_seed"].astype(float) != read["seed"].astype(float)]
+
+
 def _fit_reading(acc: dict, loss: dict) -> str:
     """Whether the two pre-training fits of a pair are shown equal, by test accuracy and clean training loss."""
     if acc["verdict"] == loss["verdict"] == "equivalent":
@@ -834,19 +852,25 @@ def transfer_verdicts(table: pd.DataFrame, margins: dict[str, float] | None = No
     ``transfer`` carries both fits beside each verdict (``pre-training fit``, ``reading``): the paper's finding is
     an equal fit and a different transfer. A run whose source cannot be read makes its relations ``not
     comparable``, naming the source. ``predictions`` are the fine-tuned runs' (by run), ``source_predictions`` the
-    sources' (by source): each adds the test set's sampling noise to the comparisons it covers."""
+    sources' (by source): each adds the test set's sampling noise to the comparisons it covers. The transfer family
+    pairs fine-tuned runs by their own seed; the pre-training families pair distinct sources by the source's seed
+    (``source_pairs``), so n there counts source pairs, not the fine-tuned runs started from them."""
     margins = parse_margins(margins)
     equal = " ".join(f"{left} ≈ {right}" if i == 0 else f"≈ {right}"
                      for i, (left, _, right) in enumerate(parse_order(order)))
-    pre = table.assign(run=table["source"])  # the sources' predictions are keyed by their path
+    pre = source_pairs(table)
     transfer = check_order(table, "finetune_acc", order, True, "accuracy", margins["accuracy"], predictions)
     acc = check_order(pre, "pretrain_acc", equal, True, "accuracy", margins["accuracy"], source_predictions)
     loss = check_order(pre, "log_pretrain_loss", equal, False, "log_loss", margins["log_loss"])
     transfer["pre-training fit"] = [_fit_reading(a, l) for a, l in zip(acc.to_dict("records"), loss.to_dict("records"))]
     transfer["reading"] = [_transfer_reading(v, f) for v, f in zip(transfer["verdict"], transfer["pre-training fit"])]
-    return {"transfer": transfer, "pre-training accuracy": acc, "pre-training loss": loss,
-            "exploratory: fine-tuned layout pairs": pairwise(table, "finetune_acc", margin=margins["accuracy"],
-                                                              predictions=predictions)}
+    out = {"transfer": transfer, "pre-training accuracy": acc, "pre-training loss": loss}
+    tested = {frozenset((left, right)) for left, _, right in parse_order(order)}
+    if any(frozenset(pair) not in tested for pair in combinations(sorted(table["layout"].unique()), 2)):
+        # every pair of layouts, where there is one the test above did not make (two layouts: it is that test)
+        out["exploratory: fine-tuned layout pairs"] = pairwise(table, "finetune_acc", margin=margins["accuracy"],
+                                                               predictions=predictions)
+    return out
 
 
 __all__ = [

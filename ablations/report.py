@@ -15,7 +15,7 @@ from lightning_modules import run_folder
 
 from .analysis import (
     PAPER_CAPACITY, PAPER_GENERALISATION, PAPER_TRANSFER, capacity, generalisation, load_source, ordering_checks,
-    pairwise, ranking, read_runs, run_facts, run_folders_of, settings, transfer_checks,
+    other_seed_sources, pairwise, ranking, read_runs, run_facts, run_folders_of, settings, transfer_checks,
 )
 from .analysis import _run_candidates
 from .plots import PAPER_LAYOUTS, layout_order, save_figures
@@ -202,24 +202,39 @@ def _transfer_section(tables: dict[str, pd.DataFrame], margins: dict[str, float]
     """Each fine-tuned run beside its source, the paper's transfer relation with the pre-training fits beside it,
     the fits' own families, and every pair of layouts after fine-tuning."""
     linked = tables["transfer: linked runs"]
-    # a setting every fine-tuned run shares (their data, their recipe) tells none apart: the tables above show it
-    linked = linked.drop(columns=[c for c in settings(linked)[1:] if linked[c].astype(str).nunique() == 1])
+    # a setting every fine-tuned run shares (their data, their recipe) tells none apart: the tables above show it;
+    # the data size stays, as in every other table
+    linked = linked.drop(columns=[c for c in settings(linked)
+                                  if c != "data_size" and linked[c].astype(str).nunique() == 1])
+    keys = settings(linked)
     unread = linked[linked["not_comparable"].notna()]
+    other_seed = other_seed_sources(linked)
     runs = linked.assign(layout=pd.Categorical(linked["layout"], layout_order(linked["layout"]), ordered=True))
-    runs = runs.sort_values(["layout", *settings(linked)[1:], "seed"]).astype({"layout": str})
-    shown = runs[["layout", *settings(linked)[1:], "seed", "run", "source_run", "pretrain_loss", "pretrain_acc",
+    runs = runs.sort_values(["layout", *keys, "seed"]).astype({"layout": str})
+    shown = runs[["layout", *keys, "seed", "run", "source_run", "source_seed", "pretrain_loss", "pretrain_acc",
                   "finetune_acc", "not_comparable"]].rename(columns={"source_run": "source", "not_comparable": "why"})
     shown["source"] = shown["source"].fillna(runs["source"])
     shown["why"] = shown["why"].fillna("")
     accuracy, log_loss = margins["accuracy"], margins["log_loss"]
+    pairing = ("Pairs: the transfer verdicts pair fine-tuned runs by their own seed; the pre-training fits pair the "
+               "distinct sources by the source's seed, each source once however many fine-tuned runs started from it "
+               "(n counts source pairs). ")
+    if other_seed.empty:
+        pairing += "Every fine-tuning run of seed s started from a pre-training run of seed s."
+    else:
+        named = ", ".join(f"{r.run} (seed {r.seed:g}) from {r.source_run} (seed {r.source_seed:g})"
+                          for r in other_seed.itertuples())
+        pairing += (f"{len(other_seed)} fine-tuned run(s) started from a source of another seed (a chain matched "
+                    f"without the seed): {named}; their transfer and their sources' fits are paired by different "
+                    "seeds.")
+    exploratory = tables.get("transfer: exploratory: fine-tuned layout pairs")
     return [
         "## Transfer", "",
         "The paper decides between its two best layouts by transfer (Table 2): pre-trained on JFT, C-C-T-T and "
         "C-T-T-T reach the same precision (34.40 vs 34.36), yet fine-tuned on ImageNet-1K C-C-T-T is better (82.39 vs "
         "81.78 at 224). Here each fine-tuned run is read beside the run it started from (its recorded `init_from`): "
         "the source's clean training loss and test accuracy at its last evaluation (its pre-training fit), and the "
-        "fine-tuned run's final test accuracy. Pairs are by seed: a fine-tuning run of seed s starts from the "
-        "pre-training run of the same layout and seed.", "",
+        "fine-tuned run's final test accuracy. " + pairing, "",
         *([f"{len(unread)} fine-tuned run(s) have no source to read, named in `why`: their relations are `not "
            "comparable`.", ""] if len(unread) else []),
         markdown_table(transfer_by_layout(linked)), "",
@@ -233,8 +248,8 @@ def _transfer_section(tables: dict[str, pd.DataFrame], margins: dict[str, float]
         "The pre-training fits of the same pairs, each tested for equivalence (`paper`: the paper's `≈`):", "",
         verdict_table(tables["transfer: pre-training accuracy"], linked), "",
         verdict_table(tables["transfer: pre-training loss"], linked), "",
-        "Exploratory: every pair of layouts by fine-tuned test accuracy (Holm over all pairs; leads, not findings):",
-        "", verdict_table(tables["transfer: exploratory: fine-tuned layout pairs"], linked), "",
+        *(["Exploratory: every pair of layouts by fine-tuned test accuracy (Holm over all pairs; leads, not "
+           "findings):", "", verdict_table(exploratory, linked), ""] if exploratory is not None else []),
         "Each fine-tuned run and its source:", "", markdown_table(shown), ""]
 
 

@@ -288,3 +288,30 @@ def test_the_transfer_demo_specs_chain_each_fine_tuning_run_to_its_layout_and_se
     assert finetune["init_from"]["sweep"] == f"runs/{pretrain['name']}"
     assert finetune["grid"] == pretrain["grid"] and finetune["budget"] == pretrain["budget"]
     assert set(pretrain["set"]["data.init_args.classes"]).isdisjoint(finetune["set"]["data.init_args.classes"])
+
+
+def test_one_source_fine_tuned_three_times_is_one_pre_training_pair_not_three(tmp_path):
+    """A chain matched by layout alone: three fine-tuning seeds start from each layout's one source. Their transfer
+    is paired by the fine-tuned seeds (n=3); the sources' fits are one pair (n=1: no verdict), never `equivalent`
+    from three copies of one difference; the report names the runs whose source has another seed."""
+    from ablations.report import _transfer_section
+    from ablations.verdicts import MARGINS
+
+    for layout in LAYOUTS:
+        write_run(tmp_path / "pretrain" / name(layout, 0), layout, 0, *PRE[(layout, 0)], classes=[0, 1, 2, 3, 4])
+        for seed in range(3):
+            write_run(tmp_path / "finetune" / name(layout, seed), layout, seed, 0.1, TUNED[(layout, seed)],
+                      classes=[5, 6, 7, 8, 9], init_from=f"pretrain/{name(layout, 0)}")
+    checks = transfer_checks(load_runs(tmp_path / "finetune"))
+    assert checks["transfer"].iloc[0]["n"] == 3 and checks["transfer"].iloc[0]["verdict"] == "A better"
+    for family in ("pre-training accuracy", "pre-training loss"):
+        row = checks[family].iloc[0]
+        assert row["n"] == 1 and row["verdict"] == "inconclusive", (family, row.to_dict())
+    assert checks["transfer"].iloc[0]["pre-training fit"] == ("not shown equivalent (accuracy inconclusive, "
+                                                              "loss inconclusive)")
+    assert "exploratory: fine-tuned layout pairs" not in checks  # with two layouts it would be the test above
+    text = "\n".join(_transfer_section({f"transfer: {k}": v for k, v in checks.items()}, MARGINS))
+    assert ("4 fine-tuned run(s) started from a source of another seed (a chain matched without the seed): "
+            f"{name('C-C-T-T', 1)} (seed 1) from pretrain/{name('C-C-T-T', 0)} (seed 0)") in text
+    assert "Exploratory" not in text
+    assert "| layout | data_size | seed | run | source | source_seed |" in text  # the data size shown, as everywhere
