@@ -129,6 +129,11 @@ def cmd_sweep(args: argparse.Namespace) -> None:
               f"`ablate status {args.spec}` follows them")
         if args.executor == "local":
             print(write_report(sweep_dir(spec, args.root)))
+        if spec.init_from is not None:
+            from .sweep import chain
+
+            folder = sweep_dir(spec, args.root)
+            _refuse_held(len(chain.held(spec.expand(folder), folder)), args.spec)
         return
     results = run_sweep(spec, args.root, parallel=args.parallel, gpus_per_run=args.gpus_per_run or 1,
                         runs_per_gpu=args.runs_per_gpu, fork=True)
@@ -146,10 +151,17 @@ def cmd_sweep(args: argparse.Namespace) -> None:
                 kind, reason = failure(sweep_dir(spec, args.root) / run_id_)
                 print(f"failed ({kind}) {run_id_}: {reason}", file=sys.stderr)
         raise ValueError(f"{counts['failed']} run(s) failed; `ablate status {args.spec}` lists them and why")
-    held = counts.get("waiting", 0) + counts.get("source failed", 0)  # a chained sweep's runs left unstarted
+    _refuse_held(counts.get("waiting", 0) + counts.get("source failed", 0), args.spec)
+
+
+def _refuse_held(held: int, spec: str) -> None:
+    """A chained sweep that left runs unstarted for their sources exits 2, locally and on SLURM alike (after
+    starting or submitting the others): a script that chains `ablate sweep` calls must not read "some runs wait
+    for a later launch" as "the sweep is under way", and the same command, run once the sources are done, is the
+    remedy, as for any exit 2."""
     if held:
         raise ValueError(f"{held} run(s) not started: their sources are not completed (named above); "
-                         f"`ablate status {args.spec}` shows them")
+                         f"`ablate status {spec}` shows them; run this command again once they are")
 
 
 def cmd_status(args: argparse.Namespace) -> None:
@@ -231,7 +243,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     sweep's (with its Transfer section)."""
     import time
 
-    if args.transfer and Path(args.root) != Path("runs"):
+    if args.transfer and Path(args.root).resolve() != Path("runs").resolve():
         raise ValueError(f"--root {args.root} is not valid with --transfer: the fine-tuning spec chains onto "
                          "runs/transfer_demo_pretrain; valid: runs (the default)")
     start = time.time()

@@ -22,6 +22,7 @@ from tests.test_cluster import fake_sbatch, sbatch_options  # noqa: F401  (a fix
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = "{depths: [1, 1], dims: [16, 32], stem_dim: 16, head_dim: 16}"
+INIT = "model.init_args.init_from"
 
 
 def digits_spec(name: str, grid: str, epochs: int = 1, extra: str = "") -> str:
@@ -86,7 +87,7 @@ def test_each_run_starts_from_the_source_of_its_layout_and_seed_and_the_manifest
         assert run.source == str(runs[model, seed]) == run.overrides["model.init_args.init_from"]
     write_manifest(spec, expanded, tmp_path / "runs" / "finetune")
     manifest = json.loads((tmp_path / "runs" / "finetune" / "manifest.json").read_text())
-    assert manifest["init_from"] == {"sweep": str(folder), "match": ["layout", "seed_everything"]}
+    assert manifest["init_from"] == {"sweep": str(folder), "match": ["layout", "seed_everything"], "checkpoint": "last"}
     assert [r["source"] for r in manifest["runs"]] == [r.source for r in expanded]
 
     # the id depends on the source: the same grid from another pre-training sweep gives other runs
@@ -108,6 +109,8 @@ def test_each_run_starts_from_the_source_of_its_layout_and_seed_and_the_manifest
     ("no source sweep", "init_from sweep {missing} does not exist; launch the source sweep first"),
     ("a match key of neither", "init_from match 'sed_everything' is not an axis or option of"),
     ("init_from in set too", "model.init_args.init_from is given by init_from, per run; remove it from set and grid"),
+    ("another checkpoint", "init_from checkpoint 'final' is not valid; expected last (the source's final weights, "
+                           "which its results come from) or best"),
 ])
 def test_a_missing_or_ambiguous_source_is_one_line_exit_2_at_load(source, tmp_path, capsys, case, message):
     runs, folder = source
@@ -118,6 +121,8 @@ def test_a_missing_or_ambiguous_source_is_one_line_exit_2_at_load(source, tmp_pa
             "a match key of neither": finetune_spec(folder, init_from=f"init_from: {{sweep: {folder}, "
                                                                      "match: [layout, sed_everything]}\n"),
             "init_from in set too": finetune_spec(folder, extra=f"  model.init_args.init_from: {runs['C-T', 0]}\n"),
+            "another checkpoint": finetune_spec(folder, init_from=f"init_from: {{sweep: {folder}, "
+                                                                 "checkpoint: final}\n"),
             }[case]
     path = write(tmp_path, "finetune.yaml", spec)
     assert cli_main(["sweep", str(path), "--root", str(tmp_path / "runs")]) == 2
@@ -162,6 +167,68 @@ def test_the_runs_whose_sources_are_done_go_first(source, tmp_path):
     assert order == [runs["C-T", 1], runs["T-C", 1], runs["C-T", 0], runs["T-C", 0]]  # then grid order
 
 
+def test_a_chain_may_start_from_the_sources_best_checkpoint_as_another_run(source, tmp_path):
+    runs, folder = source
+    last = SweepSpec.load(write(tmp_path, "last.yaml", finetune_spec(folder))).expand()
+    best = SweepSpec.load(write(tmp_path, "best.yaml", finetune_spec(
+        folder, init_from=f"init_from: {{sweep: {folder}, checkpoint: best}}\n"))).expand()
+    for by_last, by_best in zip(last, best):
+        assert by_best.source == by_last.source == by_last.overrides[INIT]  # the run folder: last, its final weights
+        assert by_best.overrides[INIT] == str(Path(by_best.source) / "checkpoints" / "best.ckpt")
+    assert not {r.id for r in best} & {r.id for r in last}  # other starting weights, other runs
+
+
+def test_a_sources_identity_is_its_own_once_it_has_run(tmp_path):
+    """Once a source has written its config.yaml, a fine-tuning run's id counts the source's identity as `ablate
+    train` computes it from that file: an edit of the source sweep's base config after the source ran changes no
+    id, and a source trained on two devices (trainer.devices in its config) gives the id the run's own config
+    gives (what every later launch recomputes)."""
+    from ablations.sweep.overrides import resolved_settings, train_args
+    from ablations.sweep.run_ids import run_id
+    from ablations.training.cli import training_parser
+
+    base = write(tmp_path, "base.yaml", (ROOT / "ablations/configs/digits_tiny.yaml").read_text())
+    seeds = "  model.init_args.model: [C-T]\n  seed_everything: [0, 1]\n"
+    pre_text = digits_spec("pretrain", seeds).replace(str(ROOT / "ablations/configs/digits_tiny.yaml"), str(base))
+    pre_spec = SweepSpec.load(write(tmp_path, "pretrain.yaml", pre_text))
+    folder = tmp_path / "runs" / "pretrain"
+    write_manifest(pre_spec, pre_spec.expand(), folder)
+    path = write(tmp_path, "finetune.yaml", finetune_spec(folder, seeds))
+    before = [r.id for r in SweepSpec.load(path).expand()]  # from the manifest: the sources have not started
+
+    parser = training_parser()
+    for run, gpus in zip(pre_spec.expand(), (1, 2)):  # seed 0 on one device, seed 1 on two
+        run_dir = folder / run.id
+        run_dir.mkdir()
+        (run_dir / "config.yaml").write_text(parser.dump(parser.parse_args(train_args(pre_spec, run, run_dir, gpus))))
+    spec = SweepSpec.load(path)
+    ran = spec.expand()
+    assert ran[0].id == before[0]  # one device: its config says what its manifest entry said
+    for run in ran:
+        assert run.id == run_id(run.overrides, resolved_settings(spec.config, run.overrides))
+
+    base.write_text(base.read_text().replace("lr: 0.002", "lr: 0.003"))  # the source sweep's base, edited later
+    assert [r.id for r in SweepSpec.load(path).expand()] == [r.id for r in ran]
+
+
+def test_one_poll_reads_each_source_and_its_sweep_once(source, monkeypatch):
+    """Many runs waiting on one source sweep: a poll reads its manifest once and each run's state once, not once
+    per waiting run; the next poll reads them again."""
+    from ablations.sweep import attempts
+    from lightning_modules import run_folder
+
+    runs, folder = source
+    manifests, states = [], []
+    monkeypatch.setattr(run_folder, "read_manifest", lambda f, read=run_folder.read_manifest: manifests.append(f) or read(f))
+    monkeypatch.setattr(attempts, "read_status", lambda d, read=attempts.read_status: states.append(d) or read(d))
+    watch = chain.SourceWatch()
+    waiting = [str(r) for r in runs.values()] * 3  # three fine-tuning runs per source
+    assert [watch.verdict(s, now=1000.0) for s in waiting] == ["wait"] * len(waiting)
+    assert len(manifests) == 1 and len(states) == 2 * len(runs)  # each source's state, each run's lock in the sweep
+    watch.verdict(waiting[0], now=1002.0)
+    assert len(manifests) == 2
+
+
 def test_the_local_pool_starts_no_run_whose_source_is_not_done_and_status_shows_the_chain(source, tmp_path, capsys,
                                                                                            monkeypatch):
     runs, folder = source
@@ -198,7 +265,7 @@ def test_a_sweep_that_left_runs_unstarted_for_their_sources_exits_2(source, tmp_
     out, err = capsys.readouterr()
     assert "sweep finetune: 1 waiting; report: " in out
     assert err.strip().endswith("ablate sweep: error: 1 run(s) not started: their sources are not completed (named "
-                                f"above); `ablate status {path}` shows them")
+                                f"above); `ablate status {path}` shows them; run this command again once they are")
 
 
 def test_slurm_submits_only_runs_whose_sources_completed_and_a_second_launch_the_rest(source, tmp_path, fake_sbatch,
@@ -214,9 +281,13 @@ def test_slurm_submits_only_runs_whose_sources_completed_and_a_second_launch_the
     spec = SweepSpec.load(path)
     ids = {Path(r.source).name: r.id for r in spec.expand()}
     root = tmp_path / "runs"
-    assert cli_main(["sweep", str(path), "--root", str(root), "--executor", "slurm"]) == 0
+    # the runs it could submit are submitted; those left for a second launch make it exit 2, as the local pool does
+    assert cli_main(["sweep", str(path), "--root", str(root), "--executor", "slurm"]) == 2
     out, err = capsys.readouterr()
     assert "submitted 2 run(s)" in out
+    assert err.strip().splitlines()[-1] == ("ablate sweep: error: 2 run(s) not started: their sources are not "
+                                            f"completed (named above); `ablate status {path}` shows them; run this "
+                                            "command again once they are")
     assert f"{ids[runs['C-T', 1].name]}: not started: waiting for pretrain/{runs['C-T', 1].name} (pending)" in err
     submitit = root / "finetune" / "submitit"
     assert sbatch_options((submitit / "4242_submission.sh").read_text())["array"].startswith("0-1%")  # 2 runs
@@ -276,7 +347,7 @@ def test_a_chained_sweep_beside_its_running_source_sweep_starts_each_run_after_i
     finally:
         assert pretraining.wait(timeout=600) == 0
     assert sorted(results.values()) == ["completed"] * 2
-    sources = {r.source: backbone_of(Path(r.source) / "checkpoints" / "best.ckpt") for r in spec.expand()}
+    sources = {r.source: backbone_of(Path(r.source) / "checkpoints" / "last.ckpt") for r in spec.expand()}
     other_seed = {r.source: next(o.source for o in spec.expand() if o.axes["model.init_args.model"] ==
                                  r.axes["model.init_args.model"] and o.source != r.source) for r in spec.expand()}
     for run in spec.expand():

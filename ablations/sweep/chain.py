@@ -20,6 +20,7 @@ from lightning_modules import run_folder
 
 INIT_FROM = "model.init_args.init_from"  # the option a run's source is given to
 DEFAULT_MATCH = ("layout", "seed_everything")
+CHECKPOINTS = ("last", "best")  # which weights of its source a run starts from: the run folder's, or its best.ckpt
 POLL_S = 2.0  # how often a waiting local run looks at its source again
 SOURCE_IDLE_S = 60.0  # a source sweep in which no run has trained for this long is not coming: stop waiting on it
 
@@ -28,13 +29,21 @@ SOURCE_IDLE_S = 60.0  # a source sweep in which no run has trained for this long
 class Chain:
     sweep: str  # the source sweep's folder, absolute (a run's source is given to processes that may cd elsewhere)
     match: tuple[str, ...] = DEFAULT_MATCH
+    checkpoint: str = CHECKPOINTS[0]
 
     @classmethod
     def parse(cls, raw: Any, where: str) -> "Chain":
-        """The spec's ``init_from`` mapping, checked: ``sweep`` a folder with a manifest, ``match`` option names."""
-        if not isinstance(raw, dict) or "sweep" not in raw or set(raw) - {"sweep", "match"}:
+        """The spec's ``init_from`` mapping, checked: ``sweep`` a folder with a manifest, ``match`` option names,
+        ``checkpoint`` last or best."""
+        if not isinstance(raw, dict) or "sweep" not in raw or set(raw) - {"sweep", "match", "checkpoint"}:
             raise ValueError(f"{where}: init_from {raw!r} is not valid; expected a mapping with sweep (the source "
-                             "sweep's folder) and optionally match (a list of axes, default layout, seed_everything)")
+                             "sweep's folder) and optionally match (a list of axes, default layout, seed_everything) "
+                             "and checkpoint (last or best, default last)")
+        checkpoint = raw.get("checkpoint", CHECKPOINTS[0])
+        if checkpoint not in CHECKPOINTS:
+            raise ValueError(f"{where}: init_from checkpoint {checkpoint!r} is not valid; expected last (the "
+                             "source's final weights, which its results come from) or best (its best validation "
+                             "accuracy)")
         match = raw.get("match", list(DEFAULT_MATCH))
         if not (isinstance(match, list) and match and all(isinstance(k, str) and k.strip() for k in match)):
             raise ValueError(f"{where}: init_from match {match!r} is not valid; expected a non-empty list of axis "
@@ -44,7 +53,7 @@ class Chain:
             state = "has no manifest.json" if folder.is_dir() else "does not exist"
             raise ValueError(f"{where}: init_from sweep {folder} {state}; launch the source sweep first "
                              "(`ablate sweep SPEC` writes its manifest before any run starts)")
-        return cls(str(folder.resolve()), tuple(k.strip() for k in match))
+        return cls(str(folder.resolve()), tuple(k.strip() for k in match), checkpoint)
 
     def sources(self, name: str, config: str, points: list[tuple[dict[str, Any], dict[str, Any]]]) -> list[Source]:
         """The source of each ``(overrides, axes)`` point of sweep ``name``, or a ValueError naming the first point
@@ -62,7 +71,8 @@ class Chain:
             found = [e for e, v in zip(entries, values) if canonical(v) == key]
             if len(found) != 1:
                 raise ValueError(self._mismatch(name, axes, entries, values, found))
-            out.append(Source(str(Path(self.sweep) / found[0]["id"]), source_config, found[0].get("overrides", {})))
+            out.append(Source(str(Path(self.sweep) / found[0]["id"]), source_config, found[0].get("overrides", {}),
+                              self.checkpoint))
         return out
 
     def _values(self, overrides: dict[str, Any], axes: dict[str, Any], config: str, whose: str) -> list[Any]:
@@ -93,18 +103,32 @@ class Chain:
 
 @dataclass(frozen=True)
 class Source:
-    """A run of the source sweep: its folder, and the base config and overrides its manifest launched it with."""
+    """A run of the source sweep: its folder, the base config and overrides its manifest launched it with, and
+    which of its checkpoints a run loads."""
     folder: str
     config: str
     overrides: dict[str, Any]
+    checkpoint: str = CHECKPOINTS[0]
+
+    @property
+    def init_from(self) -> str:
+        """The run's ``init_from``: the run folder (its final weights), or its best.ckpt."""
+        if self.checkpoint == "best":
+            return str(run_folder.best_checkpoint(Path(self.folder)))
+        return self.folder
 
     def identity(self) -> str:
-        """What a run started from it depends on (``identity.run_identity``), from the source sweep's manifest:
-        known before the source has started, so a fine-tuning run's id is too."""
-        from ..identity import run_identity
+        """What a run started from it depends on: once the source has written its config.yaml, its identity as
+        ``ablate train`` computes it (``identity.source_identity``), so neither an edit of the source sweep's base
+        config nor how the source was launched (several devices) changes a fine-tuning run's id; before, the same
+        from the source sweep's manifest entry, so that the id is known before the source has started."""
+        from ..identity import run_identity, source_identity
         from .overrides import resolved_settings
 
-        return run_identity(resolved_settings(self.config, self.overrides))
+        if (Path(self.folder) / run_folder.CONFIG).is_file():
+            return source_identity(self.init_from)
+        own = run_identity(resolved_settings(self.config, self.overrides))
+        return own if self.checkpoint == "last" else f"{own}/{run_folder.BEST_CHECKPOINT}"
 
 
 _ABSENT = object()
@@ -128,6 +152,14 @@ def _value(name: str, overrides: dict[str, Any], axes: dict[str, Any], config: s
 
         value = resolved_settings(config, overrides).get(name, _ABSENT)
     return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def held(runs: Iterable[Any], folder: Path) -> list[Any]:
+    """The runs of a chained sweep that are not done and may not start: their sources have not completed."""
+    from .attempts import read_status
+
+    return [r for r in runs if read_status(folder / r.id) not in ("completed", "running")
+            and source_state(r.source) not in (None, "completed")]
 
 
 def source_state(source: str | None) -> str | None:
@@ -158,17 +190,24 @@ class SourceWatch:
     def __init__(self, idle_s: float | None = None):
         self.idle_s = SOURCE_IDLE_S if idle_s is None else idle_s
         self.busy_at: dict[Path, float] = {}  # source sweep folder -> when a run of it was last seen training
+        self.poll: tuple[float | None, dict] = (None, {})  # (its time, what it read): each source and sweep once
 
     def verdict(self, source: str | None, now: float | None = None) -> str:
-        """``start``, ``wait``, or why the run will not start: ``waiting`` or ``source failed``."""
-        state = source_state(source)
+        """``start``, ``wait``, or why the run will not start: ``waiting`` or ``source failed``. The verdicts of
+        one poll (one ``now``) read each source's state and each source sweep's locks once."""
+        now = time.time() if now is None else now
+        if self.poll[0] != now:
+            self.poll = (now, {})
+        seen = self.poll[1]
+        state = seen[source] if source in seen else seen.setdefault(source, source_state(source))
         if state in (None, "completed"):
             return "start"
         if state == "failed":
             return "source failed"
         sweep = Path(str(source)).parent
-        now = time.time() if now is None else now
-        if state == "running" or _any_running(sweep):
+        if sweep not in seen:
+            seen[sweep] = _any_running(sweep)
+        if state == "running" or seen[sweep]:
             self.busy_at[sweep] = now
             return "wait"
         return "wait" if now - self.busy_at.setdefault(sweep, now) < self.idle_s else "waiting"

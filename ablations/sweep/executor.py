@@ -22,7 +22,8 @@ def write_manifest(spec: SweepSpec, runs: list[Run], folder: Path) -> None:
     manifest = {"name": spec.name, "config": spec.config, "budget": spec.budget, "grid": spec.grid,
                 "margins": spec.margins}
     if spec.init_from is not None:
-        manifest["init_from"] = {"sweep": spec.init_from.sweep, "match": list(spec.init_from.match)}
+        manifest["init_from"] = {"sweep": spec.init_from.sweep, "match": list(spec.init_from.match),
+                                 "checkpoint": spec.init_from.checkpoint}
     manifest["runs"] = [{"id": r.id, "axes": r.axes, "overrides": r.overrides} for r in runs]
     for entry, run in zip(manifest["runs"], runs):
         if run.source:

@@ -64,11 +64,12 @@ class LocalPool(Executor):
 
             running: set = set()
             while todo or running:
+                now = time.time()  # one poll: each source and source sweep read once for all its waiting runs
                 for run in list(todo):  # fill the free slots with the first runs that may start
                     if len(running) == len(self.slots):
                         break
                     own = read_status(folder / run.id)  # a run done or taken elsewhere needs no source
-                    verdict = "start" if own in ("completed", "running") else watch.verdict(run.source)
+                    verdict = "start" if own in ("completed", "running") else watch.verdict(run.source, now)
                     if verdict == "wait":
                         continue
                     todo.remove(run)

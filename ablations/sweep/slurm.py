@@ -79,7 +79,7 @@ class Submitit(Executor):
 
         params = self.params
         todo = [r for r in runs if read_status(folder / r.id) not in ("completed", "running")]
-        held = [r for r in todo if chain.source_state(r.source) not in (None, "completed")]
+        held = chain.held(todo, folder)
         for run in held:
             verdict = "source failed" if chain.source_state(run.source) == "failed" else "waiting"
             print(chain.describe(run.id, str(run.source), verdict), file=sys.stderr, flush=True)

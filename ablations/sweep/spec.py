@@ -27,7 +27,7 @@ SPEC_TYPES = {"name": (str, "a string"), "config": (str, "a path to an `ablate t
               "max_retries": (int, "an integer >= 0"), "slurm": (dict, "a mapping of submitit parameters"),
               "margins": (dict, "a mapping of metric kind (accuracy, log_loss) to an equivalence margin"),
               "init_from": (dict, "a mapping: sweep (the source sweep's folder), match (the axes a run shares with "
-                                  "its source)")}
+                                  "its source), checkpoint (last or best)")}
 
 
 @dataclass(frozen=True)
@@ -163,14 +163,14 @@ class SweepSpec:
 
         points = self.points()
         sources = self.init_from.sources(self.name, self.config, points) if self.init_from else [None] * len(points)
-        points = [({**overrides, INIT_FROM: source.folder} if source else overrides, axes)
+        points = [({**overrides, INIT_FROM: source.init_from} if source else overrides, axes)
                   for (overrides, axes), source in zip(points, sources)]
         check_overrides(self, [Run("", overrides, axes) for overrides, axes in points])
         runs, seen = [], {}
         for (overrides, axes), source in zip(points, sources):
             if source is None:
                 settings = resolved_settings(self.config, overrides)
-            else:  # the source as its identity from its sweep's manifest: it may not have started yet
+            else:  # the source as its identity (``chain.Source.identity``): it may not have started yet
                 own = {key: value for key, value in overrides.items() if key != INIT_FROM}
                 settings = {**resolved_settings(self.config, own), INIT_FROM: source.identity()}
             run = Run(run_id(overrides, settings), overrides, axes, source and source.folder)
