@@ -281,6 +281,22 @@ def test_the_transfer_demo_refuses_another_root_before_any_run(tmp_path, capsys)
     assert len(err.splitlines()) == 1 and not (tmp_path / "elsewhere").exists()
 
 
+def test_the_transfer_demo_takes_runs_however_it_is_spelled(tmp_path, capsys, monkeypatch):
+    """An absolute path to runs/ under the working directory is the default root, not another one."""
+    import ablations.cli
+
+    class Started(Exception):
+        pass
+
+    def first_sweep(args):
+        raise Started(args.root)
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(ablations.cli, "cmd_sweep", first_sweep)
+    with pytest.raises(Started, match=str(tmp_path / "runs")):  # accepted: the first sweep starts there
+        cli_main(["demo", "--transfer", "--root", str(tmp_path / "runs")])
+
+
 def test_the_transfer_demo_specs_chain_each_fine_tuning_run_to_its_layout_and_seed():
     from ablations.cli import TRANSFER_SPECS
 
