@@ -172,8 +172,6 @@ def test_every_relative_link_in_the_docs_exists() -> None:
 
 def test_a_doc_naming_an_option_that_does_not_exist_fails() -> None:
     """The checks catch a renamed option, subcommand or target (shown on real lines with one word broken)."""
-    # the `ablate train` line last: a --print_config that failed to parse stays requested in jsonargparse's state,
-    # so a later parse in this process prints a config and exits 0 (a passing doc never leaves it behind)
     for line in ("ablate sweep ablations/sweeps/demo.yaml --no-such-flag",
                  "ablate sweep ablations/sweeps/demo.yaml --grid data.init_args.train_fraktion=0.5,1",
                  "ablate frobnicate runs/demo",
@@ -220,3 +218,14 @@ def test_bench_out_writes_the_table_with_its_date_machine_and_command(tmp_path) 
     code, printed = _call(main, [*argv[:-1], str(tmp_path / "bench.txt")])  # refused before anything is measured
     assert code == 2 and printed.strip().splitlines() == [f"ablate bench: error: --out {tmp_path / 'bench.txt'} is not "
                                                           "valid; expected a .md file or a folder"]
+
+
+def test_a_refused_print_config_leaves_no_request_behind_for_a_sweep_in_the_same_process():
+    """A bad ``ablate train ... --print_config`` (its message looks the closest option up with the process's shared
+    training parser) must not leave the request there: a sweep loaded next would print a config and exit 0."""
+    from ablations.cli import main
+    from ablations.sweep import SweepSpec
+
+    assert main(["train", "--config", "ablations/configs/digits_tiny.yaml", "--model.init_args.no_such_option", "1",
+                 "--print_config"]) == 2
+    assert len(SweepSpec.load(ROOT / "ablations/sweeps/demo.yaml").expand()) == 30

@@ -168,7 +168,8 @@ def with_closest_option(line: str, args: list[str], parser: Callable[[], Any]) -
         typed += flat_keys(loaded) if isinstance(loaded, dict) else []
     built = parser()
     options = flat_keys(built.get_defaults().as_dict())
-    keep = [a for a in args if not (a.startswith("--") and named in a[2:].split("=", 1)[0].split("."))]
+    keep = [a for a in args if not (a.startswith("--") and named in a[2:].split("=", 1)[0].split("."))
+            and not a.startswith("--print_config")]  # the shared parser would keep the request for its next parse
     try:  # the options of the classes the command picks (model.init_args.*, data.init_args.*)
         options += flat_keys(built.parse_args(keep).as_dict())
     except Exception:  # noqa: BLE001  the command has another error too: the defaults' options only
