@@ -7,7 +7,9 @@ default is the same run whether or not a config names it: an option added later 
 hash and no resume check, and a ``config.yaml`` written before it existed reads as having the default.
 
 A run started from trained weights (``init_from``) depends on the weights, not on how their place is spelled: the
-option counts as its ``source_identity`` (a run folder as that run's settings hash, a file as its content hash).
+option counts as its ``source_identity`` (a run folder as that run's settings hash and which of its checkpoints, a
+file as its content hash). Once a run has started, the identity its summary records counts: a resume, or a run
+that is itself a source, needs its source no more (moved, or spelled relative to another working directory).
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ import hashlib
 import importlib
 import inspect
 import json
+from pathlib import Path
 from typing import Any
+
+from lightning_modules import run_folder
 
 # Every setting changes a run's result except these: where the run is written, how it is shown and logged, and how
 # fast it is computed or fed. A new option counts as result-affecting until it is named here. Keys without
@@ -56,38 +61,50 @@ def flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def result_settings(config: dict[str, Any]) -> dict[str, Any]:
+def result_settings(config: dict[str, Any], run_dir: Path | str | None = None) -> dict[str, Any]:
     """The result-affecting settings of a resolved config (nested, as ``config.yaml`` holds it), flat by dotted key;
-    a starting-weights source as its identity."""
+    a starting-weights source as its identity: the one ``run_dir``'s summary records for it (the run folder this
+    config is, or will be, in), else ``source_identity``."""
+    from lightning_modules import init_from
+
     settings = {key: value for key, value in flat(config).items() if affects_result(key)}
-    for key, value in settings.items():
-        if plain(key) == SOURCE and value is not None:
-            settings[key] = source_identity(value)
+    for key, given in settings.items():
+        if plain(key) == plain(init_from.OPTION) and given is not None:
+            record = init_from.recorded(run_dir) or {}
+            same = record.get("given") == str(given) and record.get("identity")
+            settings[key] = record["identity"] if same else source_identity(given)
     return settings
 
 
-SOURCE = "model.init_from"  # the option that names a run's starting weights (plain spelling)
-
-
-def run_identity(settings: dict[str, Any]) -> str:
+def run_identity(settings: dict[str, Any], checkpoint: str = run_folder.LAST_CHECKPOINT) -> str:
     """What a run counts as when another run starts from it: its settings hash (the hash in its default folder
-    name), known from its settings before it has run (a chained sweep's fine-tuning ids)."""
-    return f"run:{settings_hash(settings)}"
+    name), known from its settings before it has run (a chained sweep's fine-tuning ids); ``/NAME`` added for a
+    checkpoint other than its last (its final model, the default source), e.g. ``run:1a2b3c4d/best.ckpt``."""
+    run = f"run:{settings_hash(settings)}"
+    return run if checkpoint == run_folder.LAST_CHECKPOINT else f"{run}/{checkpoint}"
 
 
 def source_identity(given: str) -> str:
     """What a run started from ``given`` depends on: a run folder's ``run_identity`` (one run however its path is
-    spelled), a checkpoint file's sha256, a timm source's name and weights' sha256. One line (exit 2 in ablate
-    train) when the source does not exist; a run folder needs only its config.yaml (its run need not be completed
-    for its identity, only for its weights to be loaded)."""
+    spelled) and which of its checkpoints; a checkpoint file's sha256; a timm source's name and weights' sha256.
+    One line (exit 2 in ablate train) when the source does not exist or its config.yaml does not read; a run folder
+    needs only its config.yaml (its run need not be completed for its identity, only for its weights to be loaded).
+    The source's own ``init_from`` counts as its summary records it (resolved where it ran)."""
     import yaml
 
-    from lightning_modules import init_from, run_folder
+    from lightning_modules import init_from
 
     source = init_from.resolve(given)
     if source.kind == "run":
-        config = yaml.safe_load((source.run_dir / run_folder.CONFIG).read_text()) or {}
-        return run_identity(result_settings(config))
+        path = source.run_dir / run_folder.CONFIG
+        try:
+            config = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"--{init_from.OPTION} {given}: {path} is no readable YAML "
+                             f"({' '.join(str(err).split())[:200]})") from None
+        if not isinstance(config, dict):
+            raise ValueError(f"--{init_from.OPTION} {given}: {path} holds no config (a YAML mapping)")
+        return run_identity(result_settings(config, source.run_dir), source.file.name)
     digest = f"sha256:{init_from.file_hash(source.file)}"
     return f"timm:{source.timm_name}@{digest}" if source.kind == "timm" else digest
 

@@ -62,7 +62,9 @@ class ImageClassifier(L.LightningModule):
     default: it sped CoAtNet-0 training up on CPU but can slow hybrid models down; ``ablate bench`` measures it. ``num_classes``, ``image_size``
     and ``in_chans`` come from the DataModule when trained through ``ablate train``. ``budget`` sizes a layout
     ``model`` for a budget (``"C-T-C-T"`` at ``"cifar"``); ``imports`` names modules that register block types.
-    ``init_from`` starts from trained weights (a run folder, a checkpoint file or ``timm:NAME``; ``init_from.py``).
+    ``init_from`` starts from trained weights (a run folder, a checkpoint file or ``timm:NAME``; ``init_from.py``),
+    loaded by ``load_init_from`` before training (``ablate train`` calls it unless the run resumes); ``new_head``
+    starts the classifier fresh even at the source's class count (other classes, e.g. digits 0-4 -> 5-9).
 
     Every metric it logs is recorded (``metrics.csv``, W&B, the analysis's table) under the name it is logged with;
     ``summaries`` says how a run's W&B summary shows the ones a comparison reads (W&B's default is the last value).
@@ -91,6 +93,7 @@ class ImageClassifier(L.LightningModule):
         budget: str | None = None,
         imports: list[str] | None = None,
         init_from: str | None = None,
+        new_head: bool = False,
         optimizer: OptimizerName = "adamw",
         optimizer_args: dict[str, Any] | None = None,
     ):
@@ -111,8 +114,7 @@ class ImageClassifier(L.LightningModule):
             cfg = budget_variant(model, budget, **build)
             build = {**build, "depths": cfg.depths, "dims": cfg.dims, "stem_dim": cfg.stem_dim}
         self.backbone = create_model(model, budget=budget, **build)
-        # read before training: a resume's restore of the run's own last.ckpt comes after and overwrites it
-        self.init_record = init_from_source.load(self.backbone, init_from) if init_from is not None else None
+        self.init_record: dict[str, Any] | None = None  # what load_init_from loaded (summary.json's init_from)
         with torch.device("meta"):  # a weightless twin: MACs without running the real model
             self.macs = count_macs(create_model(model, budget=budget, **build))
         self.params = count_params(self.backbone)
@@ -127,6 +129,21 @@ class ImageClassifier(L.LightningModule):
         self.eval_metrics = nn.ModuleDict({split: _eval_metrics(num_classes) for split in EVAL_SPLITS})
         self._test_outputs: list[tuple[torch.Tensor, ...]] = []  # (targets, predicted classes, losses) per test batch
         self.test_predictions: dict[str, np.ndarray] | None = None  # the last test's, for predictions.npz
+
+    def load_init_from(self, identity: str | None = None) -> dict[str, Any]:
+        """Load the ``init_from`` source's weights into the backbone (one line, ValueError or FileNotFoundError, when
+        they do not fit). Not done in ``__init__``: a resumed run restores its own checkpoint and must not need its
+        source, and ``load_from_checkpoint`` has every weight already. ``identity``: what the run's folder hash
+        counts the source as (``ablate train`` passes it), recorded beside it."""
+        record = init_from_source.load(self.backbone, self.hparams.init_from, self.hparams.new_head)
+        self.init_record = {**record, "identity": identity} if identity is not None else record
+        return self.init_record
+
+    def on_train_start(self) -> None:
+        """Never train from random weights by mistake: a fresh run with ``init_from`` must have loaded it."""
+        if self.hparams.init_from is not None and self.init_record is None and self.trainer.ckpt_path is None:
+            raise ValueError(f"--{init_from_source.OPTION} {self.hparams.init_from} was never loaded: call "
+                             "load_init_from() before fit (ablate train does)")
 
     def setup(self, stage: str) -> None:
         """``compile=None`` compiles where it pays: on GPUs (on CPUs inductor's training graphs ran slower than

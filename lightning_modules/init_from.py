@@ -3,16 +3,20 @@ pre-trains, then fine-tunes the same network on other classes or at a higher res
 
 ``SOURCE`` is one of
 
-- a completed run folder: its ``checkpoints/best.ckpt`` (the weights a pre-training run reports);
-- a checkpoint file, e.g. ``RUN/checkpoints/last.ckpt`` (how a user picks last over best);
-- ``timm:NAME`` or ``timm:NAME@FILE``: one of timm's paper-style CoAtNets (``coatnet_0_224`` ..), converted by
+- a completed run folder: its ``checkpoints/last.ckpt``, the final model its test, predictions and summary report
+  (the paper transfers the final pre-trained model);
+- a file in a completed run folder's ``checkpoints/``, e.g. ``RUN/checkpoints/best.ckpt`` (its best validation
+  accuracy): the same run, another of its checkpoints;
+- any other checkpoint file, taken as it is;
+- ``timm:NAME`` or ``timm:NAME@FILE``: one of timm's paper-style CoAtNets (``TIMM_MODELS``), converted by
   ``from_timm``, with its weights from timm's cache or from ``FILE``.
 
 Every backbone tensor loads exactly, except two that a transfer must change: the classifier (the backbone's last
-``Linear``) keeps its fresh initialisation when the class count differs, and relative-bias tables of another
-resolution are resized bilinearly by their own load hook (``RelativePositionBias``). Anything else missing,
-unexpected or of another shape means another architecture: one line naming the first such tensor. The source is read
-in the model's ``__init__``, so Lightning's restore of a resumed run's own checkpoint, which follows, overwrites it.
+``Linear``) keeps its fresh initialisation when the class count differs or when ``new_head`` asks (other classes,
+as many), and relative-bias tables of another resolution are resized bilinearly by their own load hook
+(``RelativePositionBias``). Anything else missing, unexpected or of another shape means another architecture: one
+line naming the first such tensor. The weights are loaded once, before a run's first step (``ablate train`` calls
+``ImageClassifier.load_init_from``); a resumed run restores its own checkpoint and never reads its source again.
 """
 
 from __future__ import annotations
@@ -29,8 +33,11 @@ from torch import nn
 
 from . import run_folder
 
-OPTION = "--model.init_args.init_from"
-TIMM = "timm:"
+OPTION = "model.init_args.init_from"  # the option, as a config key; on the command line "--" + OPTION
+TIMM_PREFIX = "timm:"  # a timm source: timm:NAME[@FILE]
+TIMM_MODELS = tuple(f"coatnet_{n}_224" for n in range(6))  # timm's paper-style CoAtNets, the ones from_timm converts
+WEIGHTS_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".safetensors")  # a source not on this disk named so is a file
+VALID = f"valid: a completed run folder, a checkpoint file, or {TIMM_PREFIX}NAME[@FILE]"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +47,7 @@ class Source:
     given: str
     kind: str
     file: Path  # the checkpoint or weights file (absolute)
-    run_dir: Path | None = None  # kind "run": the source run folder (absolute)
+    run_dir: Path | None = None  # kind "run": the source run folder (absolute); ``file`` is in its checkpoints/
     timm_name: str | None = None  # kind "timm"
 
     def record(self) -> dict[str, Any]:
@@ -54,29 +61,64 @@ class Source:
 
 
 def _bad(given: str, why: str) -> str:
-    return f"{OPTION} {given}: {why}"
+    return f"--{OPTION} {given}: {why}"
+
+
+def _run_holding(file: Path) -> Path | None:
+    """The run folder whose ``checkpoints/`` holds ``file``, if any."""
+    run = file.parent.parent
+    return run if file.parent.name == run_folder.CHECKPOINTS and (run / run_folder.CONFIG).is_file() else None
 
 
 def resolve(given: str) -> Source:
     """The source ``given`` names, checked to exist (a run folder: to hold a run's config, not yet to be completed:
     its identity is known while it runs). FileNotFoundError or ValueError, one line, otherwise."""
     text = str(given).strip()
-    if text.startswith(TIMM):
-        return _resolve_timm(given, text.removeprefix(TIMM))
+    if text.startswith(TIMM_PREFIX):
+        return _resolve_timm(given, text.removeprefix(TIMM_PREFIX))
     path = Path(text).expanduser()
     if path.is_dir():
         if not (path / run_folder.CONFIG).is_file():
-            raise ValueError(_bad(given, f"not a run folder (no {run_folder.CONFIG}); valid: a completed run folder, "
-                                         "a checkpoint file, or timm:NAME[@FILE]"))
-        return Source(given, "run", run_folder.best_checkpoint(path.resolve()), run_dir=path.resolve())
+            raise ValueError(_bad(given, f"not a run folder (no {run_folder.CONFIG}); {VALID}"))
+        return Source(given, "run", run_folder.last_checkpoint(path.resolve()), run_dir=path.resolve())
     if path.is_file():
-        return Source(given, "checkpoint", path.resolve())
-    raise FileNotFoundError(_bad(given, "no such run folder or checkpoint file; valid: a completed run folder, a "
-                                        "checkpoint file, or timm:NAME[@FILE]"))
+        run = _run_holding(path.resolve())
+        return Source(given, "checkpoint" if run is None else "run", path.resolve(), run_dir=run)
+    raise FileNotFoundError(_bad(given, f"no such run folder or checkpoint file; {VALID}"))
+
+
+def recorded_run_dir(source: str | dict[str, Any] | None) -> Path | None:
+    """The run folder a source names as a run's records spell it (its config's ``init_from``, or the ``init_from``
+    record of its summary.json), whether or not it is on this disk: a folder, or the run of a file in a run folder's
+    ``checkpoints/``; None for a checkpoint file elsewhere, a timm source, or none. The analysis's and the chain's
+    reading of ``resolve``'s rules."""
+    if isinstance(source, dict):
+        if source.get("run_dir"):
+            return Path(source["run_dir"])
+        source = source.get("file") if source.get("kind") == "checkpoint" else None  # written before runs took files
+    if not source or str(source).startswith(TIMM_PREFIX):
+        return None
+    path = Path(str(source).strip()).expanduser()
+    if path.parent.name == run_folder.CHECKPOINTS:
+        return path.parent.parent
+    return None if path.is_file() or (not path.exists() and path.suffix in WEIGHTS_SUFFIXES) else path
+
+
+def recorded(run_dir: Path | str | None) -> dict[str, Any] | None:
+    """The ``init_from`` record a run's summary.json holds (what it started from, resolved when it first started);
+    None when there is none or it does not read."""
+    if run_dir is None:
+        return None
+    try:
+        summary = run_folder.load_summary(Path(run_dir))
+    except (ValueError, OSError):
+        return None
+    record = (summary or {}).get("init_from")
+    return record if isinstance(record, dict) else None
 
 
 def check_completed(source: Source) -> None:
-    """A run folder's weights are taken once the run is completed (its best.ckpt is final then)."""
+    """A run folder's weights are taken once the run is completed: its checkpoints are final then."""
     if source.run_dir is None:
         return
     try:
@@ -85,19 +127,17 @@ def check_completed(source: Source) -> None:
         raise ValueError(_bad(source.given, f"its {run_folder.SUMMARY} is unreadable ({err})")) from None
     status = summary["status"] if summary else "not started"
     if status != "completed":
-        raise ValueError(_bad(source.given, f"the run is not completed (status {status}); wait for it, or give one "
-                                            f"of its checkpoint files, e.g. {run_folder.last_checkpoint(source.run_dir)}"))
+        raise ValueError(_bad(source.given, f"the run is not completed (status {status}); wait for it (a run's "
+                                            "checkpoints are final once it is completed)"))
     if not source.file.is_file():
         raise FileNotFoundError(_bad(source.given, f"the run has no {source.file}; give a checkpoint file"))
 
 
 def _resolve_timm(given: str, spec: str) -> Source:
     name, _, file = spec.partition("@")
-    import timm
-
-    if not timm.is_model(name.split(".")[0]):  # a pretrained tag (NAME.TAG) names its model first
-        raise ValueError(_bad(given, f"timm has no model {name!r}; valid: timm:NAME[@FILE] with NAME one of timm's "
-                                     "paper-style CoAtNets, coatnet_0_224 .. coatnet_5_224"))
+    if name.split(".")[0] not in TIMM_MODELS:  # a pretrained tag (NAME.TAG) names its model first
+        raise ValueError(_bad(given, f"{name!r} is not one of timm's paper-style CoAtNets that from_timm converts; "
+                                     f"valid: {TIMM_PREFIX}NAME[@FILE] with NAME one of {', '.join(TIMM_MODELS)}"))
     if file:
         path = Path(file).expanduser()
         if not path.is_file():
@@ -106,7 +146,7 @@ def _resolve_timm(given: str, spec: str) -> Source:
     cached = _timm_cached_weights(name)
     if cached is None:
         raise FileNotFoundError(_bad(given, f"timm's cache holds no weights for {name} (timm publishes none for its "
-                                            f"paper-style CoAtNets); give a weights file: timm:{name}@FILE"))
+                                            f"paper-style CoAtNets); give a weights file: {TIMM_PREFIX}{name}@FILE"))
     return Source(given, "timm", cached, timm_name=name)
 
 
@@ -200,13 +240,14 @@ def _shape(t: torch.Tensor) -> str:
 ANOTHER = "another architecture (give the source's model, model_args and budget)"
 
 
-def fit(backbone: nn.Module, weights: dict[str, torch.Tensor], given: str) -> dict[str, Any]:
+def fit(backbone: nn.Module, weights: dict[str, torch.Tensor], given: str, new_head: bool = False) -> dict[str, Any]:
     """Check that ``weights`` fit ``backbone`` up to its classifier's class count and its bias tables' resolution,
-    then load them (strict). Returns what was not loaded as is."""
+    then load them (strict). ``new_head``: keep the fresh classifier even at the source's class count (other
+    classes). Returns what was not loaded as is."""
     ours = backbone.state_dict()
     head = classifier(backbone)
     head_keys = {f"{head}.weight", f"{head}.bias"}
-    replace_head = any(k in weights and k in ours and weights[k].shape != ours[k].shape for k in head_keys)
+    replace_head = new_head or any(k in weights and k in ours and weights[k].shape != ours[k].shape for k in head_keys)
     resized = []
     for key, value in ours.items():
         if key not in weights:
@@ -229,9 +270,9 @@ def fit(backbone: nn.Module, weights: dict[str, torch.Tensor], given: str) -> di
     return {"head": "replaced" if replace_head else "loaded", "resized": resized}
 
 
-def load(backbone: nn.Module, given: str) -> dict[str, Any]:
+def load(backbone: nn.Module, given: str, new_head: bool = False) -> dict[str, Any]:
     """Load ``given``'s weights into ``backbone``; the record summary.json keeps (``Source.record`` and what ``fit``
     did not load as is)."""
     source = resolve(given)
     check_completed(source)
-    return {**source.record(), **fit(backbone, source_weights(source), given)}
+    return {**source.record(), **fit(backbone, source_weights(source), given, new_head)}

@@ -26,7 +26,7 @@ PREDICTIONS = "predictions.npz"
 MANIFEST = "manifest.json"
 CHECKPOINTS = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
-BEST_CHECKPOINT = "best.ckpt"  # ModelCheckpoint(filename="best") in ablate train: the best validation accuracy
+BEST_CHECKPOINT = "best.ckpt"  # ablate train's ModelCheckpoint (filename: its stem): the best validation accuracy
 LOG = "train.log"
 
 # How a run failed, in summary.json's "failure". Only those that may go differently on another try are retried by
@@ -40,13 +40,15 @@ def checkpoints(run_dir: Path) -> Path:
 
 
 def last_checkpoint(run_dir: Path) -> Path:
-    """Where a run saves to resume from (``ModelCheckpoint(save_last=True)``'s name, and preemption's)."""
+    """Where a run saves to resume from (``ModelCheckpoint(save_last=True)``'s name, and preemption's); once the run
+    is completed, its final model: the one its test, predictions and summary report, and what another run starting
+    from this one loads (``init_from``)."""
     return checkpoints(run_dir) / LAST_CHECKPOINT
 
 
 def best_checkpoint(run_dir: Path) -> Path:
-    """The weights a completed run reports (its best validation accuracy; its last epoch without a validation
-    split): what another run starting from this one loads (``init_from``)."""
+    """The weights of a run's best validation accuracy (its last epoch without a validation split); the summary's
+    ``best`` row is its epoch. Not what the run reports (its final model, ``last_checkpoint``)."""
     return checkpoints(run_dir) / BEST_CHECKPOINT
 
 

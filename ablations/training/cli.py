@@ -26,7 +26,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, WeightAveraging
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from datamodules import ImageDataModule
-from lightning_modules import compat, run_folder
+from lightning_modules import compat, init_from, run_folder
 from lightning_modules.callbacks import (
     EpochSeeder, EvaluationSchedule, FiniteLossCheck, Interrupted, Preemption, RunRecorder, StepCheckpoint, TargetLoss,
 )
@@ -68,7 +68,8 @@ class AblateCLI(LightningCLI):
         """This command's result-affecting settings, read back from the YAML that config.yaml is written as."""
         defaults = self.parser.get_defaults()  # `ablate train`'s own options: a later one's default is no setting
         identity.TOP_LEVEL_DEFAULTS.update({k: v for k, v in vars(defaults).items() if not hasattr(v, "__dict__")})
-        return identity.result_settings(yaml.safe_load(self.parser.dump(self.config)))
+        # a named folder's record of its source counts: a resume needs not the source (init_from.py)
+        return identity.result_settings(yaml.safe_load(self.parser.dump(self.config)), self.config.run_dir)
 
     def before_instantiate_classes(self) -> None:
         """Refuse what can be refused before anything is built: trainer ranges, a run folder in use, a resume with
@@ -79,10 +80,18 @@ class AblateCLI(LightningCLI):
         self.session.open(self.run_dir)
         if is_rank_zero():
             check_resume(self.run_dir, settings)
+        self.source_identity = settings.get(init_from.OPTION)  # what the folder hash counts the source as
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         """The Trainer gets the run-folder callbacks; they need the parsed config and the built model."""
         config, model = self.config, self.model
+        # last.ckpt, or the newest good one (damaged ones set aside); None: a fresh start
+        self.resume = resume_checkpoint(run_folder.checkpoints(self.run_dir))
+        if model.hparams.init_from is not None:  # a resume restores its own weights: its source is not read
+            if self.resume is None:  # a bad source is refused here, before the folder holds a run
+                model.load_init_from(self.source_identity)
+            else:
+                model.init_record = init_from.recorded(self.run_dir)
         self.session.set_up()
         user_callbacks = _as_list({**self.config_init.get("trainer", {}), **kwargs}.get("callbacks"))
         preflight(self.run_dir, checkpoint_bytes(model, averaged=any(isinstance(c, WeightAveraging)
@@ -106,7 +115,8 @@ class AblateCLI(LightningCLI):
             # saved at the end of the training epoch, after RunRecorder has written the epoch's metrics row: a kill
             # in between repeats the epoch on resume and its row is replaced, never lost or doubled
             # one name per checkpoint, replaced in place: never a best-v1.ckpt beside best.ckpt
-            ModelCheckpoint(dirpath=run_folder.checkpoints(self.run_dir), filename="best", monitor=monitor, mode="max",
+            ModelCheckpoint(dirpath=run_folder.checkpoints(self.run_dir), filename=Path(run_folder.BEST_CHECKPOINT).stem,
+                            monitor=monitor, mode="max",
                             save_last=True, save_on_train_epoch_end=True, enable_version_counter=False),
             self.recorder,
             self.preemption,
@@ -242,9 +252,8 @@ def main(argv: list[str] | None = None) -> int:
 def _train(argv: list[str] | None, session: RunSession) -> int:
     cli = _cli(AblateCLI, argv, session)
     trainer, model, data, run_dir = cli.trainer, cli.model, cli.datamodule, cli.run_dir
-    resume = resume_checkpoint(run_folder.checkpoints(run_dir))  # last.ckpt, or the newest good one; damaged ones set aside
     try:
-        trainer.fit(model, datamodule=data, ckpt_path=str(resume) if resume else None, weights_only=True)
+        trainer.fit(model, datamodule=data, ckpt_path=str(cli.resume) if cli.resume else None, weights_only=True)
         if trainer.interrupted or trainer.state.status.value != "finished":
             return 1
         final = trainer.test(model, datamodule=data, verbose=False)[0]
