@@ -55,7 +55,7 @@ def check_resume(run_dir: Path, settings: dict[str, Any]) -> None:
     ends the command (``AlreadyCompleted``)."""
     saved = run_dir / run_folder.CONFIG
     if saved.exists():
-        differ = settings_diff(result_settings(yaml.safe_load(saved.read_text()) or {}), settings)
+        differ = settings_diff(result_settings(yaml.safe_load(saved.read_text()) or {}, run_dir), settings)
         if differ:
             raise ForeignRunFolder(
                 f"run folder {run_dir} holds a run with other settings ({'; '.join(differ)}); a resume must "
