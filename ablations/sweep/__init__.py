@@ -21,15 +21,19 @@ A chained sweep (fine-tuning after pre-training) starts each run from a run of a
     init_from:
       sweep: runs/transfer_pretrain     # the source sweep's folder (relative to the working directory)
       match: [layout, seed_everything]  # the default; add any other axis both sweeps have
+      checkpoint: last                  # the default: the source's final weights (its results'); or best
 
 Each run's source is the one run of that sweep that agrees with it on every ``match`` key, resolved when the spec
 loads (from the source's ``manifest.json``, so the source sweep must have been launched): no such run, or two, is a
-one-line error before anything starts. The source's folder is the run's ``model.init_args.init_from``, so the run's
-id and folder depend on it, and the manifest records it as the run's ``source``. A run is never started before its
+one-line error before anything starts. The source's folder (``checkpoint: last``) or its ``checkpoints/best.ckpt``
+(``best``) is the run's ``model.init_args.init_from``, so the run's id and folder depend on it (the source's
+identity: from its own ``config.yaml`` once it has one, from the source sweep's manifest before), and the manifest
+records the source's folder as the run's ``source``. A run is never started before its
 source has completed: the local pool runs the runs whose sources are done first and waits for the others (a
 source sweep may train at the same time, in another process or on a cluster), and does not start a run whose
 source failed (``source failed``) or whose source sweep has had no run training for a minute (``waiting``); SLURM
-submits only runs whose sources have completed, and the same command again submits the rest (``slurm``).
+submits only runs whose sources have completed, and the same command again submits the rest (``slurm``). Either
+way a launch that left runs waiting for their sources exits 2 once the others are started or submitted.
 ``ablate status`` shows ``waiting for SOURCE`` and the sources' states.
 
 The package, one job a module: ``spec`` (the YAML, checked), ``run_ids`` (a run's stable id), ``overrides`` (the

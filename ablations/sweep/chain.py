@@ -3,6 +3,7 @@
 Which run is resolved when the spec loads, from the source sweep's ``manifest.json``: the one whose values agree
 with the run's on every ``match`` key (a grid axis, else a ``set`` key, else the base config's value; layouts
 compared as parsed, so ``CCTT`` is ``C-C-T-T``). No such run, or two, is a one-line error before anything starts.
+``checkpoint`` picks its weights: ``last`` (its run folder, the final model its results come from) or ``best``.
 
 A run whose source has not completed is never started: it would train from random weights (and ``ablate train``
 refuses an unfinished run folder as a source). The local pool, SLURM and ``ablate status`` read a source's state
