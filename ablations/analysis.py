@@ -27,10 +27,11 @@ import pandas as pd
 import yaml
 from scipy import stats
 
-from lightning_modules import run_folder
+from lightning_modules import init_from, run_folder
 from lightning_modules.backbones import BUDGETS, MODELS
 
 from .identity import MISSING, affects_result, default
+from .sweep.chain import short
 from .verdicts import ALPHA, KINDS, MARGINS, Relation, decide, format_seeds, image_variance, parse_margins, seeds_needed
 
 IDENTITY = ["run", "layout", "model", "budget", "data_size"]  # then the setting columns, then RUN_FACTS
@@ -64,33 +65,22 @@ def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-INIT_FROM = "model.init_args.init_from"
-
-
 def recorded_source(config: dict, summary: dict | None) -> str | None:
-    """What a run started from (None: random weights): the source its summary records as resolved, else the
-    ``init_from`` of its config (a run folder, a checkpoint file or a timm name)."""
-    recorded = (summary or {}).get("init_from")
-    if isinstance(recorded, dict):  # lightning_modules.init_from's record: a run folder, a checkpoint or timm
-        recorded = recorded.get("run_dir") or recorded.get("file" if recorded.get("kind") == "checkpoint" else "given")
-    return str(recorded or ((config.get("model") or {}).get("init_args") or {}).get("init_from") or "") or None
-
-
-def _source_run_path(source: str) -> Path | None:
-    """The run folder a source names (a checkpoint's ``checkpoints/`` parent is its run); None for a timm name."""
-    path = Path(source)
-    if source.startswith("timm:"):
-        return None
-    if path.suffix == ".ckpt":
-        return path.parent.parent if path.parent.name == run_folder.CHECKPOINTS else None
-    return path if len(path.parts) > 1 or path.is_absolute() or run_folder.is_run(path) else None
+    """What a run started from (None: random weights): the run folder its summary's ``init_from`` record, else its
+    config's ``init_from``, names (``init_from.recorded_run_dir``, the rules ``ablate train`` resolves a source by),
+    else the config's ``init_from`` as given (a checkpoint file outside a run, a timm source)."""
+    given = ((config.get("model") or {}).get("init_args") or {}).get("init_from")
+    record = (summary or {}).get("init_from")
+    run = init_from.recorded_run_dir(record) if isinstance(record, dict) else None
+    run = run or init_from.recorded_run_dir(given)
+    return str(run or given or "") or None
 
 
 def _source_folder(source: str, run_dir: Path) -> Path | None:
     """The source's run folder on this disk: as recorded, else found from any folder above the fine-tuning run as
     its last parts (``SWEEP/RUN``; a relative path whole, also from the project root): runs copied or moved
     together still link. None when no such run folder exists."""
-    path = _source_run_path(source)
+    path = init_from.recorded_run_dir(source)
     if path is None:
         return None
     spellings = [*([] if path.is_absolute() else [path]), Path(*path.parts[-2:])]
@@ -99,13 +89,17 @@ def _source_folder(source: str, run_dir: Path) -> Path | None:
 
 
 def _flat_config(config: dict) -> dict[str, Any]:
-    """``flatten``, with ``init_from`` as the folder its source runs live in (the pre-training sweep), so that runs
-    fine-tuned from one sweep share the setting while runs from scratch or another sweep differ by it."""
+    """``flatten``, with ``init_from`` as the folder its source runs live in (the pre-training sweep, and the
+    checkpoint where it is not the runs' last), so that runs fine-tuned from one sweep share the setting while runs
+    from scratch, from another sweep or from other checkpoints differ by it."""
     flat = flatten(config)
-    source = flat.get(INIT_FROM)
-    if source:
-        path = _source_run_path(str(source))
-        flat[INIT_FROM] = f"{path.parent.name}/" if path is not None else source
+    source = flat.get(init_from.OPTION)
+    run = init_from.recorded_run_dir(source) if source else None
+    if run is not None:
+        name = Path(str(source)).name  # a file in the run's checkpoints/: its last.ckpt is the run folder's own
+        whole = run == Path(str(source).strip()).expanduser() or name == run_folder.LAST_CHECKPOINT
+        other = "" if whole else f" ({name})"
+        flat[init_from.OPTION] = f"{run.parent.name}/{other}"
     return flat
 
 
@@ -753,7 +747,7 @@ TRANSFER_COLUMNS = ["source_run", "source_seed", "pretrain_loss", "log_pretrain_
 
 def _pretraining(source: str) -> dict:
     """A source run's pre-training record at its last evaluation, or ``why`` there is none to compare."""
-    path = _source_run_path(source)
+    path = init_from.recorded_run_dir(source)
     if path is None:
         return {"why": f"source {source} is not a run folder: no pre-training record"}
     if not run_folder.is_run(path):
@@ -766,7 +760,7 @@ def _pretraining(source: str) -> dict:
         return {"why": f"source {source} is not completed ({run_folder.summary_status(path) or 'no summary'})"}
     identity, _, rows = part
     last = lambda name: float(rows[name].dropna().iloc[-1]) if name in rows and rows[name].notna().any() else np.nan  # noqa: E731
-    return {"why": None, "name": f"{path.parent.name}/{path.name}", "layout": identity["layout"],
+    return {"why": None, "name": short(path), "layout": identity["layout"],
             "seed": identity["seed"], "loss": last("train_eval/loss"), "acc": last("test/acc")}
 
 

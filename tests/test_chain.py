@@ -219,7 +219,8 @@ def test_one_poll_reads_each_source_and_its_sweep_once(source, monkeypatch):
 
     runs, folder = source
     manifests, states = [], []
-    monkeypatch.setattr(run_folder, "read_manifest", lambda f, read=run_folder.read_manifest: manifests.append(f) or read(f))
+    monkeypatch.setattr(run_folder, "read_manifest",
+                        lambda f, read=run_folder.read_manifest: manifests.append(f) or read(f))
     monkeypatch.setattr(attempts, "read_status", lambda d, read=attempts.read_status: states.append(d) or read(d))
     watch = chain.SourceWatch()
     waiting = [str(r) for r in runs.values()] * 3  # three fine-tuning runs per source

@@ -142,15 +142,29 @@ def test_the_summarys_resolved_source_is_read_and_a_moved_tree_still_links(tmp_p
     assert all(s.startswith(str(tmp_path / "after" / "pretrain")) for s in table["source"])
 
 
-def test_a_source_that_is_no_run_folder_is_said_to_have_no_pre_training_record(tmp_path):
+@pytest.mark.parametrize("given", ["timm:coatnet_0_224", "{tmp}/weights.pth"], ids=["timm", "a weights file"])
+def test_a_source_that_is_no_run_folder_is_said_to_have_no_pre_training_record(tmp_path, given):
     write_study(tmp_path)
+    given = given.format(tmp=tmp_path)
+    (tmp_path / "weights.pth").write_bytes(b"weights")
     run_dir = tmp_path / "finetune" / name("C-C-T-T", 0)
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    config["model"]["init_args"]["init_from"] = "timm:coatnet_0_224"
+    config["model"]["init_args"]["init_from"] = given
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
     table = transfer_checks(load_runs(tmp_path / "finetune"))["linked runs"].set_index("run")
-    assert table.loc[name("C-C-T-T", 0), "not_comparable"] == ("source timm:coatnet_0_224 is not a run folder: no "
-                                                               "pre-training record")
+    assert table.loc[name("C-C-T-T", 0), "not_comparable"] == f"source {given} is not a run folder: no pre-training record"
+
+
+def test_a_source_given_as_a_checkpoint_of_a_run_is_that_run(tmp_path):
+    """``RUN/checkpoints/best.ckpt`` (a chain with checkpoint: best) links to RUN's pre-training fit."""
+    write_study(tmp_path)
+    for run_dir in (tmp_path / "finetune").iterdir():
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        config["model"]["init_args"]["init_from"] += "/checkpoints/best.ckpt"
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    table = transfer_checks(load_runs(tmp_path / "finetune"))["linked runs"].set_index("run")
+    assert table["not_comparable"].isna().all()
+    assert table.loc[name("C-T-T-T", 2), "source_run"] == f"pretrain/{name('C-T-T-T', 2)}"
 
 
 def test_a_missing_source_is_reported_not_dropped(tmp_path):

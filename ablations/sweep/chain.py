@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from lightning_modules import run_folder
+from lightning_modules.init_from import OPTION as INIT_FROM  # the option a run's source is given to
 
-INIT_FROM = "model.init_args.init_from"  # the option a run's source is given to
 DEFAULT_MATCH = ("layout", "seed_everything")
-CHECKPOINTS = ("last", "best")  # which weights of its source a run starts from: the run folder's, or its best.ckpt
+# which of its source's checkpoints a run starts from: the last (the run folder: its final model), or the best
+CHECKPOINTS = {"last": run_folder.LAST_CHECKPOINT, "best": run_folder.BEST_CHECKPOINT}
 POLL_S = 2.0  # how often a waiting local run looks at its source again
 SOURCE_IDLE_S = 60.0  # a source sweep in which no run has trained for this long is not coming: stop waiting on it
 
@@ -30,7 +31,7 @@ SOURCE_IDLE_S = 60.0  # a source sweep in which no run has trained for this long
 class Chain:
     sweep: str  # the source sweep's folder, absolute (a run's source is given to processes that may cd elsewhere)
     match: tuple[str, ...] = DEFAULT_MATCH
-    checkpoint: str = CHECKPOINTS[0]
+    checkpoint: str = "last"
 
     @classmethod
     def parse(cls, raw: Any, where: str) -> "Chain":
@@ -40,8 +41,8 @@ class Chain:
             raise ValueError(f"{where}: init_from {raw!r} is not valid; expected a mapping with sweep (the source "
                              "sweep's folder) and optionally match (a list of axes, default layout, seed_everything) "
                              "and checkpoint (last or best, default last)")
-        checkpoint = raw.get("checkpoint", CHECKPOINTS[0])
-        if checkpoint not in CHECKPOINTS:
+        checkpoint = raw.get("checkpoint", "last")
+        if not isinstance(checkpoint, str) or checkpoint not in CHECKPOINTS:
             raise ValueError(f"{where}: init_from checkpoint {checkpoint!r} is not valid; expected last (the "
                              "source's final weights, which its results come from) or best (its best validation "
                              "accuracy)")
@@ -109,27 +110,28 @@ class Source:
     folder: str
     config: str
     overrides: dict[str, Any]
-    checkpoint: str = CHECKPOINTS[0]
+    checkpoint: str = "last"
 
     @property
     def init_from(self) -> str:
-        """The run's ``init_from``: the run folder (its final weights), or its best.ckpt."""
-        if self.checkpoint == "best":
-            return str(run_folder.best_checkpoint(Path(self.folder)))
-        return self.folder
+        """The run's ``init_from``: the run folder (its final weights), or a file of its ``checkpoints/``."""
+        if self.checkpoint == "last":
+            return self.folder
+        return str(run_folder.checkpoints(Path(self.folder)) / CHECKPOINTS[self.checkpoint])
 
     def identity(self) -> str:
-        """What a run started from it depends on: once the source has written its config.yaml, its identity as
-        ``ablate train`` computes it (``identity.source_identity``), so neither an edit of the source sweep's base
-        config nor how the source was launched (several devices) changes a fine-tuning run's id; before, the same
-        from the source sweep's manifest entry, so that the id is known before the source has started."""
+        """What a run started from it depends on: once the source has written its config.yaml (and the checkpoint
+        it names, for best), its identity as ``ablate train`` computes it (``identity.source_identity``), so neither
+        an edit of the source sweep's base config nor how the source was launched (several devices) changes a
+        fine-tuning run's id; before, the same from the source sweep's manifest entry, so that the id is known
+        before the source has started (a run folder made then keeps its id: ``spec._launched_ids``)."""
         from ..identity import run_identity, source_identity
         from .overrides import resolved_settings
 
-        if (Path(self.folder) / run_folder.CONFIG).is_file():
+        ran = (Path(self.folder) / run_folder.CONFIG).is_file()
+        if ran and (self.checkpoint == "last" or Path(self.init_from).is_file()):  # what ablate train can resolve
             return source_identity(self.init_from)
-        own = run_identity(resolved_settings(self.config, self.overrides))
-        return own if self.checkpoint == "last" else f"{own}/{run_folder.BEST_CHECKPOINT}"
+        return run_identity(resolved_settings(self.config, self.overrides), CHECKPOINTS[self.checkpoint])
 
 
 _ABSENT = object()

@@ -3,11 +3,11 @@ executor. A job is a ``SlurmRun``; preempted or timed out, submitit requeues it 
 
 A chained sweep (``chain``) submits only the runs whose sources have completed; the others are named as waiting
 (or their source as failed), and the same command run again once the source sweep has finished submits them (it
-skips what is completed or running, as always); until then `ablate sweep` exits 2, as the local pool does. A dependency on the pre-training array (``--dependency=afterok``)
-was the alternative: an array shares one dependency, so every fine-tuning run would wait for the last pre-training
-run, one failed source would leave them all pending for good, and SLURM refuses a dependency on a job it has
-already purged, so a sweep could not be launched once its sources were done. ``SlurmRun`` itself refuses to train
-from a source that has not completed."""
+skips what is completed or running, as always); until then `ablate sweep` exits 2, as the local pool does.
+A dependency on the pre-training array (``--dependency=afterok``) was the alternative: an array shares one
+dependency, so every fine-tuning run would wait for the last pre-training run, one failed source would leave them
+all pending for good, and SLURM refuses a dependency on a job it has already purged, so a sweep could not be
+launched once its sources were done. ``SlurmRun`` itself refuses to train from a source that has not completed."""
 
 from __future__ import annotations
 
