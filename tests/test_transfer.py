@@ -133,6 +133,14 @@ def test_new_head_starts_the_classifier_fresh_at_the_same_class_count(sources):
         assert model.init_record["head"] == ("replaced" if new_head else "loaded")
 
 
+def test_a_chained_spec_on_other_classes_starts_a_fresh_head():
+    """The transfer demo fine-tunes on digits 5-9 from a source trained on 0-4: as many classes, other labels."""
+    specs = Path(__file__).resolve().parents[1] / "ablations" / "sweeps"
+    pretrain, finetune = (yaml.safe_load((specs / f"transfer_demo_{n}.yaml").read_text()) for n in ("pretrain", "finetune"))
+    before, after = pretrain["set"]["data.init_args.classes"], finetune["set"]["data.init_args.classes"]
+    assert len(before) == len(after) and before != after and finetune["set"]["model.init_args.new_head"] is True
+
+
 def test_a_model_built_with_a_source_reads_it_only_when_asked(sources, tmp_path):
     """Building the model (a resume, load_from_checkpoint) never reads the source; a fit that starts fresh without
     loading it is refused rather than trained from random weights."""
