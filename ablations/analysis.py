@@ -848,7 +848,8 @@ def transfer_verdicts(table: pd.DataFrame, margins: dict[str, float] | None = No
     comparable``, naming the source. ``predictions`` are the fine-tuned runs' (by run), ``source_predictions`` the
     sources' (by source): each adds the test set's sampling noise to the comparisons it covers. The transfer family
     pairs fine-tuned runs by their own seed; the pre-training families pair distinct sources by the source's seed
-    (``source_pairs``), so n there counts source pairs, not the fine-tuned runs started from them."""
+    (``source_pairs``), so n there counts source pairs, not the fine-tuned runs started from them. Every pair of
+    layouts by fine-tuned accuracy (exploratory) follows where there is a pair ``order`` does not test."""
     margins = parse_margins(margins)
     equal = " ".join(f"{left} ≈ {right}" if i == 0 else f"≈ {right}"
                      for i, (left, _, right) in enumerate(parse_order(order)))
@@ -871,6 +872,7 @@ __all__ = [
     "KINDS", "MARGINS", "PAPER_CAPACITY", "PAPER_GENERALISATION", "PAPER_TRANSFER", "VARIANTS", "accuracy_at_loss", "capacity",
     "check_order", "check_order_at_equal_loss", "comparison_loss", "describe_model", "equal_loss_table", "final_gap",
     "from_project_root", "generalisation", "load_run", "load_runs", "load_source", "load_wandb", "mean_interval",
-    "ordering_checks", "pairwise", "parse_margins", "parse_order", "ranking", "read_runs", "run_facts", "settings",
-    "summarise", "transfer_checks", "transfer_table", "transfer_verdicts", "UnreadableRun",
+    "ordering_checks", "other_seed_sources", "pairwise", "parse_margins", "parse_order", "ranking", "read_runs",
+    "run_facts", "settings", "source_pairs", "summarise", "transfer_checks", "transfer_table", "transfer_verdicts",
+    "UnreadableRun",
 ]
