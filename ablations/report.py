@@ -132,6 +132,9 @@ def size_table(frame: pd.DataFrame) -> pd.DataFrame:
 
     runs = frame.drop_duplicates("run").copy()
     runs.attrs = {}  # per-image predictions (arrays) in attrs break pandas' concat of the groups
+    for fact in ("params", "flops", "source", "budget"):  # runs whose summaries did not record them
+        if fact not in runs:
+            runs[fact] = None
     rows = ["layout", *settings(runs)[1:]]
 
     def describe(part: pd.DataFrame) -> pd.Series:
