@@ -100,6 +100,9 @@ class ImageClassifier(L.LightningModule):
         super().__init__()
         if min_lr > lr:  # the schedule's floor above its peak would raise the rate as it "decays"
             raise ValueError(f"--model.init_args.min_lr {min_lr} is above --model.init_args.lr {lr}; valid: min_lr <= lr")
+        if new_head and init_from is None:  # it would only change the run's identity
+            raise ValueError(f"--model.init_args.new_head true starts a source's classifier fresh but no "
+                             f"--{init_from_source.OPTION} is given; valid: new_head with init_from, or false")
         check_optimizer(optimizer, optimizer_args)
         self.save_hyperparameters()
         self.save_hyperparameters(plain(dict(self.hparams)))  # plain numbers: checkpoints load with weights_only

@@ -133,6 +133,15 @@ def test_new_head_starts_the_classifier_fresh_at_the_same_class_count(sources):
         assert model.init_record["head"] == ("replaced" if new_head else "loaded")
 
 
+def test_new_head_without_a_source_is_one_line_exit_2(tmp_path, capsys):
+    """It would start nothing fresh, only give a run from random weights another identity."""
+    assert train(*RUN, "--model.init_args.new_head=true", f"--run_dir={tmp_path / 'run'}") == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert errors == ["ablate train: error: --model.init_args.new_head true starts a source's classifier fresh but no "
+                      "--model.init_args.init_from is given; valid: new_head with init_from, or false"]
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
 def test_a_chained_spec_on_other_classes_starts_a_fresh_head():
     """The transfer demo fine-tunes on digits 5-9 from a source trained on 0-4: as many classes, other labels."""
     specs = Path(__file__).resolve().parents[1] / "ablations" / "sweeps"
