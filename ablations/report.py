@@ -248,8 +248,10 @@ def _transfer_section(tables: dict[str, pd.DataFrame], margins: dict[str, float]
         "pre-training fit, different transfer` is the paper's finding; a fit not shown equivalent is said beside the "
         "verdict, since then a transfer difference may be a pre-training difference carried over.", "",
         verdict_table(tables["transfer: transfer"], linked, beside=("pre-training fit", "reading")), "",
-        "The pre-training fits of the same pairs, each tested for equivalence (`paper`: the paper's `≈`):", "",
+        "The pre-training fits of the same pairs, each tested for equivalence (`paper`: the paper's `≈`), by the "
+        "sources' test accuracy (effect in points):", "",
         verdict_table(tables["transfer: pre-training accuracy"], linked), "",
+        "and by their clean training loss (effect in log units, B's minus A's):", "",
         verdict_table(tables["transfer: pre-training loss"], linked), "",
         *(["Exploratory: every pair of layouts by fine-tuned test accuracy (Holm over all pairs; leads, not "
            "findings):", "", verdict_table(exploratory, linked), ""] if exploratory is not None else []),
