@@ -179,6 +179,19 @@ CATALOGUE = [
     ("disk full while training", ["--trainer.callbacks+=tests.helpers.DiskFullOnSave"],
      "ran out of space (No space left on device); free space and run the same command again"),
     ("run folder not writable", lambda t: [*SMALL_RUN, f"--run_dir={_a_file(t)}/run"], "is not writable"),
+    # the optimizer (lightning_modules.optim) and the starting weights (lightning_modules.init_from)
+    ("optimizer unknown", ["--model.init_args.optimizer=lion"],
+     "--model.init_args.optimizer lion is not valid; expected one of adamw, sgd, rmsprop"),
+    ("optimizer argument unknown", ["--model.init_args.optimizer_args={betas_x: 1}"],
+     "--model.init_args.optimizer_args: unknown option(s) betas_x for adamw (torch.optim.AdamW); valid: betas,"),
+    ("starting weights missing", lambda t: [*SMALL_RUN, f"--model.init_args.init_from={t / 'no-run'}"],
+     "no such run folder or checkpoint file; valid: a completed run folder, a checkpoint file, or timm:NAME[@FILE]"),
+    ("starting weights no checkpoint", lambda t: [*SMALL_RUN, f"--model.init_args.init_from={_a_file(t, 'w.ckpt', 'x')}"],
+     "w.ckpt is not a readable training checkpoint"),
+    ("starting weights not a CoAtNet", ["--model.init_args.init_from=timm:resnet50"],
+     "'resnet50' is not one of timm's paper-style CoAtNets that from_timm converts; valid: timm:NAME[@FILE]"),
+    ("new head without starting weights", ["--model.init_args.new_head=true"],
+     "--model.init_args.new_head true starts a source's classifier fresh but no --model.init_args.init_from is given"),
 ]
 
 
@@ -291,6 +304,11 @@ def test_the_device_check_refuses_what_lightning_would_and_nothing_else(trainer)
     (f"name: x\nconfig: {DIGITS}\nset: [a, b]\ngrid: {{seed_everything: [0]}}\n", "set ['a', 'b'] is not valid; expected a mapping"),
     (f"name: x\nconfig: {DIGITS}\nbudget: 5\ngrid: {{seed_everything: [0]}}\n", "budget 5 is not valid; expected a budget name"),
     ("- a list\n", "must be a mapping of budget, config, grid, init_from, margins, max_retries, name, set, slurm"),
+    # a chained sweep's starting weights (ablations.sweep.chain)
+    (f"name: x\nconfig: {DIGITS}\ninit_from: {{sweep: /nonexistent/pretrain}}\ngrid: {{seed_everything: [0]}}\n",
+     "init_from sweep /nonexistent/pretrain does not exist; launch the source sweep first"),
+    (f"name: x\nconfig: {DIGITS}\ninit_from: {{sweep: /nonexistent/pretrain, checkpoint: middle}}\n"
+     "grid: {seed_everything: [0]}\n", "init_from checkpoint 'middle' is not valid; expected last"),
     # the report's equivalence margins and linked axes, checked as the spec loads
     (f"name: x\nconfig: {DIGITS}\nmargins: {{acc: 1}}\ngrid: {{seed_everything: [0]}}\n",
      "margin 'acc' is not a metric kind; valid: accuracy, log_loss"),
