@@ -300,16 +300,11 @@ def load_wandb(project: str, api=None, filters: dict | None = None) -> pd.DataFr
     """Finished runs of a W&B project (logged by `ablate train --wandb.enabled true`), full histories through
     ``scan_history``, as the same frame ``load_runs`` gives: history rows of one training step are merged, and
     the settings are the config keys that differ between the runs."""
-    from lightning_modules.wandb_run import explain, public_api
+    from lightning_modules.wandb_run import explained, public_api
 
     api = public_api() if api is None else api  # no key, a refused key, W&B unreachable: one line each
-    try:
+    with explained(project):  # a missing project, a refused key: one line
         found = list(api.runs(project, filters=filters))
-    except Exception as err:  # noqa: BLE001  W&B's classes (a missing project, a refused key) as one line
-        line = explain(err, project)
-        if line is None:
-            raise
-        raise line from None
     parts = []
     for run in found:
         if run.state != "finished":

@@ -17,7 +17,7 @@ from torchvision.transforms import v2
 from . import compat
 from . import init_from as init_from_source
 from .backbones import budget_variant, count_macs, count_params, create_model, import_block_modules
-from .optim import OptimizerName, build_optimizer, check_optimizer, no_decay, param_groups  # noqa: F401 (no_decay)
+from .optim import OptimizerName, build_optimizer, check_optimizer, param_groups
 from .ranges import NonNegativeFinite, PositiveFinite, PositiveInt, Probability, plain
 
 EVAL_SPLITS = ("val", "train_eval", "test")  # the order of the DataModule's validation loaders

@@ -64,6 +64,11 @@ def _bad(given: str, why: str) -> str:
     return f"--{OPTION} {given}: {why}"
 
 
+def _first_line(err: BaseException) -> str:
+    """The first line of an error (torch's and timm's run to many), cut to 200 characters."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+
+
 def _run_holding(file: Path) -> Path | None:
     """The run folder whose ``checkpoints/`` holds ``file``, if any."""
     run = file.parent.parent
@@ -196,8 +201,8 @@ def source_weights(source: Source) -> dict[str, torch.Tensor]:
     try:
         checkpoint = load_checked(source.file)
     except Exception as err:  # truncated, damaged, not a checkpoint: all mean the same to a user
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise ValueError(_bad(source.given, f"{source.file} is not a readable training checkpoint ({reason})")) from None
+        raise ValueError(_bad(source.given, f"{source.file} is not a readable training checkpoint "
+                                            f"({_first_line(err)})")) from None
     prefix = "backbone."
     weights = {k.removeprefix(prefix): v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
     if not weights:
@@ -214,8 +219,7 @@ def _timm_weights(source: Source) -> dict[str, torch.Tensor]:
     try:
         theirs = timm.models.load_state_dict(str(source.file))
     except Exception as err:
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise ValueError(_bad(source.given, f"{source.file} is not a readable weights file ({reason})")) from None
+        raise ValueError(_bad(source.given, f"{source.file} is not a readable weights file ({_first_line(err)})")) from None
     classes = theirs["head.fc.weight"].shape[0] if "head.fc.weight" in theirs else 0
     try:
         model = timm.create_model(source.timm_name, pretrained=False, num_classes=classes)

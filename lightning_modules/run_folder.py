@@ -46,12 +46,6 @@ def last_checkpoint(run_dir: Path) -> Path:
     return checkpoints(run_dir) / LAST_CHECKPOINT
 
 
-def best_checkpoint(run_dir: Path) -> Path:
-    """The weights of a run's best validation accuracy (its last epoch without a validation split); the summary's
-    ``best`` row is its epoch. Not what the run reports (its final model, ``last_checkpoint``)."""
-    return checkpoints(run_dir) / BEST_CHECKPOINT
-
-
 def atomic_write(path: Path, content: str | Callable[[BinaryIO], None]) -> None:
     """Write ``content`` (text, or a function that writes to a binary file) to a temporary file beside ``path``,
     fsync, and rename it over: readers never see half a file."""

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -78,26 +79,35 @@ def explain(err: BaseException, project: str | None = None) -> WandbUnavailable 
     """The one line for a W&B failure of the public API, by the class W&B raises; None for anything else."""
     from wandb import errors
 
-    base = base_url()
+    unreachable = WandbUnavailable(f"W&B at {base_url()} could not be reached ({_reason(err)}); check the network, "
+                                   "WANDB_BASE_URL and the credentials (`wandb login`), or report from the run folders")
     if isinstance(err, errors.Error) and any(word in str(err).lower() for word in UNREACHABLE):
-        return WandbUnavailable(f"W&B at {base} could not be reached ({_reason(err)}); check the network, "
-                                "WANDB_BASE_URL and the credentials (`wandb login`), or report from the run folders")
-    if isinstance(err, errors.AuthenticationError):
+        return unreachable
+    if isinstance(err, errors.AuthenticationError) or (
+            isinstance(err, errors.CommError) and any(code in str(err) for code in ("401", "403"))):
         return WandbUnavailable(f"W&B refused the credentials ({_reason(err)}); run `wandb login --relogin` or set "
                                 "WANDB_API_KEY to a valid key")
     if isinstance(err, errors.UsageError) and "api key" in str(err).lower():
         return WandbUnavailable(f"W&B has no API key on this machine ({_reason(err)}); run `wandb login` or set "
                                 "WANDB_API_KEY")
-    if isinstance(err, errors.CommError) and any(code in str(err) for code in ("401", "403")):
-        return WandbUnavailable(f"W&B refused the credentials ({_reason(err)}); run `wandb login --relogin` or set "
-                                "WANDB_API_KEY to a valid key")
     if project and ("not found" in str(err).lower() or "could not find" in str(err).lower() or "404" in str(err)):
         return WandbUnavailable(f"W&B project {project!r} was not found or is not visible with these credentials "
                                 f"({_reason(err)}); check the path: wandb:ENTITY/PROJECT")
     if isinstance(err, (errors.Error, OSError)):
-        return WandbUnavailable(f"W&B at {base} could not be reached ({_reason(err)}); check the network, "
-                                "WANDB_BASE_URL and the credentials (`wandb login`), or report from the run folders")
+        return unreachable
     return None
+
+
+@contextlib.contextmanager
+def explained(project: str | None = None):
+    """W&B's own failures inside the block re-raised as their one line (``explain``); anything else as it was."""
+    try:
+        yield
+    except Exception as err:  # noqa: BLE001  W&B's classes, mapped by explain; anything else is a bug
+        line = explain(err, project)
+        if line is None:
+            raise
+        raise line from None
 
 
 def public_api():
@@ -107,13 +117,8 @@ def public_api():
     if not reachable():
         raise WandbUnavailable(f"W&B at {base_url()} could not be reached (no connection within 5 s); check the "
                                "network and WANDB_BASE_URL, or report from the run folders")
-    try:
+    with explained():
         return wandb.Api(timeout=API_TIMEOUT_S)
-    except Exception as err:  # noqa: BLE001  W&B's own classes, mapped by explain; anything else is a bug
-        line = explain(err)
-        if line is None:
-            raise
-        raise line from None
 
 
 def run_id(run_dir: Path) -> str:

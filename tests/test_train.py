@@ -12,7 +12,8 @@ import torch
 
 from ablations.training.cli import main as train_main
 from lightning_modules import compat
-from lightning_modules.classifier import ImageClassifier, no_decay
+from lightning_modules.classifier import ImageClassifier
+from lightning_modules.optim import no_decay
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_RUN = [

@@ -93,7 +93,8 @@ class AblateCLI(LightningCLI):
             else:
                 model.init_record = init_from.recorded(self.run_dir)
         self.session.set_up()
-        user_callbacks = _as_list({**self.config_init.get("trainer", {}), **kwargs}.get("callbacks"))
+        trainer_config = {**self.config_init.get("trainer", {}), **kwargs}
+        user_callbacks = _as_list(trainer_config.get("callbacks"))
         preflight(self.run_dir, checkpoint_bytes(model, averaged=any(isinstance(c, WeightAveraging)
                                                                      for c in user_callbacks)))
         self.recorder = RunRecorder(
@@ -127,10 +128,9 @@ class AblateCLI(LightningCLI):
                                             eval_every=config.eval_every_n_steps))
         if config.target_loss is not None:  # after the recorder: it saves last.ckpt after the stop's row is written
             callbacks.append(TargetLoss(config.target_loss, run_folder.last_checkpoint(self.run_dir)))
-        trainer_config = {**self.config_init.get("trainer", {}), **kwargs}
         check_devices(trainer_config, torch.cuda.device_count())
         ours = device_defaults(trainer_config, torch.cuda.is_available(), torch.cuda.device_count())
-        ours["callbacks"] = [*_as_list(trainer_config.get("callbacks")), *callbacks]  # the user's first
+        ours["callbacks"] = [*user_callbacks, *callbacks]  # the user's first
         ours["plugins"] = [*_as_list(trainer_config.get("plugins")), AtomicCheckpointIO()]
         # the run folder's log is always a logger; W&B, when enabled, gets the same rows from the recorder
         loggers = trainer_config.get("logger")
