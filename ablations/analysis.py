@@ -107,18 +107,19 @@ def _is_setting(key: str) -> bool:
     return affects_result(key) and key not in SHOWN_APART
 
 
-def _with_defaults(flats: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each run's flat config with the keys other runs name filled in at their defaults: a config written before an
-    option existed had the option's default (``identity.default``), so it is no setting that tells runs apart."""
-    keys = {k for f in flats for k in f if _is_setting(k)}
+def _with_defaults(parts: list[tuple[dict, dict, Any]]) -> list[tuple[dict, dict, Any]]:
+    """Each run's ``(identity, flat config, rows)`` with the config keys other runs name filled in at their
+    defaults: a config written before an option existed had the option's default (``identity.default``), so it is
+    no setting that tells runs apart."""
+    keys = {k for _, f, _ in parts for k in f if _is_setting(k)}
     out = []
-    for f in flats:
+    for run, f, rows in parts:
         filled = dict(f)
         for key in keys - f.keys():
             value = default(key, f)
             if value is not MISSING:
                 filled[key] = json.dumps(value, default=str) if isinstance(value, (list, tuple)) else value
-        out.append(filled)
+        out.append((run, filled, rows))
     return out
 
 
@@ -267,7 +268,7 @@ def read_runs(folder: str | Path, completed_only: bool = True) -> tuple[pd.DataF
             parts.append(part)
     if not parts:
         return None, unreadable
-    parts = [(identity, filled, rows) for (identity, _, rows), filled in zip(parts, _with_defaults([f for _, f, _ in parts]))]
+    parts = _with_defaults(parts)
     manifest = run_folder.read_manifest(folder)
     if manifest is not None:
         axes = [flatten(r["axes"]) for r in manifest["runs"]]
@@ -320,7 +321,7 @@ def load_wandb(project: str, api=None, filters: dict | None = None) -> pd.DataFr
         identity = _run_identity(run.name, f"{project}/{run.id}", config, {"wall_time": runtime}, rows)
         identity["predictions"] = _wandb_predictions(run)
         parts.append((identity, _flat_config(config), rows))
-    parts = [(identity, filled, rows) for (identity, _, rows), filled in zip(parts, _with_defaults([f for _, f, _ in parts]))]
+    parts = _with_defaults(parts)
     return _assemble(parts, _varying([flat for _, flat, _ in parts]), f"W&B project {project!r}")
 
 

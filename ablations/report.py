@@ -259,9 +259,10 @@ def _transfer_section(tables: dict[str, pd.DataFrame], margins: dict[str, float]
 
 
 def build_report(frame: pd.DataFrame, title: str, intro: str, figures: dict[str, Path],
-                 margins: dict[str, float] | None = None) -> str:
+                 margins: dict[str, float] | None = None, tables: dict[str, pd.DataFrame] | None = None) -> str:
+    """The report's Markdown; ``tables``: ``report_tables(frame, margins)`` when the caller has them already."""
     margins = parse_margins(margins)
-    tables = report_tables(frame, margins)
+    tables = report_tables(frame, margins) if tables is None else tables
     axes = settings(frame)[1:]
     paper = len(set(PAPER_LAYOUTS) & set(frame["layout"])) > 1
     checks = {k.removeprefix("paper ordering: "): v for k, v in tables.items() if k.startswith("paper ordering: ")}
@@ -381,17 +382,18 @@ def write_report(source: str | Path, out: str | Path | None = None, wandb: bool 
         text, figures = f"# {title}\n\n{intro}\n", {}
     else:
         figures = save_figures(frame, out)
-        text = build_report(frame, title, intro, figures, margins)
+        tables = report_tables(frame, margins)  # computed once: the Markdown and W&B show the same tables
+        text = build_report(frame, title, intro, figures, margins, tables)
     out.mkdir(parents=True, exist_ok=True)
     report = out / "report.md"
     run_folder.atomic_write(report, text)
     if wandb and frame is not None:
-        log_to_wandb(frame, figures, out, group=manifest["name"] if manifest else None, source=source, margins=margins)
+        log_to_wandb(tables, figures, out, group=manifest["name"] if manifest else None, source=source)
     return report
 
 
-def log_to_wandb(frame: pd.DataFrame, figures: dict[str, Path], out: Path, group: str | None, source: str,
-                 margins: dict[str, float] | None = None) -> None:
+def log_to_wandb(tables: dict[str, pd.DataFrame], figures: dict[str, Path], out: Path, group: str | None,
+                 source: str) -> None:
     """The report's tables as ``wandb.Table``s and its figures as ``wandb.Image``s, in one run of job type
     ``report`` in the sweep's group (the project the runs logged to), resumed by each new report."""
     import wandb
@@ -409,6 +411,6 @@ def log_to_wandb(frame: pd.DataFrame, figures: dict[str, Path], out: Path, group
                      name=f"{group or out.name}-report", id=run_id(out), resume="allow", mode=wandb_mode(),
                      dir=wandb_dir(out), config={"source": source})
     run.log({**{f"report/{title}": wandb.Table(dataframe=table.astype(object).where(table.notna(), None))
-                for title, table in report_tables(frame, margins).items()},
+                for title, table in tables.items()},
              **{f"report/{name}": wandb.Image(str(path)) for name, path in figures.items()}})
     run.finish()

@@ -17,6 +17,8 @@ import yaml
 
 from lightning_modules.ranges import DESCRIPTIONS
 
+from ..identity import flat
+
 
 def invalid(option: str, value: Any, valid: str) -> str:
     """The one line for a bad value: the option as typed, the value, and what would be valid."""
@@ -109,13 +111,9 @@ def _loads(path: str) -> bool:
     return True
 
 
-def flat_keys(config: dict[str, Any], prefix: str = "") -> list[str]:
-    """``{"a": {"b": 1}}`` -> ``["a.b"]``: the options a config sets."""
-    keys = []
-    for key, value in config.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        keys += flat_keys(value, name) if isinstance(value, dict) and value else [name]
-    return keys
+def flat_keys(config: dict[str, Any]) -> list[str]:
+    """``{"a": {"b": 1}}`` -> ``["a.b"]``: the options a config sets (``identity.flat``'s keys)."""
+    return list(flat(config))
 
 
 def _initials(name: str) -> str:
