@@ -38,17 +38,25 @@ def markdown_table(table: pd.DataFrame, digits: int = 4, empty: str = "(no rows)
     return "\n".join(lines)
 
 
+def _mean_sd(values: pd.Series, empty: str) -> str:
+    """``mean ± std (n)`` of the values that are there; ``empty`` where none is."""
+    values = values.dropna()
+    if values.empty:
+        return empty
+    if len(values) == 1:
+        return f"{values.iloc[0]:.4f} (n=1)"
+    return f"{values.mean():.4f} ± {values.std():.4f} (n={len(values)})"
+
+
+def _in_layout_order(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """``table`` sorted by ``keys``, layouts in the paper's order (then any others)."""
+    table = table.assign(layout=pd.Categorical(table["layout"], layout_order(table["layout"]), ordered=True))
+    return table.sort_values(keys).astype({"layout": str}).reset_index(drop=True)
+
+
 def layout_by_size(per_run: pd.DataFrame, value: str) -> pd.DataFrame:
     """A row per layout and combination of the other settings, data sizes across, ``mean ± std (n)`` over seeds."""
-    def cell(part: pd.DataFrame) -> str:
-        values = part[value].dropna()
-        if values.empty:
-            return "not reached"
-        if len(values) == 1:
-            return f"{values.iloc[0]:.4f} (n=1)"
-        return f"{values.mean():.4f} ± {values.std():.4f} (n={len(values)})"
-
-    return _by_size(per_run, cell)
+    return _by_size(per_run, lambda part: _mean_sd(part[value], "not reached"))
 
 
 def _by_size(per_run: pd.DataFrame, cell) -> pd.DataFrame:
@@ -56,11 +64,9 @@ def _by_size(per_run: pd.DataFrame, cell) -> pd.DataFrame:
     layout order) at each data size (columns)."""
     rows = ["layout", *settings(per_run)[1:]]
     table = per_run.groupby([*rows, "data_size"], dropna=False)[list(per_run.columns)].apply(cell).unstack("data_size")
-    table = table.reset_index()
-    table["layout"] = pd.Categorical(table["layout"], layout_order(table["layout"]), ordered=True)
-    table = table.sort_values(rows).astype({"layout": str})
+    table = _in_layout_order(table.reset_index(), rows)
     table.columns = [f"data size {c:g}" if not isinstance(c, str) else c for c in table.columns]
-    return table.reset_index(drop=True)
+    return table
 
 
 def _interval(row: pd.Series) -> str:
@@ -153,9 +159,7 @@ def size_table(frame: pd.DataFrame) -> pd.DataFrame:
                 f" (over {BUDGET_MISS:.0%}: not at a comparable size)" if miss > BUDGET_MISS else ""),
         })
 
-    table = runs.groupby(rows, dropna=False)[list(runs.columns)].apply(describe).reset_index()
-    table["layout"] = pd.Categorical(table["layout"], layout_order(table["layout"]), ordered=True)
-    return table.sort_values(rows).astype({"layout": str}).reset_index(drop=True)
+    return _in_layout_order(runs.groupby(rows, dropna=False)[list(runs.columns)].apply(describe).reset_index(), rows)
 
 
 def report_tables(frame: pd.DataFrame, margins: dict[str, float] | None = None) -> dict[str, pd.DataFrame]:
@@ -189,16 +193,10 @@ def transfer_by_layout(linked: pd.DataFrame) -> pd.DataFrame:
     read = linked[linked["not_comparable"].isna()]
     keys = ["layout", *settings(linked)]
 
-    def cell(values: pd.Series) -> str:
-        values = values.dropna()
-        return ("" if values.empty else f"{values.iloc[0]:.4f} (n=1)" if len(values) == 1 else
-                f"{values.mean():.4f} ± {values.std():.4f} (n={len(values)})")
-
     columns = {"pretrain_acc": "pre-training test accuracy", "pretrain_loss": "pre-training clean training loss",
                "finetune_acc": "fine-tuned test accuracy"}
-    table = read.groupby(keys, dropna=False)[list(columns)].agg(cell).reset_index().rename(columns=columns)
-    table["layout"] = pd.Categorical(table["layout"], layout_order(table["layout"]), ordered=True)
-    return table.sort_values(keys).astype({"layout": str}).reset_index(drop=True)
+    table = read.groupby(keys, dropna=False)[list(columns)].agg(lambda values: _mean_sd(values, ""))
+    return _in_layout_order(table.reset_index().rename(columns=columns), keys)
 
 
 def _transfer_section(tables: dict[str, pd.DataFrame], margins: dict[str, float]) -> list[str]:
@@ -212,8 +210,7 @@ def _transfer_section(tables: dict[str, pd.DataFrame], margins: dict[str, float]
     keys = settings(linked)
     unread = linked[linked["not_comparable"].notna()]
     other_seed = other_seed_sources(linked)
-    runs = linked.assign(layout=pd.Categorical(linked["layout"], layout_order(linked["layout"]), ordered=True))
-    runs = runs.sort_values(["layout", *keys, "seed"]).astype({"layout": str})
+    runs = _in_layout_order(linked, ["layout", *keys, "seed"])
     shown = runs[["layout", *keys, "seed", "run", "source_run", "source_seed", "pretrain_loss", "pretrain_acc",
                   "finetune_acc", "not_comparable"]].rename(columns={"source_run": "source", "not_comparable": "why"})
     shown["source"] = shown["source"].fillna(runs["source"])
